@@ -1,0 +1,35 @@
+"""User-facing errors.
+
+Every problem caused by the user's input (zoo file, dataset, weights, cache) raises a
+:class:`RiskdecompError` whose message is one line naming the culprit. The CLI prints
+that line and exits with code 2; tracebacks are shown only with ``--debug``.
+"""
+
+
+class RiskdecompError(Exception):
+    """Bad user input: one line that names the culprit (file, entry, field...)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # always one line
+
+
+class ZooError(RiskdecompError):
+    """The zoo file or one of its entries is invalid."""
+
+
+class DatasetError(RiskdecompError):
+    """The dataset spec or its files are invalid."""
+
+
+class WeightsError(RiskdecompError):
+    """A weights / checkpoint file is missing, unsafe or does not fit its architecture."""
+
+
+class CacheError(RiskdecompError):
+    """A cache file is unusable (it is recomputed where possible)."""
+
+
+class FeatureError(RiskdecompError):
+    """Features are unusable (NaN/inf, wrong shapes, classes missing...)."""
