@@ -1,0 +1,244 @@
+"""The ``riskdecomp`` command: a thin shell over the Python API.
+
+Bad input gives one line ``riskdecomp: error: ...`` naming the culprit and exit status 2 (tracebacks only with
+``--debug``). ``evaluate`` exits 1 when some model failed (the others are complete; see ``failures.csv``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import RiskdecompError
+
+
+def _csv_list(value, cast=str):
+    if value is None or value == "":
+        return None
+    try:
+        return tuple(cast(v.strip()) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of {cast.__name__}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="riskdecomp")
+def cli(debug, verbose):
+    """Evaluate self-supervised encoders and explain why they are good or bad."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+
+
+# ------------------------------------------------------------------------------------------------ zoo
+@cli.group()
+def zoo():
+    """Inspect a zoo file."""
+
+
+@zoo.command("list")
+@click.option("--zoo", "zoo_path", required=True, type=click.Path(dir_okay=False), help="Zoo YAML file.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
+def zoo_list(zoo_path, fmt):
+    """List the zoo's entries with their metadata (offline: nothing is downloaded)."""
+    from .zoo import load_zoo
+
+    df = load_zoo(zoo_path).to_frame()
+    if fmt == "csv":
+        click.echo(df.to_csv(index=False), nl=False)
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", None, "display.max_columns", 12, "display.width", 200,
+                               "display.max_colwidth", 40):
+            click.echo(df.fillna("").to_string(index=False))
+        click.echo(f"{len(df)} models")
+
+
+# ------------------------------------------------------------------------------------------------ common options
+def _zoo_options(f):
+    f = click.option("--zoo", "zoo_path", required=True, type=click.Path(dir_okay=False), help="Zoo YAML file.")(f)
+    f = click.option("--dataset", default="digits", show_default=True,
+                     help="digits | imagefolder:PATH | cifar10:PATH")(f)
+    f = click.option("--models", default=None, help="Comma-separated subset of model names (references are added).")(f)
+    f = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     help="Feature/checkpoint cache [default: $RISKDECOMP_CACHE or ~/.cache/riskdecomp].")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")(f)
+    f = click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))(f)
+    f = click.option("--num-workers", default="auto", show_default=True, help="Data-loading processes (or auto).")(f)
+    f = click.option("--seed", default=0, show_default=True, type=int)(f)
+    f = click.option("--no-progress", is_flag=True, help="Hide progress bars.")(f)
+    return f
+
+
+def _workers(v):
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise click.BadParameter(f"--num-workers {v!r}: expected an integer or 'auto'") from None
+
+
+@cli.command()
+@_zoo_options
+@click.option("--download", is_flag=True, help="Let torchvision download CIFAR-10 (online users).")
+def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_workers, seed, no_progress, download):
+    """Compute (or reuse) the cached features of every zoo entry on a dataset."""
+    from .datasets import load_dataset
+    from .encoders import default_cache_dir
+    from .features import featurize as run
+    from .zoo import FeaturesEntry, load_zoo
+
+    z = load_zoo(zoo_path)
+    z = z.select(_csv_list(models)) if models else z
+    ds = None
+    if any(not isinstance(e, FeaturesEntry) for e in z):
+        ds = load_dataset(dataset, download=download, seed=seed)
+    for e in z:
+        f = run(e, ds, cache_dir=cache_dir or default_cache_dir(), device=device, batch_size=batch_size,
+                num_workers=_workers(num_workers), progress=not no_progress)
+        click.echo(f"{e.name}: train {f.x_train.shape}, test {f.x_test.shape}, "
+                   f"{'computed' if f.forward_passes else 'cached'}")
+
+
+@cli.command()
+@_zoo_options
+@click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1), help="Parallel jobs (joblib, processes).")
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True)
+@click.option("--dask-scheduler", default=None, help="Address of a dask.distributed scheduler (implies --backend dask).")
+@click.option("--force", is_flag=True, help="Recompute runs even when a matching record exists.")
+@click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(0), help="Bootstrap resamples for CIs.")
+@click.option("--shots", default="1,3,5,10", show_default=True, help="Few-shot k per class.")
+@click.option("--fractions", default="0.01,0.1", show_default=True, help="Few-shot fractions of the train split.")
+@click.option("--fewshot-seeds", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--uncertainty/--no-uncertainty", default=True, show_default=True)
+@click.option("--active/--no-active", default=True, show_default=True, help="Active-learning curves.")
+@click.option("--statistics/--no-statistics", default=True, show_default=True, help="Representation statistics.")
+@click.option("--alternative", is_flag=True, help="Also compute the alternative (train+test) decomposition.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write plots and report.html.")
+def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_workers, seed, no_progress, out, jobs,
+             backend, dask_scheduler, force, n_boot, shots, fractions, fewshot_seeds, uncertainty, active, statistics,
+             alternative, report):
+    """Featurize, decompose the risk of every zoo entry, and write the leaderboard (+ report)."""
+    from .runner import Settings
+    from .runner import evaluate as run
+
+    settings = Settings(seed=seed, n_boot=n_boot, shots=_csv_list(shots, int) or (), fractions=_csv_list(fractions, float) or (),
+                        fewshot_seeds=fewshot_seeds, uncertainty=uncertainty, active=active, statistics=statistics,
+                        alternative=alternative, device=device, batch_size=batch_size,
+                        num_workers=_workers(num_workers), progress=not no_progress)
+    res = run(zoo_path, dataset, out, models=_csv_list(models), cache_dir=cache_dir, settings=settings, jobs=jobs,
+              backend="dask" if dask_scheduler else backend, scheduler=dask_scheduler, force=force)
+    board = res.leaderboard
+    if len(board):
+        cols = [c for c in ("model", "dataset", "approx", "usability", "probe_gen", "enc_gen", "agg_risk") if c in board]
+        click.echo(board[cols].round(2).to_string(index=False))
+    click.echo(f"wrote {Path(out) / 'leaderboard.csv'} ({len(board)} rows)")
+    if report and len(board):
+        from .report import make_report
+
+        click.echo(f"wrote {make_report(out)}")
+    if not res.ok:
+        for _, r in res.failures.iterrows():
+            click.echo(f"riskdecomp: model {r['model']!r} failed: {r['error']}", err=True)
+        click.echo(f"riskdecomp: {len(res.failures)} model(s) failed; see {Path(out) / 'failures.csv'}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="A recipe YAML file.")
+@click.option("--zoo", "zoo_path", type=click.Path(dir_okay=False), help="Take the recipe of a zoo entry...")
+@click.option("--model", default=None, help="...named here.")
+@click.option("--dataset", default="digits", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint path (.safetensors).")
+@click.option("--device", default="auto", show_default=True)
+def pretrain(recipe_path, zoo_path, model, dataset, out, device):
+    """Pretrain an encoder from a recipe on a dataset's train split; save safetensors + JSON sidecar."""
+    import yaml
+    from pydantic import ValidationError
+
+    from .pretrain import Recipe, pretrain_to_file
+    from .zoo import RecipeEntry, load_zoo
+
+    if bool(recipe_path) == bool(zoo_path):
+        raise RiskdecompError("pretrain: give either --recipe FILE or --zoo FILE --model NAME")
+    if recipe_path:
+        try:
+            data = yaml.safe_load(Path(recipe_path).read_text())
+            recipe = Recipe.model_validate(data.get("recipe", data) if isinstance(data, dict) else data)
+        except FileNotFoundError:
+            raise RiskdecompError(f"{recipe_path}: recipe file not found") from None
+        except (yaml.YAMLError, ValidationError) as exc:
+            raise RiskdecompError(f"{recipe_path}: invalid recipe ({str(exc).splitlines()[0]})") from None
+    else:
+        if not model:
+            raise RiskdecompError("pretrain: --zoo needs --model NAME")
+        entry = load_zoo(zoo_path)[model]
+        if not isinstance(entry, RecipeEntry):
+            raise RiskdecompError(f"model {model!r}: source {entry.source!r} has no recipe to pretrain")
+        recipe = entry.recipe
+    path = pretrain_to_file(recipe, dataset, out, device=device)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option("--leaderboard", type=click.Path(dir_okay=False, exists=True), default=None, help="Our leaderboard.csv.")
+@click.option("--published", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The published all_results.csv (169 models).")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def analyze(leaderboard, published, out):
+    """Summaries, ranking stability, the component scaling law, design-choice effects, controlled pairs."""
+    import pandas as pd
+
+    from .analysis import analyze as run
+    from .published import load_published
+
+    if not leaderboard and not published:
+        raise RiskdecompError("analyze: give --leaderboard and/or --published")
+    board = pd.read_csv(leaderboard) if leaderboard else None
+    pub = load_published(published) if published else None
+    run(leaderboard=board, published=pub, out_dir=out)
+    for name in ("summary.json", "design_effects.csv", "controlled_pairs.csv"):
+        click.echo(f"wrote {Path(out) / name}")
+
+
+@cli.command()
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--published", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Put the published 169-model table next to ours.")
+@click.option("--color-by", default="objective", show_default=True, help="Design choice that colors scatter plots.")
+def report(results, published, color_by):
+    """Plots (PNG + SVG) and a self-contained report.html from a results folder."""
+    from .report import make_report
+
+    click.echo(f"wrote {make_report(results, published=published, color_by=color_by)}")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        return cli.main(args=argv, prog_name="riskdecomp", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("riskdecomp: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except RiskdecompError as exc:
+        if debug:
+            raise
+        click.echo(f"riskdecomp: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,269 @@
+"""From a validated zoo entry to an :class:`Encoder`: a frozen module that maps a batch of preprocessed images to
+the entry's representation, its preprocessing transform, and an identity string for cache keys.
+
+Representations (``representation:`` in the zoo):
+  ``pooled``   the model's pooled pre-logits features (timm ``num_classes=0``; a hub model's output);
+  ``cls``      a ViT's class token after the final norm;  ``avg``  the mean of its patch tokens;
+  ``cls+avg``  both, concatenated;  ``4xcls``  class tokens of the last 4 blocks (normed), concatenated
+               (DINO's linear-evaluation protocol).
+
+Weights are only ever read from safetensors or with ``torch.load(weights_only=True)``: a ``.pt`` that holds pickled
+code is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .errors import RiskdecompError, WeightsError
+from .zoo import CheckpointEntry, RecipeEntry, TimmEntry, TorchHubEntry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Encoder:
+    name: str
+    module: nn.Module  # eval mode; forward(batch) -> (N, D) representation
+    transform: Callable  # PIL image -> float tensor (3, H, W)
+    identity: str  # model identity incl. weights hash and representation (part of the feature-cache key)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_state_dict(path: Path, who: str) -> dict:
+    """A state dict from ``.safetensors`` or a weights-only ``.pt``; never executes pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{who}: weights file {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise WeightsError(f"{who}: {path} is not a valid safetensors file ({exc})") from None
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        kind = type(exc).__name__
+        raise WeightsError(f"{who}: refusing {path}: not a weights-only checkpoint ({kind}); "
+                           "save it with safetensors or as a plain state dict") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"{who}: {path} does not hold a state dict of tensors")
+    return sd
+
+
+class Representation(nn.Module):
+    """Wraps a timm model and extracts the named representation."""
+
+    def __init__(self, model: nn.Module, kind: str, who: str):
+        super().__init__()
+        self.model = model
+        self.kind = kind
+        if kind != "pooled" and not hasattr(model, "num_prefix_tokens"):
+            raise RiskdecompError(f"{who}: representation {kind!r} needs a vision transformer "
+                                  f"({type(model).__name__} has no class token); use 'pooled'")
+        if kind in ("cls", "4xcls", "cls+avg") and getattr(model, "num_prefix_tokens", 0) < 1:
+            raise RiskdecompError(f"{who}: representation {kind!r}: this model has no class token; use 'avg' or 'pooled'")
+
+    def forward(self, x):
+        m = self.model
+        if self.kind == "pooled":
+            return m(x)
+        if self.kind == "4xcls":
+            inter = m.forward_intermediates(x, indices=4, return_prefix_tokens=True, norm=True,
+                                            output_fmt="NLC", intermediates_only=True)
+            return torch.cat([prefix[:, 0] for _spatial, prefix in inter], dim=-1)
+        tokens = m.forward_features(x)
+        npt = m.num_prefix_tokens
+        if self.kind == "cls":
+            return tokens[:, 0]
+        avg = tokens[:, npt:].mean(dim=1)
+        if self.kind == "avg":
+            return avg
+        return torch.cat([tokens[:, 0], avg], dim=-1)
+
+
+def _timm_transform(model: nn.Module):
+    import timm.data
+
+    cfg = timm.data.resolve_model_data_config(model)
+    return timm.data.create_transform(**cfg, is_training=False), cfg
+
+
+def _imagenet_transform():
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def _drop_classifier(model: nn.Module, sd: dict) -> dict:
+    """Remove the classifier weights a checkpoint may hold (the encoder is built without one)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    heads = cfg.get("classifier") or "fc"
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    own = set(model.state_dict())
+    return {k: v for k, v in sd.items() if k in own or not any(k.startswith(h + ".") for h in heads)}
+
+
+def _load_into(model: nn.Module, sd: dict, who: str, path: Path, arch: str):
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).split("\n")[1].strip() if "\n" in str(exc) else str(exc)
+        raise WeightsError(f"{who}: weights {path} do not fit architecture {arch!r} ({first})") from None
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise WeightsError(f"{who}: weights {path} do not fit architecture {arch!r} ({what})")
+
+
+def _own_backbones():
+    try:
+        from .pretrain import backbones
+    except ImportError:  # pragma: no cover
+        return None
+    return backbones
+
+
+def _build_timm(entry: TimmEntry):
+    import timm
+
+    who = f"model {entry.name!r}"
+    kwargs = dict(entry.model_kwargs)
+    pretrained = entry.pretrained
+    weights_id = f"hub:{entry.model}" if pretrained else "random-init"
+    if entry.weights is not None:
+        if not Path(entry.weights).is_file():
+            raise WeightsError(f"{who}: weights file {entry.weights} not found")
+        if Path(entry.weights).suffix not in (".safetensors", ".pt", ".pth", ".bin"):
+            raise WeightsError(f"{who}: weights {entry.weights}: expected .safetensors or a weights-only .pt/.pth")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(entry.weights))
+        pretrained = True
+        weights_id = "file:" + file_sha256(entry.weights)
+    try:
+        model = timm.create_model(entry.model, pretrained=pretrained, num_classes=0, **kwargs)
+    except RuntimeError as exc:
+        if entry.weights is not None:
+            first = str(exc).strip().splitlines()[0]
+            raise WeightsError(f"{who}: weights {entry.weights} do not fit architecture {entry.model!r} ({first})") from None
+        raise
+    except Exception as exc:
+        if "Unknown model" in str(exc) or isinstance(exc, (KeyError,)):
+            raise RiskdecompError(f"{who}: unknown timm architecture {entry.model!r}") from None
+        if entry.weights is not None and ("pickle" in str(exc).lower() or "weights_only" in str(exc)):
+            raise WeightsError(f"{who}: refusing {entry.weights}: not a weights-only checkpoint") from None
+        raise
+    transform, cfg = _timm_transform(model)
+    identity = f"timm|{entry.model}|{weights_id}|{entry.representation}|{sorted(entry.model_kwargs.items())}|{cfg}"
+    return Representation(model, entry.representation, who), transform, identity
+
+
+def _build_hub(entry: TorchHubEntry):
+    who = f"model {entry.name!r}"
+    try:
+        model = torch.hub.load(entry.repo, entry.entrypoint, trust_repo=True, **entry.kwargs)
+    except Exception as exc:
+        raise RiskdecompError(f"{who}: torch.hub.load({entry.repo!r}, {entry.entrypoint!r}) failed: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if entry.representation != "pooled":
+        model = Representation(model, entry.representation, who)
+    identity = f"hub|{entry.repo}|{entry.entrypoint}|{sorted(entry.kwargs.items())}|{entry.representation}|imagenet224"
+    return model, _imagenet_transform(), identity
+
+
+def _build_checkpoint(entry: CheckpointEntry, dataset):
+    import timm
+
+    who = f"model {entry.name!r}"
+    sd = load_state_dict(entry.weights, who)
+    own = _own_backbones()
+    if own is not None and entry.architecture in getattr(own, "BACKBONES", ()):
+        model = own.create_backbone(entry.architecture, **entry.model_kwargs)
+        _load_into(model, sd, who, entry.weights, entry.architecture)
+        from .pretrain import eval_transform
+
+        native = dataset.train.load_image(0).size[0] if dataset is not None and len(dataset.train) else 32
+        transform = eval_transform(None, native)
+        if entry.representation != "pooled":
+            raise RiskdecompError(f"{who}: representation {entry.representation!r}: "
+                                  f"{entry.architecture} gives a pooled vector only")
+        rep = model
+    else:
+        try:
+            model = timm.create_model(entry.architecture, pretrained=False, num_classes=0, **entry.model_kwargs)
+        except Exception as exc:
+            if "Unknown model" in str(exc):
+                raise RiskdecompError(f"{who}: unknown architecture {entry.architecture!r} "
+                                      "(neither a timm model nor one of riskdecomp's backbones)") from None
+            raise
+        _load_into(model, _drop_classifier(model, sd), who, entry.weights, entry.architecture)
+        transform, _cfg = _timm_transform(model)
+        rep = Representation(model, entry.representation, who)
+    identity = f"ckpt|{entry.architecture}|{file_sha256(entry.weights)}|{entry.representation}|{sorted(entry.model_kwargs.items())}"
+    return rep, transform, identity
+
+
+def _build_recipe(entry: RecipeEntry, dataset, cache_dir, device, progress):
+    from . import pretrain
+
+    if dataset is None:
+        raise RiskdecompError(f"model {entry.name!r}: a recipe entry needs a dataset to pretrain on")
+    path = pretrain.pretrained_checkpoint(entry.recipe, dataset, Path(cache_dir), device=device, progress=progress)
+    encoder, recipe = pretrain.load_checkpoint(path)
+    native = dataset.train.load_image(0).size[0] if len(dataset.train) else 32
+    transform = pretrain.eval_transform(recipe, native)
+    identity = f"recipe|{recipe.key()}|{dataset.fingerprint}|{file_sha256(path)}"
+    return encoder, transform, identity
+
+
+def build_encoder(entry, *, dataset=None, cache_dir=None, device: str = "cpu", progress: bool = True) -> Encoder:
+    """Build the frozen encoder of a zoo entry (``features`` entries have none: see :mod:`riskdecomp.features`)."""
+    if isinstance(entry, TimmEntry):
+        module, transform, identity = _build_timm(entry)
+    elif isinstance(entry, TorchHubEntry):
+        module, transform, identity = _build_hub(entry)
+    elif isinstance(entry, CheckpointEntry):
+        module, transform, identity = _build_checkpoint(entry, dataset)
+    elif isinstance(entry, RecipeEntry):
+        module, transform, identity = _build_recipe(entry, dataset, cache_dir or default_cache_dir(), device, progress)
+    else:
+        raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder to build")
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return Encoder(entry.name, module, transform, identity)
+
+
+def default_cache_dir() -> Path:
+    """``$RISKDECOMP_CACHE`` or ``~/.cache/riskdecomp``."""
+    import os
+
+    return Path(os.environ.get("RISKDECOMP_CACHE", Path.home() / ".cache" / "riskdecomp")).expanduser()
+
+
+def resolve_device(device: Optional[str] = "auto") -> str:
+    """``auto`` picks cuda > mps > cpu."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    return device

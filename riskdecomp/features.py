@@ -1,0 +1,247 @@
+"""Featurization with a content-addressed, checksummed, crash-safe disk cache.
+
+Cache layout: ``<cache_dir>/features/<model>/<dataset>-<split>-<key>.npy`` plus a ``.json`` sidecar holding the
+key's parts, shape, dtype and the SHA-256 of the array bytes. The key hashes the encoder identity (architecture,
+weights hash, representation, preprocessing), the dataset fingerprint and the split, so changing any of them
+misses the cache. Both files are written to a temporary name and renamed into place (array first, sidecar last):
+an entry is trusted only when its sidecar exists and the checksum matches, so a killed run or a truncated file is
+never used — it is recomputed. Concurrent processes compute each entry once (a file lock per entry). Arrays are
+stored with ``allow_pickle=False`` (no pickles) and can be memory-mapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .datasets import ArraySplit, ImageDataset, ImageSplit
+from .encoders import Encoder, build_encoder, resolve_device
+from .errors import FeatureError, RiskdecompError
+from .zoo import FeaturesEntry
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+@dataclass
+class Features:
+    """Train/test features of one encoder on one dataset (float32 arrays, int64 labels)."""
+
+    model: str
+    dataset: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: Optional[list] = None
+    forward_passes: int = 0  # batches pushed through the encoder by this call (0 = all from cache)
+
+
+# ----------------------------------------------------------------------------------------------- atomic I/O
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + rename (never a partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _atomic_save_npy(path: Path, arr: np.ndarray) -> str:
+    """Save ``arr`` as .npy atomically; return the SHA-256 of the array bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return array_sha256(arr)
+
+
+def array_sha256(arr: np.ndarray, chunk_rows: int = 65536) -> str:
+    h = hashlib.sha256()
+    a = np.ascontiguousarray(arr) if not isinstance(arr, np.memmap) else arr
+    for i in range(0, max(len(a), 1), chunk_rows):
+        h.update(np.ascontiguousarray(a[i:i + chunk_rows]).tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- cache entries
+def cache_key(identity: str, dataset_fingerprint: str, split: str, dtype: str) -> str:
+    blob = json.dumps([CACHE_VERSION, identity, dataset_fingerprint, split, dtype])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def cache_path(cache_dir: Path, model: str, dataset: str, split: str, key: str) -> Path:
+    safe_ds = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset)
+    return Path(cache_dir) / "features" / model / f"{safe_ds}-{split}-{key}.npy"
+
+
+def read_cached(path: Path, mmap: bool = False) -> Optional[np.ndarray]:
+    """The cached array if its sidecar exists and the checksum matches; otherwise None (and a bad entry is removed)."""
+    side = path.with_suffix(".json")
+    if not path.exists() or not side.exists():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        ok = list(arr.shape) == meta["shape"] and str(arr.dtype) == meta["dtype"] and array_sha256(arr) == meta["sha256"]
+    except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError):
+        ok = False
+    if not ok:
+        log.warning("feature cache %s is corrupt or incomplete: recomputing", path)
+        for p in (side, path):
+            p.unlink(missing_ok=True)
+        return None
+    return arr
+
+
+def write_cached(path: Path, arr: np.ndarray, meta: dict) -> None:
+    digest = _atomic_save_npy(path, arr)
+    meta = {**meta, "shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": digest}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1, sort_keys=True))
+
+
+# ----------------------------------------------------------------------------------------------- forward passes
+def _num_workers(split: ImageSplit, num_workers) -> int:
+    if num_workers != "auto":
+        return int(num_workers)
+    if isinstance(split, ArraySplit) or len(split) < 2000:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+@torch.inference_mode()
+def encode_split(encoder: Encoder, split: ImageSplit, *, device: str = "cpu", batch_size: int = 256,
+                 num_workers="auto", progress: bool = True, counter: Optional[list] = None) -> np.ndarray:
+    """Run the encoder over a split (eval mode, batched, AMP + channels-last on CUDA). Returns float32 (N, D)."""
+    from tqdm.auto import tqdm
+
+    device = resolve_device(device)
+    module = encoder.module.to(device).eval()
+    cuda = device.startswith("cuda")
+    if cuda:
+        module = module.to(memory_format=torch.channels_last)
+    nw = _num_workers(split, num_workers)
+    loader = torch.utils.data.DataLoader(
+        split.with_transform(encoder.transform), batch_size=batch_size, shuffle=False, num_workers=nw,
+        pin_memory=cuda, persistent_workers=False, prefetch_factor=4 if nw else None)
+    out = []
+    for xb, _yb in tqdm(loader, desc=f"featurize {encoder.name} [{split.split}]", disable=not progress, leave=False):
+        xb = xb.to(device, non_blocking=True)
+        if cuda:
+            xb = xb.to(memory_format=torch.channels_last)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
+            z = module(xb)
+        if counter is not None:
+            counter.append(len(xb))
+        out.append(z.float().reshape(len(xb), -1).cpu().numpy())
+    if not out:
+        raise FeatureError(f"model {encoder.name!r}: the {split.split} split is empty")
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _check_finite(x: np.ndarray, who: str) -> None:
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = int(bad.any(axis=1).sum())
+        raise FeatureError(f"{who}: {rows} feature vector(s) contain NaN or inf")
+
+
+def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto", batch_size: int = 256,
+              num_workers="auto", dtype: str = "float32", progress: bool = True, encoder: Optional[Encoder] = None,
+              mmap: bool = False) -> Features:
+    """Train and test features of one zoo entry on ``dataset``, from the cache when possible.
+
+    ``features`` entries read their ``.npz`` (``allow_pickle=False``). For the others the encoder is built (a
+    ``recipe`` entry is pretrained on first use), the cache consulted and missing splits encoded.
+    ``dtype="float16"`` halves storage for very large feature sets (arrays come back float32 unless ``mmap``).
+    """
+    from filelock import FileLock
+
+    if isinstance(entry, FeaturesEntry):
+        return load_features_npz(entry)
+    if dataset is None:
+        raise RiskdecompError(f"model {entry.name!r}: needs a dataset")
+    device = resolve_device(device)
+    cache_dir = Path(cache_dir)
+    if encoder is None:
+        encoder = build_encoder(entry, dataset=dataset, cache_dir=cache_dir, device=device, progress=progress)
+    counter: list = []
+    arrays = {}
+    for split in ("train", "test"):
+        key = cache_key(encoder.identity, dataset.fingerprint, split, dtype)
+        path = cache_path(cache_dir, entry.name, dataset.name, split, key)
+        arr = read_cached(path, mmap=mmap)
+        if arr is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(path) + ".lock"):
+                arr = read_cached(path, mmap=mmap)  # another process may have written it meanwhile
+                if arr is None:
+                    z = encode_split(encoder, dataset.split(split), device=device, batch_size=batch_size,
+                                     num_workers=num_workers, progress=progress, counter=counter)
+                    _check_finite(z, f"model {entry.name!r} ({split} split)")
+                    write_cached(path, z.astype(dtype), {"model": entry.name, "dataset": dataset.name,
+                                                         "split": split, "identity": encoder.identity,
+                                                         "fingerprint": dataset.fingerprint})
+                    arr = read_cached(path, mmap=mmap)
+        arrays[split] = arr if mmap else np.asarray(arr, dtype=np.float32)
+    return Features(entry.name, dataset.name, arrays["train"], dataset.train.labels, arrays["test"],
+                    dataset.test.labels, list(dataset.classes), forward_passes=len(counter))
+
+
+def load_features_npz(entry: FeaturesEntry) -> Features:
+    """Read a precomputed-features entry and check its arrays."""
+    who = f"model {entry.name!r}"
+    path = Path(entry.path)
+    if not path.is_file():
+        raise FeatureError(f"{who}: features file {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
+            if missing:
+                raise FeatureError(f"{who}: {path} lacks array(s) {', '.join(missing)}")
+            arr = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except FeatureError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise FeatureError(f"{who}: {path} is not a readable .npz of plain arrays ({str(exc).splitlines()[0]})") from None
+    for split in ("train", "test"):
+        x, y = arr[f"x_{split}"], arr[f"y_{split}"]
+        if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+            raise FeatureError(f"{who}: {path}: x_{split} must be (n, d) and y_{split} (n,) with n > 0, "
+                               f"got {x.shape} and {y.shape}")
+        if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
+            raise FeatureError(f"{who}: {path}: x_{split} must be float and y_{split} integer")
+    if arr["x_train"].shape[1] != arr["x_test"].shape[1]:
+        raise FeatureError(f"{who}: {path}: x_train and x_test have different widths")
+    xtr, xte = arr["x_train"].astype(np.float32), arr["x_test"].astype(np.float32)
+    _check_finite(xtr, f"{who} ({path.name}, train)")
+    _check_finite(xte, f"{who} ({path.name}, test)")
+    return Features(entry.name, entry.dataset or path.stem, xtr, arr["y_train"].astype(np.int64), xte,
+                    arr["y_test"].astype(np.int64))
