@@ -159,6 +159,8 @@ def _build_timm(entry: TimmEntry):
     try:
         model = timm.create_model(entry.model, pretrained=pretrained, num_classes=0, **kwargs)
     except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise RiskdecompError(f"{who}: unknown timm architecture {entry.model!r}") from None
         if entry.weights is not None:
             first = str(exc).strip().splitlines()[0]
             raise WeightsError(f"{who}: weights {entry.weights} do not fit architecture {entry.model!r} ({first})") from None

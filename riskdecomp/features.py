@@ -209,6 +209,7 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
                     write_cached(path, z.astype(dtype), {"model": entry.name, "dataset": dataset.name,
                                                          "split": split, "identity": encoder.identity,
                                                          "fingerprint": dataset.fingerprint})
+                    log.info("computed features: model=%s dataset=%s split=%s", entry.name, dataset.name, split)
                     arr = read_cached(path, mmap=mmap)
         arrays[split] = arr if mmap else np.asarray(arr, dtype=np.float32)
     return Features(entry.name, dataset.name, arrays["train"], dataset.train.labels, arrays["test"],

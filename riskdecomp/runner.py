@@ -124,14 +124,17 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ one job
-def _dataset_for(entry, dataset_spec: str, seed: int, cache: dict):
+_DATASETS: dict = {}  # per process: a dataset is scanned once, however many jobs use it
+
+
+def _dataset_for(entry, dataset_spec: str, seed: int, cache: Optional[dict] = None):
     if isinstance(entry, FeaturesEntry):
         return None
-    if dataset_spec not in cache:
+    if (dataset_spec, seed) not in _DATASETS:
         from .datasets import load_dataset
 
-        cache[dataset_spec] = load_dataset(dataset_spec, seed=seed)
-    return cache[dataset_spec]
+        _DATASETS[(dataset_spec, seed)] = load_dataset(dataset_spec, seed=seed)
+    return _DATASETS[(dataset_spec, seed)]
 
 
 def _load(entry, dataset_spec, settings, cache_dir, ds_cache) -> Features:
@@ -311,6 +314,8 @@ def evaluate(zoo, dataset: str = "digits", out="results", *, models: Optional[Se
     out = Path(out)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     zoo_source = str(zoo.path) if zoo.path is not None and not models else zoo
+    if any(not isinstance(e, FeaturesEntry) for e in zoo):
+        _dataset_for(None, dataset, settings.seed)  # a bad dataset is one error up front, not one per model
     # references first: their features are needed by the models that name them
     refs = {e.reference for e in zoo if e.reference}
     names = [e.name for e in zoo if e.name in refs] + [e.name for e in zoo if e.name not in refs]

@@ -142,6 +142,8 @@ ZooEntry = Annotated[
 ]
 _ENTRY = TypeAdapter(ZooEntry)
 SOURCES = ("timm", "torch_hub", "checkpoint", "features", "recipe")
+_SOURCE_CLASSES = {"timm": TimmEntry, "torch_hub": TorchHubEntry, "checkpoint": CheckpointEntry,
+                   "features": FeaturesEntry, "recipe": RecipeEntry}
 
 
 class Zoo:
@@ -197,6 +199,10 @@ class Zoo:
 
 
 def _merge(defaults: dict, entry: dict) -> dict:
+    """Entry fields win; a default applies only to entries whose source has that field."""
+    cls = _SOURCE_CLASSES.get(entry.get("source"))
+    if cls is not None:
+        defaults = {k: v for k, v in defaults.items() if k in cls.model_fields}
     out = {**defaults, **entry}
     if isinstance(defaults.get("metadata"), dict) and isinstance(entry.get("metadata"), dict):
         out["metadata"] = {**defaults["metadata"], **entry["metadata"]}

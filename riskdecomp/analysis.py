@@ -1,0 +1,546 @@
+"""Analyses across models: summary, ranking stability, scaling law, design-choice effects, pairs.
+
+Every function takes a leaderboard-shaped table (ours, or :func:`riskdecomp.published.load_published`):
+one row per model x dataset with columns ``model`` (or the index), ``dataset``, the components
+``approx, usability, probe_gen, enc_gen``, ``agg_risk``, few-shot errors ``fewshot_<k>shot`` /
+``fewshot_<p>pct``, sizes ``n_train, n_sub, n_classes`` and design fields (see docs/spec-reporting.md).
+Errors are in percent. Missing columns/values are skipped, never fatal: a tiny table returns what can
+be estimated (empty tables / NaN where nothing can).
+
+When a table holds several datasets, rankings and scaling laws are computed within each dataset
+(Kendall taus are averaged over datasets, equal weights) and design effects / pairs carry a
+``dataset`` column.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen"]
+OUTCOMES = COMPONENTS + ["agg_risk"]
+
+#: Treatments analysed by default (those present in the table are used).
+DEFAULT_TREATMENTS = [
+    "family", "objective", "ssl_mode", "architecture", "pretraining_data", "projection2_arch",
+    "epochs", "batch_size", "nviews", "z_dim", "n_parameters", "n_augmentations", "patch_size",
+]
+#: Numeric design fields entered as log(x).
+LOG_FIELDS = {"nviews", "z_dim", "batch_size", "n_parameters", "epochs"}
+#: Design fields that are categorical.
+CATEGORICAL_FIELDS = {
+    "family", "objective", "ssl_mode", "architecture", "pretraining_data", "projection2_arch",
+    "projection1_arch", "optimizer", "scheduler", "z_layer", "augmentations", "views", "other",
+    "finetuning_data", "source", "dataset",
+}
+#: Base levels for categorical treatments (else the most frequent level).
+BASE_LEVELS = {"family": "resnet", "projection2_arch": "mlp", "pretraining_data": "ImageNet-1K"}
+
+#: Independent design fields compared by :func:`controlled_pairs` (derived fields such as
+#: family, n_parameters, is_aug_*, n_augmentations, n_negatives, architecture_exact are excluded so
+#: that changing one choice does not count as several).
+PAIR_FIELDS = [
+    "objective", "version", "is_stopgrad", "is_ema", "other", "pred_dim", "projection_hid_width",
+    "projection_hid_depth", "architecture", "patch_size", "projection1_arch", "projection2_arch",
+    "projection_same", "pretraining_data", "finetuning_data", "img_size", "views", "augmentations",
+    "z_dim", "z_layer", "epochs", "batch_size", "optimizer", "learning_rate", "weight_decay",
+    "scheduler", "nviews",
+]
+
+_SETTING_RE = re.compile(r"^fewshot_(\d+(?:\.\d+)?)(shot|pct)$")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _table(df: pd.DataFrame) -> pd.DataFrame:
+    """Copy with ``model`` and ``dataset`` as columns (model taken from the index if needed)."""
+    out = df.copy()
+    if "model" not in out.columns:
+        out = out.reset_index()
+        if "model" not in out.columns:
+            out = out.rename(columns={out.columns[0]: "model"})
+    if "dataset" not in out.columns:
+        out["dataset"] = "default"
+    out = out.reset_index(drop=True)
+    for col in OUTCOMES:
+        if col in out:
+            out[col] = pd.to_numeric(out[col], errors="coerce")
+    return out
+
+
+def fewshot_settings(df: pd.DataFrame) -> dict[str, tuple[float, str]]:
+    """Map few-shot column -> (k or p, "shot"|"pct") for columns ``fewshot_<k>shot|<p>pct``."""
+    out = {}
+    for col in df.columns:
+        m = _SETTING_RE.match(str(col))
+        if m and pd.to_numeric(df[col], errors="coerce").notna().any():
+            out[col] = (float(m.group(1)), m.group(2))
+    return out
+
+
+def _setting_name(col: str) -> str:
+    return col[len("fewshot_"):]
+
+
+def _sizes(df: pd.DataFrame, col: str) -> pd.Series:
+    """n (probe training examples) of a setting: full -> n_train; k-shot -> k * n_classes;
+    p% -> floor(p/100 * n_train)."""
+    n_train = pd.to_numeric(df.get("n_train"), errors="coerce")
+    if col == "agg_risk":
+        return n_train.astype(float)
+    k, kind = fewshot_settings(df)[col]
+    if kind == "shot":
+        return k * pd.to_numeric(df.get("n_classes"), errors="coerce").astype(float)
+    return np.floor(k / 100.0 * n_train.astype(float))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
+    _atomic_write_text(path, df.to_csv(index=False))
+
+
+def _clean(x):
+    """JSON-safe floats (NaN -> None)."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return None if not np.isfinite(x) else float(x)
+    return x
+
+
+# ----------------------------------------------------------------------------- summary
+def summarize(df: pd.DataFrame) -> dict:
+    """Summary numbers of a leaderboard.
+
+    Keys: ``n_models`` (distinct models), ``mean`` / ``median`` (component and agg_risk -> value,
+    over rows where present), ``largest_component_counts`` (component -> number of rows where it is
+    the largest of the four; only rows with all four components), ``kendall_tau`` (setting -> tau vs
+    full shot, see :func:`ranking_stability`), ``scaling_law`` (alpha, B, r2, rmse of
+    :func:`fit_scaling_law`, NaN if not estimable). With several datasets, ``per_dataset`` holds the
+    same numbers per dataset.
+    """
+    t = _table(df)
+    present = [c for c in OUTCOMES if c in t]
+    comps = [c for c in COMPONENTS if c in t]
+    out: dict = {
+        "n_models": int(t["model"].nunique()),
+        "mean": {c: float(t[c].mean()) for c in present},
+        "median": {c: float(t[c].median()) for c in present},
+    }
+    counts = {c: 0 for c in comps}
+    if len(comps) == 4:
+        full = t[comps].dropna()
+        if len(full):
+            for c, n in full.idxmax(axis=1).value_counts().items():
+                counts[c] = int(n)
+    out["largest_component_counts"] = counts
+    taus, _ = ranking_stability(t)
+    out["kendall_tau"] = taus
+    try:
+        params, _ = fit_scaling_law(t)
+    except ValueError:
+        params = {"alpha": np.nan, "B": np.nan, "r2": np.nan, "rmse": np.nan}
+    out["scaling_law"] = {k: params.get(k, np.nan) for k in ("alpha", "B", "r2", "rmse")}
+    out["scaling_law_details"] = {k: v for k, v in params.items() if k not in out["scaling_law"]}
+    if t["dataset"].nunique() > 1:
+        out["per_dataset"] = {
+            str(name): {k: v for k, v in summarize(g).items() if k != "per_dataset"}
+            for name, g in t.groupby("dataset", sort=True)
+        }
+    return _clean(out)
+
+
+# ----------------------------------------------------------------------------- ranking
+def ranking_stability(df: pd.DataFrame, top: int = 10) -> tuple[dict, pd.DataFrame]:
+    """Kendall tau (scipy tau-b) between the full-shot ranking (agg_risk) and each few-shot ranking.
+
+    Returns ``({setting: tau}, moves)`` where setting is e.g. "3shot", "1pct"; taus are averaged
+    over datasets (each dataset with >= 3 models having both values). ``moves`` has one row per
+    (dataset, setting, model): rank_full, rank_setting (1 = lowest error), move = rank_setting -
+    rank_full, sorted by |move| descending (all models, ``top`` is the number flagged ``is_top``).
+    """
+    t = _table(df)
+    taus: dict[str, float] = {}
+    moves = []
+    if "agg_risk" not in t:
+        return taus, pd.DataFrame(columns=["dataset", "setting", "model", "rank_full", "rank_setting", "move"])
+    for col in fewshot_settings(t):
+        per_ds = []
+        for ds, g in t.groupby("dataset", sort=True):
+            g = g[["model", "agg_risk", col]].dropna()
+            if len(g) < 3:
+                continue
+            tau = stats.kendalltau(g["agg_risk"], g[col]).statistic
+            if np.isfinite(tau):
+                per_ds.append(tau)
+            r = pd.DataFrame({
+                "dataset": ds,
+                "setting": _setting_name(col),
+                "model": g["model"].to_numpy(),
+                "rank_full": g["agg_risk"].rank(method="min").to_numpy(),
+                "rank_setting": g[col].rank(method="min").to_numpy(),
+            })
+            r["move"] = r["rank_setting"] - r["rank_full"]
+            r = r.reindex(r["move"].abs().sort_values(ascending=False, kind="stable").index)
+            r["is_top"] = np.arange(len(r)) < top
+            moves.append(r)
+        if per_ds:
+            taus[_setting_name(col)] = float(np.mean(per_ds))
+    cols = ["dataset", "setting", "model", "rank_full", "rank_setting", "move", "is_top"]
+    moves_df = pd.concat(moves, ignore_index=True) if moves else pd.DataFrame(columns=cols)
+    return taus, moves_df
+
+
+# ----------------------------------------------------------------------------- scaling law
+def scaling_law_predict(A, U, P, E, N, n, alpha: float, B: float) -> np.ndarray:
+    """err(n) = E + (1-B)(A+U) + (B(A+U) + P)(N/n)^alpha, clipped to [0, 100].
+
+    A missing approx (NaN, no supervised match) is treated as 0 only if usability is present too;
+    callers drop rows with missing components.
+    """
+    au = np.asarray(A, float) + np.asarray(U, float)
+    pred = np.asarray(E, float) + (1 - B) * au + (B * au + np.asarray(P, float)) * (
+        np.asarray(N, float) / np.asarray(n, float)) ** alpha
+    return np.clip(pred, 0.0, 100.0)
+
+
+def _scaling_long(t: pd.DataFrame) -> pd.DataFrame:
+    settings = ["agg_risk"] + list(fewshot_settings(t))
+    need = COMPONENTS + ["n_train", "n_sub"]
+    if any(c not in t for c in need):
+        return pd.DataFrame()
+    rows = []
+    big_n = pd.to_numeric(t["n_train"], errors="coerce") - pd.to_numeric(t["n_sub"], errors="coerce")
+    for col in settings:
+        if col not in t:
+            continue
+        n = _sizes(t, col)
+        part = pd.DataFrame({
+            "model": t["model"], "dataset": t["dataset"],
+            "setting": "full" if col == "agg_risk" else _setting_name(col),
+            "A": t["approx"], "U": t["usability"], "P": t["probe_gen"], "E": t["enc_gen"],
+            "N": big_n, "n": n, "actual": pd.to_numeric(t[col], errors="coerce"),
+        })
+        rows.append(part)
+    long = pd.concat(rows, ignore_index=True).dropna()
+    return long[(long["n"] > 0) & (long["N"] > 0)].reset_index(drop=True)
+
+
+def _r2_rmse(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    rmse = float(np.sqrt(np.mean((y - p) ** 2))) if len(y) else float("nan")
+    ss = np.sum((y - y.mean()) ** 2) if len(y) else 0.0
+    r2 = float(1 - np.sum((y - p) ** 2) / ss) if ss > 0 else float("nan")
+    return r2, rmse
+
+
+def fit_scaling_law(df: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """Fit the two shared parameters (alpha, B) of the component scaling law by least squares.
+
+    Uses every (model, setting) pair with complete data: settings are full shot (agg_risk, n =
+    n_train) and each few-shot column (k-shot n = k * n_classes, p% n = floor(p/100 * n_train));
+    N = n_train - n_sub. Bounds: alpha in [0, 5], B in [0, 1] (B is the share of approx+usability
+    that shrinks with more labels; outside [0, 1] a coefficient would turn negative).
+
+    Also fits, for comparison, a standard scaling law that ignores the components:
+    err_m(n) = agg_m + c * ((n_full/n)^a - 1) with shared c, a (``baseline_r2``/``baseline_rmse``).
+
+    Returns (params, predictions): params has alpha, B, r2, rmse, n_points, ``r2_<setting>`` and
+    ``rmse_<setting>`` per setting, baseline_r2, baseline_rmse; predictions one row per pair
+    (model, dataset, setting, n, actual, predicted, baseline). Raises ValueError if no pair is
+    complete.
+    """
+    t = _table(df)
+    long = _scaling_long(t)
+    if long.empty or long["setting"].nunique() < 2:
+        raise ValueError("scaling law needs components and at least one few-shot column")
+    args = [long[c].to_numpy(float) for c in ("A", "U", "P", "E", "N", "n")]
+    y = long["actual"].to_numpy(float)
+
+    def resid(theta):
+        return scaling_law_predict(*args, alpha=theta[0], B=theta[1]) - y
+
+    best = None
+    for a0, b0 in [(0.3, 0.5), (0.1, 0.1), (1.0, 0.9)]:
+        res = optimize.least_squares(resid, x0=[a0, b0], bounds=([0.0, 0.0], [5.0, 1.0]))
+        if best is None or res.cost < best.cost:
+            best = res
+    alpha, b = (float(v) for v in best.x)
+    long["predicted"] = scaling_law_predict(*args, alpha=alpha, B=b)
+
+    # baseline: anchored at each model's full-shot error, shared power law in n_full / n
+    full = long[long["setting"] == "full"].set_index(["model", "dataset"])
+    key = pd.MultiIndex.from_frame(long[["model", "dataset"]])
+    anchor = full["actual"].reindex(key).to_numpy(float)
+    n_full = full["n"].reindex(key).to_numpy(float)
+    ok = np.isfinite(anchor)
+
+    def base_pred(theta, sel=ok):
+        return np.clip(anchor[sel] + theta[0] * ((n_full[sel] / long["n"].to_numpy(float)[sel]) ** theta[1] - 1),
+                       0, 100)
+
+    baseline = np.full(len(long), np.nan)
+    if ok.any():
+        bres = optimize.least_squares(lambda th: base_pred(th) - y[ok], x0=[5.0, 0.3],
+                                      bounds=([0.0, 0.0], [1e4, 5.0]))
+        baseline[ok] = base_pred(bres.x)
+    long["baseline"] = baseline
+
+    r2, rmse = _r2_rmse(y, long["predicted"].to_numpy())
+    params: dict = {"alpha": alpha, "B": b, "r2": r2, "rmse": rmse, "n_points": int(len(long))}
+    for name, g in long.groupby("setting", sort=False):
+        params[f"r2_{name}"], params[f"rmse_{name}"] = _r2_rmse(g["actual"].to_numpy(), g["predicted"].to_numpy())
+    bsel = np.isfinite(baseline)
+    params["baseline_r2"], params["baseline_rmse"] = _r2_rmse(y[bsel], baseline[bsel])
+    few = (long["setting"] != "full").to_numpy()
+    params["r2_fewshot"], params["rmse_fewshot"] = _r2_rmse(y[few], long["predicted"].to_numpy()[few])
+    params["baseline_r2_fewshot"], params["baseline_rmse_fewshot"] = _r2_rmse(y[few & bsel], baseline[few & bsel])
+    preds = long[["model", "dataset", "setting", "n", "actual", "predicted", "baseline"]]
+    return params, preds
+
+
+# ----------------------------------------------------------------------------- design effects
+def _is_categorical(t: pd.DataFrame, field: str) -> bool:
+    if field in CATEGORICAL_FIELDS:
+        return True
+    return not pd.api.types.is_numeric_dtype(t[field]) and not pd.api.types.is_bool_dtype(t[field])
+
+
+def _controls_for(treatment: str) -> list[str]:
+    """Confounder controls of the study's causal graph, in priority order (first kept longest)."""
+    ctrl = ["year", "is_industry", "is_official", "pretraining_data",
+            "objective" if treatment == "objective" else "ssl_mode",
+            "epochs", "batch_size", "nviews", "n_augmentations", "projection2_arch"]
+    if treatment == "architecture":
+        ctrl += ["architecture"]
+    else:
+        ctrl += ["n_parameters", "family", "z_dim", "patch_size"]
+    ctrl = [c for c in ctrl if c != treatment]
+    if treatment == "objective":
+        ctrl = [c for c in ctrl if c != "objective"]
+    return ctrl
+
+
+def _design_matrix_col(t: pd.DataFrame, field: str) -> pd.Series:
+    s = t[field]
+    if _is_categorical(t, field):
+        return s.astype("string").where(s.notna())
+    s = pd.to_numeric(s.astype(float) if pd.api.types.is_bool_dtype(s) else s, errors="coerce")
+    if field in LOG_FIELDS:
+        s = np.log(s.where(s > 0))
+    return s
+
+
+def _fit_one(data: pd.DataFrame, outcome: str, treatment: str, controls: list[str], cat: set[str],
+             base: str | None):
+    import statsmodels.formula.api as smf
+
+    def term(f):
+        if f in cat:
+            if f == treatment and base is not None:
+                return f"C(Q('{f}'), Treatment(reference={base!r}))"
+            return f"C(Q('{f}'))"
+        return f"Q('{f}')"
+
+    formula = f"Q('{outcome}') ~ " + " + ".join(term(f) for f in [treatment] + controls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return smf.ols(formula, data=data).fit()
+
+
+def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
+                   outcomes: list[str] | None = None) -> pd.DataFrame:
+    """OLS effect of each design choice on each component, with the spec's confounder controls.
+
+    For each treatment present in the table and each outcome (components + agg_risk): categorical
+    treatments enter as dummies against a base level (``BASE_LEVELS`` or the most frequent level),
+    numeric ones as log(x) for nviews, z_dim, batch_size, n_parameters, epochs (else linearly).
+    When the treatment is ``family``, ConvNeXt rows are excluded (ViT vs ResNet, as in the study).
+    Controls (:func:`_controls_for`) are dropped when absent, entirely missing or constant in the
+    rows used; rows with missing values in used columns are dropped; if the fit would have no
+    residual degree of freedom, controls are dropped from the end of the priority list. Several
+    datasets are analysed separately.
+
+    Returns a tidy DataFrame: dataset, treatment, level, base, component, coef, se, p, ci_lo,
+    ci_hi, n, controls (";"-joined) — one row per (treatment level, component).
+    """
+    t = _table(df)
+    cols = ["dataset", "treatment", "level", "base", "component", "coef", "se", "p", "ci_lo", "ci_hi",
+            "n", "controls"]
+    treatments = [x for x in (treatments or DEFAULT_TREATMENTS) if x in t]
+    outcomes = [c for c in (outcomes or OUTCOMES) if c in t]
+    rows = []
+    for ds, g in t.groupby("dataset", sort=True):
+        for tr in treatments:
+            gt = g
+            if tr == "family":
+                gt = g[g["family"].astype("string").str.lower() != "convnext"]
+            fields = [tr] + [c for c in _controls_for(tr) if c in gt]
+            base_data = pd.DataFrame({f: _design_matrix_col(gt, f) for f in fields})
+            cat = {f for f in fields if _is_categorical(gt, f)}
+            for outcome in outcomes:
+                data = base_data.copy()
+                data[outcome] = gt[outcome].to_numpy()
+                data = data[data[tr].notna() & data[outcome].notna()]
+                if len(data) < 3 or data[tr].nunique() < 2:
+                    continue
+                controls = [c for c in fields[1:]
+                            if data[c].notna().any() and data[c].dropna().nunique() > 1]
+                base = None
+                if tr in cat:
+                    levels = data[tr].value_counts()
+                    base = BASE_LEVELS.get(tr) if BASE_LEVELS.get(tr) in levels.index else levels.index[0]
+                fit = None
+                while True:
+                    d = data[[tr, outcome] + controls].dropna()
+                    ok = len(d) >= 3 and d[tr].nunique() > 1
+                    if ok:
+                        n_params = 1 + sum(d[c].nunique() - 1 if c in cat else 1 for c in [tr] + controls)
+                        ok = len(d) - n_params >= 1
+                    if ok:
+                        # constant controls after row dropping carry no information
+                        const = [c for c in controls if d[c].nunique() < 2]
+                        if const:
+                            controls = [c for c in controls if c not in const]
+                            continue
+                        try:
+                            fit = _fit_one(d, outcome, tr, controls, cat, base)
+                        except Exception:  # noqa: BLE001 - singular / degenerate design
+                            fit = None
+                        break
+                    if not controls:
+                        break
+                    controls = controls[:-1]
+                if fit is None:
+                    continue
+                ci = fit.conf_int()
+                for name in fit.params.index:
+                    if not name.startswith(f"C(Q('{tr}')") and name != f"Q('{tr}')":
+                        continue
+                    level = name.split("[T.")[-1].rstrip("]") if "[T." in name else (
+                        f"log({tr})" if tr in LOG_FIELDS else tr)
+                    rows.append({
+                        "dataset": ds, "treatment": tr, "level": level, "base": base,
+                        "component": outcome, "coef": float(fit.params[name]),
+                        "se": float(fit.bse[name]), "p": float(fit.pvalues[name]),
+                        "ci_lo": float(ci.loc[name, 0]), "ci_hi": float(ci.loc[name, 1]),
+                        "n": int(fit.nobs), "controls": ";".join(controls),
+                    })
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ----------------------------------------------------------------------------- controlled pairs
+def controlled_pairs(df: pd.DataFrame, fields: list[str] | None = None) -> pd.DataFrame:
+    """Pairs of models (same dataset) whose design fields are equal except exactly one.
+
+    ``fields`` defaults to :data:`PAIR_FIELDS` present in the table with at least one value; two
+    missing values count as equal. Returns dataset, model_a, model_b, field, value_a, value_b and
+    ``delta_<outcome>`` = outcome(b) - outcome(a) for components and agg_risk.
+    """
+    t = _table(df)
+    fields = [f for f in (fields or PAIR_FIELDS) if f in t and t[f].notna().any()]
+    outs = [c for c in OUTCOMES if c in t]
+    cols = ["dataset", "model_a", "model_b", "field", "value_a", "value_b"] + [f"delta_{c}" for c in outs]
+    if not fields:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for ds, g in t.groupby("dataset", sort=True):
+        g = g.reset_index(drop=True)
+        vals = g[fields].astype("string").fillna("<NA>").to_numpy()
+        diff = (vals[:, None, :] != vals[None, :, :])  # n x n x f
+        nd = diff.sum(axis=2)
+        ia, ib = np.where(np.triu(nd == 1, k=1))
+        for a, b in zip(ia, ib):
+            f = fields[int(np.argmax(diff[a, b]))]
+            row = {"dataset": ds, "model_a": g.at[a, "model"], "model_b": g.at[b, "model"], "field": f,
+                   "value_a": g.at[a, f], "value_b": g.at[b, f]}
+            for c in outs:
+                row[f"delta_{c}"] = g.at[b, c] - g.at[a, c]
+            rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ----------------------------------------------------------------------------- orchestration
+def _load(x) -> pd.DataFrame | None:
+    if x is None:
+        return None
+    if isinstance(x, pd.DataFrame):
+        return x
+    path = Path(x)
+    if path.suffix == ".csv" and path.name == "all_results.csv":
+        from riskdecomp.published import load_published
+        return load_published(path)
+    return pd.read_csv(path)
+
+
+def analyze(leaderboard=None, published=None, out_dir=None) -> dict:
+    """Run every analysis and write ``summary.json``, ``design_effects.csv``,
+    ``controlled_pairs.csv`` (+ ``ranking_moves.csv``, ``scaling_predictions.csv``) into out_dir.
+
+    ``leaderboard`` / ``published``: DataFrame or path (a file named all_results.csv is read with
+    :func:`riskdecomp.published.load_published`). Each source is analysed separately (the
+    published rows are ImageNet, ours may be other datasets — pooling them would mix scales).
+    summary.json: the top level is the primary source (ours when given, else published) and, when
+    both are given, ``per_source`` = {"ours": ..., "published": ...} plus ``primary_source``.
+    The CSVs concatenate both sources with a ``source`` column. Writes are atomic. Returns the
+    summary dict.
+    """
+    if out_dir is None:
+        raise ValueError("analyze needs out_dir")
+    out_dir = Path(out_dir)
+    sources = {name: _load(x) for name, x in (("ours", leaderboard), ("published", published))}
+    sources = {k: v for k, v in sources.items() if v is not None}
+    if not sources:
+        raise ValueError("analyze needs a leaderboard or the published table")
+    summaries, effects, pairs, moves, preds = {}, [], [], [], []
+    for name, df in sources.items():
+        summaries[name] = summarize(df)
+        e = design_effects(df)
+        e.insert(0, "source", name)
+        effects.append(e)
+        p = controlled_pairs(df)
+        p.insert(0, "source", name)
+        pairs.append(p)
+        _, m = ranking_stability(df)
+        m.insert(0, "source", name)
+        moves.append(m)
+        try:
+            _, pr = fit_scaling_law(df)
+            pr.insert(0, "source", name)
+            preds.append(pr)
+        except ValueError:
+            pass
+    primary = "ours" if "ours" in summaries else "published"
+    summary = dict(summaries[primary])
+    summary["primary_source"] = primary
+    if len(summaries) > 1:
+        summary["per_source"] = summaries
+    _atomic_write_text(out_dir / "summary.json", json.dumps(_clean(summary), indent=2, sort_keys=False))
+    _atomic_write_csv(pd.concat(effects, ignore_index=True), out_dir / "design_effects.csv")
+    _atomic_write_csv(pd.concat(pairs, ignore_index=True), out_dir / "controlled_pairs.csv")
+    _atomic_write_csv(pd.concat(moves, ignore_index=True), out_dir / "ranking_moves.csv")
+    if preds:
+        _atomic_write_csv(pd.concat(preds, ignore_index=True), out_dir / "scaling_predictions.csv")
+    return summary

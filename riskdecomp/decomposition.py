@@ -1,0 +1,283 @@
+"""The SSL risk decomposition (Dubois et al., ICML 2023) on feature arrays, with bootstrap CIs.
+
+Raw errors (0-1 error in percent), each from one probe fit (see docs/spec-decomposition.md):
+
+- ``err_ref_train_train``: probe fitted on D_tr with the supervised reference's features, scored on D_tr;
+- ``err_train_train``: probe fitted on D_tr, scored on D_tr;
+- ``err_heldout``: D_tr split into a stratified subset S (``n_sub`` points) and its complement;
+  fitted on the complement, scored on S;
+- ``err_test``: fitted on D_tr, scored on D_te;
+- (alternative) ``err_union``: fitted on D_tr u D_te, scored on D_te.
+
+Components::
+
+    approx    = err_ref_train_train                      (NaN without a reference: merged into usability)
+    usability = err_train_train - err_ref_train_train    (= err_train_train without a reference)
+    probe_gen = err_heldout - err_train_train
+    enc_gen   = err_test - err_heldout
+    agg_risk  = approx + usability + probe_gen + enc_gen (computed as this sum, so the identity is exact;
+                it equals err_test up to float rounding)
+    alternative: enc_gen_alt = err_union - err_train_train, probe_gen_alt = err_test - err_union
+
+Regularization (never looks at D_te labels except for the alternative err_union fit):
+
+- train_train fits (SSL, reference, union): C minimizing *training* error along the warm-started path
+  (strong -> weak), stopping once the training error has not improved for ``patience`` grid points;
+- err_heldout: C chosen on a stratified validation part of the complement, refit on the whole complement;
+- err_test: C chosen on a stratified validation part of D_tr, refit on all of D_tr (the train_train
+  path already holds that fit: it is reused).
+
+Bootstrap: every raw error is a mean of per-point 0/1 losses on its evaluation set. Resampling n
+points with replacement gives counts per loss pattern ~ Multinomial(n, pattern frequencies), so the
+bootstrap is drawn exactly and in O(B) from those counts: Binomial for a lone error, a 4-cell
+Multinomial for two errors sharing one evaluation set (err_train_train & err_ref_train_train on D_tr;
+err_test & err_union on D_te). Different evaluation sets are resampled independently. The 2.5 / 97.5
+percentiles of each raw error, component and agg_risk over the B replicates are ``<name>_lo/_hi``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+from riskdecomp.errors import FeatureError
+from riskdecomp.probes import LinearProbe, PathFitter, _as_grid, fit_path, stratified_split
+
+COMPONENTS = ("approx", "usability", "probe_gen", "enc_gen")
+ALT_COMPONENTS = ("probe_gen_alt", "enc_gen_alt")
+RAW_ERRORS = ("err_train_train", "err_heldout", "err_test", "err_ref_train_train")
+
+
+class Decomposition(dict):
+    """One model's decomposition: a flat dict of numbers plus the fitted err_test probe.
+
+    Attributes: ``test_probe`` (probe fitted on D_tr at ``C_test``), ``test_pred_proba`` (its
+    n_test x K class probabilities on D_te, columns in ``test_probe.classes_`` order).
+    """
+
+    test_probe: BaseEstimator | None = None
+    test_pred_proba: np.ndarray | None = None
+
+    def to_frame(self) -> pd.DataFrame:
+        """One-row DataFrame of all the scalar entries."""
+        return pd.DataFrame([dict(self)])
+
+
+def check_features(x: np.ndarray, y: np.ndarray | None, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate one feature array (2-D, non-empty, finite) and its labels; one-line FeatureError otherwise."""
+    try:
+        x = np.asarray(x)
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise FeatureError(f"{name}: cannot be read as an array ({exc})") from exc
+    if x.ndim != 2:
+        raise FeatureError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise FeatureError(f"{name}: empty array of shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise FeatureError(f"{name}: features must be real numbers, got dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        raise FeatureError(f"{name}: {bad} row(s) contain NaN or inf")
+    if y is not None:
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != x.shape[0]:
+            raise FeatureError(f"{name}: {x.shape[0]} feature rows but labels of shape {y.shape}")
+    return x, y
+
+
+def _default_n_sub(n_train: int, n_test: int) -> int:
+    return int(min(n_test, int(0.2 * n_train)))
+
+
+def _errors(model: BaseEstimator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-point 0/1 losses (bool array)."""
+    return np.asarray(model.predict(x) != y)
+
+
+def _boot_single(loss: np.ndarray, B: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap replicates of mean(loss) for 0/1 losses: Binomial(n, mean) / n (exact)."""
+    n = len(loss)
+    return rng.binomial(n, float(np.mean(loss)), size=B) / n
+
+
+def _boot_pair(a: np.ndarray, b: np.ndarray, B: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Replicates of (mean(a), mean(b)) when both are resampled with the SAME indices (exact, O(B))."""
+    n = len(a)
+    cells = np.array([np.sum(~a & ~b), np.sum(~a & b), np.sum(a & ~b), np.sum(a & b)], dtype=float) / n
+    counts = rng.multinomial(n, cells, size=B)
+    return (counts[:, 2] + counts[:, 3]) / n, (counts[:, 1] + counts[:, 3]) / n
+
+
+def _components(raw: dict[str, np.ndarray | float], has_ref: bool, alternative: bool) -> dict:
+    """Components from raw errors (scalars or bootstrap vectors), in percent; exact-sum agg_risk."""
+    tt, ho, te = raw["err_train_train"], raw["err_heldout"], raw["err_test"]
+    out: dict = {}
+    if has_ref:
+        ref = raw["err_ref_train_train"]
+        out["approx"] = ref
+        out["usability"] = tt - ref
+    else:
+        out["approx"] = np.full_like(np.asarray(tt, dtype=float), np.nan) if np.ndim(tt) else float("nan")
+        out["usability"] = tt
+    out["probe_gen"] = ho - tt
+    out["enc_gen"] = te - ho
+    parts = ([out["approx"]] if has_ref else []) + [out["usability"], out["probe_gen"], out["enc_gen"]]
+    agg = parts[0]
+    for p in parts[1:]:
+        agg = agg + p
+    out["agg_risk"] = agg
+    if alternative:
+        un = raw["err_union"]
+        out["probe_gen_alt"] = te - un
+        out["enc_gen_alt"] = un - tt
+    return out
+
+
+def decompose(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
+    seed: int = 0,
+    n_sub: int | None = None,
+    grid: Sequence[float] | None = None,
+    n_boot: int = 1000,
+    alternative: bool = False,
+    device: str = "auto",
+    standardize: bool = False,
+    val_fraction: float = 0.2,
+    patience: int = 2,
+    probe: BaseEstimator | None = None,
+) -> Decomposition:
+    """Risk decomposition of one encoder's features (percent errors, bootstrap 95% CIs).
+
+    ``reference`` = (x_ref_train, y_ref_train): the supervised reference encoder's features of the
+    same train points (same order) or None (then ``approx`` is NaN and merged into ``usability``).
+    ``n_sub`` defaults to min(|D_te|, 20% |D_tr|). ``probe`` (default ``LinearProbe(standardize,
+    device)``) may be any sklearn classifier with ``C`` and ``warm_start`` parameters.
+    """
+    x_train, y_train = check_features(x_train, y_train, "x_train")
+    x_test, y_test = check_features(x_test, y_test, "x_test")
+    if x_train.shape[1] != x_test.shape[1]:
+        raise FeatureError(
+            f"x_test has {x_test.shape[1]} features but x_train has {x_train.shape[1]}"
+        )
+    train_classes = np.unique(y_train)
+    missing = np.setdiff1d(np.unique(y_test), train_classes)
+    if missing.size:
+        raise FeatureError(f"y_test has classes absent from y_train: {missing[:5].tolist()}")
+    if len(train_classes) < 2:
+        raise FeatureError(f"y_train has a single class ({train_classes[0]!r}); need at least 2")
+    if reference is not None:
+        x_ref, y_ref = check_features(reference[0], reference[1], "reference x_train")
+        if x_ref.shape[0] != x_train.shape[0] or not np.array_equal(y_ref, y_train):
+            raise FeatureError(
+                "reference: features must cover the same train points in the same order "
+                f"({x_ref.shape[0]} rows vs {x_train.shape[0]}; labels equal: {np.array_equal(y_ref, y_train)})"
+            )
+    g = _as_grid(grid)
+    n_tr, n_te = len(y_train), len(y_test)
+    if n_sub is None:
+        n_sub = _default_n_sub(n_tr, n_te)
+    n_sub = int(n_sub)
+    if not 1 <= n_sub <= n_tr - 2:
+        raise FeatureError(f"n_sub={n_sub} must be between 1 and n_train - 2 = {n_tr - 2}")
+    est = probe if probe is not None else LinearProbe(standardize=standardize, device=device)
+    if probe is None:
+        x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+        x_test = np.ascontiguousarray(x_test, dtype=np.float32)
+
+    def n_val(n: int) -> int:
+        return min(max(int(round(val_fraction * n)), 1), n - 1)
+
+    res = Decomposition()
+    losses: dict[str, np.ndarray] = {}
+
+    # err_train_train: best training error along the path on D_tr
+    tr_path = PathFitter(est, x_train, y_train, g)
+    C_tt, _ = fit_path(tr_path, x_train, y_train, patience=patience)
+    losses["err_train_train"] = _errors(tr_path.get(C_tt), x_train, y_train)
+    res["C_train_train"] = C_tt
+
+    # err_heldout: S vs complement; C chosen on a validation part of the complement
+    comp_idx, sub_idx = stratified_split(y_train, n_sub, seed)
+    x_c, y_c = x_train[comp_idx], y_train[comp_idx]
+    fit_i, val_i = stratified_split(y_c, n_val(len(y_c)), seed + 1)
+    ho_val_path = PathFitter(est, x_c[fit_i], y_c[fit_i], g)
+    C_ho, _ = fit_path(ho_val_path, x_c[val_i], y_c[val_i], patience=patience)
+    ho_path = PathFitter(est, x_c, y_c, g)
+    losses["err_heldout"] = _errors(ho_path.get(C_ho), x_train[sub_idx], y_train[sub_idx])
+    res["C_heldout"] = C_ho
+
+    # err_test: C chosen on a validation part of D_tr, refit on D_tr (= the train path's fit at that C)
+    fit_i, val_i = stratified_split(y_train, n_val(n_tr), seed + 2)
+    te_val_path = PathFitter(est, x_train[fit_i], y_train[fit_i], g)
+    C_te, _ = fit_path(te_val_path, x_train[val_i], y_train[val_i], patience=patience)
+    test_probe = tr_path.get(C_te)
+    losses["err_test"] = _errors(test_probe, x_test, y_test)
+    res["C_test"] = C_te
+
+    if reference is not None:
+        x_ref = np.ascontiguousarray(x_ref, dtype=np.float32) if probe is None else x_ref
+        ref_path = PathFitter(est, x_ref, y_train, g)
+        C_ref, _ = fit_path(ref_path, x_ref, y_train, patience=patience)
+        losses["err_ref_train_train"] = _errors(ref_path.get(C_ref), x_ref, y_train)
+        res["C_ref_train_train"] = C_ref
+    if alternative:
+        x_u = np.concatenate([x_train, x_test])
+        y_u = np.concatenate([y_train, y_test])
+        un_path = PathFitter(est, x_u, y_u, g)
+        C_un, _ = fit_path(un_path, x_u, y_u, patience=patience)
+        losses["err_union"] = _errors(un_path.get(C_un), x_test, y_test)
+        res["C_union"] = C_un
+
+    has_ref = reference is not None
+    raw = {k: 100.0 * float(np.mean(v)) for k, v in losses.items()}
+    if not has_ref:
+        raw["err_ref_train_train"] = float("nan")
+    point = _components(raw, has_ref, alternative)
+    res.update(point)
+    res.update({k: raw[k] for k in (*RAW_ERRORS, *(("err_union",) if alternative else ()))})
+
+    # bootstrap
+    rng = np.random.default_rng(seed)
+    B = int(n_boot)
+    boot: dict[str, np.ndarray] = {}
+    if B > 0:
+        if has_ref:
+            boot["err_train_train"], boot["err_ref_train_train"] = _boot_pair(
+                losses["err_train_train"], losses["err_ref_train_train"], B, rng
+            )
+        else:
+            boot["err_train_train"] = _boot_single(losses["err_train_train"], B, rng)
+            boot["err_ref_train_train"] = np.full(B, np.nan)
+        boot["err_heldout"] = _boot_single(losses["err_heldout"], B, rng)
+        if alternative:
+            boot["err_test"], boot["err_union"] = _boot_pair(losses["err_test"], losses["err_union"], B, rng)
+        else:
+            boot["err_test"] = _boot_single(losses["err_test"], B, rng)
+        boot = {k: 100.0 * v for k, v in boot.items()}
+        boot.update(_components(boot, has_ref, alternative))
+    for name in (*COMPONENTS, "agg_risk", *(ALT_COMPONENTS if alternative else ()), *RAW_ERRORS,
+                 *(("err_union",) if alternative else ())):
+        if B > 0 and not np.all(np.isnan(boot[name])):
+            lo, hi = np.percentile(boot[name], [2.5, 97.5])
+        else:
+            lo = hi = float("nan")
+        res[f"{name}_lo"], res[f"{name}_hi"] = float(lo), float(hi)
+    for name in (*COMPONENTS, *(ALT_COMPONENTS if alternative else ())):
+        v = res[name]
+        res[f"{name}_clipped"] = v if np.isnan(v) else max(float(v), 0.0)
+    res["approx_merged"] = not has_ref
+    res["n_train"], res["n_test"], res["n_sub"] = n_tr, n_te, n_sub
+    res["n_classes"] = int(len(train_classes))
+    res["n_boot"] = B
+    res["seed"] = int(seed)
+    res.test_probe = test_probe
+    res.test_pred_proba = test_probe.predict_proba(x_test)
+    return res

@@ -1,0 +1,120 @@
+"""The pretraining loop: a recipe + a train split -> a trained encoder and its per-epoch loss history."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..datasets import ImageSplit
+from ..errors import DatasetError
+from .augment import Augmenter, to_float
+from .backbones import Encoder, build_encoder
+from .objectives import build_objective
+from .recipe import Recipe
+
+# Input normalization of every riskdecomp-pretrained encoder: x_norm = (x / 255 - MEAN) / STD, per channel.
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Float batch in [0, 1] -> (x - MEAN) / STD."""
+    mean = torch.tensor(MEAN, device=x.device)[None, :, None, None]
+    std = torch.tensor(STD, device=x.device)[None, :, None, None]
+    return (x - mean) / std
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is returned as is."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _optimizer(recipe: Recipe, params):
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
+    cls = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    """Shuffled index batches; a trailing batch smaller than 2 is dropped (BatchNorm / contrastive losses need
+    >= 2 samples), as is any trailing batch under half the batch size when there are full batches before it."""
+    perm = torch.randperm(n, generator=generator)
+    bs = min(batch_size, n)
+    out = [perm[i:i + bs] for i in range(0, n, bs)]
+    if len(out) > 1 and len(out[-1]) < max(2, bs // 2):
+        out = out[:-1]
+    return [b for b in out if len(b) >= 2]
+
+
+def pretrain(recipe: Recipe, split: ImageSplit, *, device: str = "cpu",
+             progress: bool = True) -> tuple[Encoder, pd.DataFrame]:
+    """Train an encoder with ``recipe`` on ``split`` (the dataset's train split); returns ``(encoder, history)``.
+
+    The split is held as one uint8 tensor (``split.to_uint8(recipe.image_size)``); each step draws
+    ``recipe.n_views`` augmented views of a shuffled batch (one for ``supervised``) and minimizes the objective's
+    loss with the recipe's optimizer. ``init`` returns the randomly initialized encoder (epochs ignored).
+    Deterministic on CPU for a fixed ``recipe.seed`` (global seed + one generator for shuffling and augmentation).
+    ``history``: one row per epoch with columns ``epoch``, ``loss`` (mean over the epoch's steps), ``seconds``.
+    The encoder is returned in eval mode on ``device``.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    device = resolve_device(device)
+    torch.manual_seed(recipe.seed)
+    encoder = build_encoder(recipe).to(device)
+    history = pd.DataFrame({"epoch": pd.Series(dtype=int), "loss": pd.Series(dtype=float),
+                            "seconds": pd.Series(dtype=float)})
+    if recipe.objective == "init" or recipe.epochs == 0:
+        return encoder.eval(), history
+    n = len(split)
+    if n < 2:
+        raise DatasetError(f"{split.name}: the {split.split} split has {n} image(s); pretraining needs >= 2")
+    labels = torch.as_tensor(np.asarray(split.labels), dtype=torch.long)
+    n_classes = int(labels.max()) + 1 if len(labels) else 0
+    n_classes = max(n_classes, len(getattr(split, "classes", []) or []))
+    objective = build_objective(recipe, encoder, n_classes=n_classes).to(device)
+    images = split.to_uint8(recipe.image_size)
+    params = [p for p in list(encoder.parameters()) + list(objective.parameters()) if p.requires_grad]
+    opt = _optimizer(recipe, params)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    augment = Augmenter(recipe.augment)
+    n_views = objective.n_views_used or recipe.n_views
+    rows = []
+    bar = tqdm(range(recipe.epochs), desc=f"pretrain {recipe.objective}", disable=not progress, leave=False)
+    encoder.train()
+    objective.train()
+    for epoch in bar:
+        t0, losses = time.perf_counter(), []
+        for idx in _batches(n, recipe.batch_size, gen):
+            xb = images[idx]
+            views = [normalize(augment(xb, gen)).to(device) for _ in range(n_views)]
+            loss = objective.loss(encoder, views, labels[idx].to(device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"pretrain {recipe.objective}: loss became {loss.item()} at epoch {epoch}"
+                                         f" (try a lower lr)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            objective.after_step(encoder)
+            losses.append(loss.item())
+        rows.append({"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0})
+        bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
+    history = pd.DataFrame(rows)
+    return encoder.eval(), history
+
+
+@torch.no_grad()
+def embed(encoder: Encoder, images: torch.Tensor, batch_size: int = 512, device: str = "cpu") -> np.ndarray:
+    """Representations (N, z_dim) of a uint8 (or [0, 1] float) image tensor, in eval mode."""
+    encoder.eval()
+    out = [encoder(normalize(to_float(images[i:i + batch_size])).to(device)).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, encoder.out_dim), np.float32)

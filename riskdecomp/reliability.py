@@ -1,0 +1,272 @@
+"""Per-point reliability targets and metrics of an uncertainty score against them.
+
+Targets (per test point): ``err01`` (probe 0-1 error), ``loss`` (probe cross-entropy),
+``brier_ovo`` (Park et al.: Brier score of one-vs-one binary logistic probes averaged over
+the C-1 class pairs that contain the point's true class).
+
+Metrics (orientation fixed: u is an uncertainty, higher = less reliable; positive / large =
+the score tracks error; never absolute values):
+- ``kendall_tau`` (tau-b) and ``spearman_rho`` between u and the target (scipy).
+- ``auroc``: AUROC of u for detecting err01 = 1 (binary targets only; sklearn-equivalent).
+- ``aurc``: mean over coverages j/n, j = 1..n, of the mean target of the j most certain points
+  (reject the most uncertain first); ties in u are resolved by their expectation under random
+  tie-breaking (tied points get their group's mean target). ``excess_aurc`` = aurc - aurc of the
+  oracle ordering (by the target itself).
+- 10 equal-mass bins of u (rank order, bin 1 = most certain): ``acc_bin_01..10`` (1 - mean
+  err01) for binary targets, ``mean_bin_01..10`` otherwise, plus ``decile_gap`` = mean target
+  in the most uncertain decile - in the most certain one (for err01: accuracy gap between the
+  most and least certain decile).
+Confidence intervals: percentile bootstrap (2.5 %, 97.5 %) over test points, the same
+resamples for every metric (and for every score/target pair in :func:`evaluate_scores`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import kendalltau, rankdata
+
+from .errors import FeatureError
+
+N_BINS = 10
+
+
+# ----------------------------------------------------------------------------- targets
+def brier_ovo(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    C: float = 1.0,
+    max_iter: int = 500,
+    tol: float = 1e-6,
+) -> np.ndarray:
+    """Mean one-vs-one Brier score of each test point over the pairs containing its true class.
+
+    All C(C-1)/2 binary logistic regressions are fitted *jointly*: pair (a, b) has weights
+    w_ab = -w_ba (an antisymmetric (C, C, d) tensor) and intercept c_ab = -c_ba; the objective
+    sum_pairs [C * sum_{i in a or b} log(1 + exp(-s_i (w.x_i + c))) + |w|^2 / 2] separates over
+    pairs, so its minimiser is exactly that of C(C-1)/2 independent sklearn-style
+    ``LogisticRegression(C=C)`` fits (intercept unpenalised). One L-BFGS run (torch, float64)
+    with one matrix product per class per step: cost ~ n_train * d * C per step instead of
+    C^2 separate fits. For a test point of class a, pair (a, b) gives p_a = sigmoid(w_ab.x + c_ab)
+    and Brier (1 - p_a)^2 (the binary Brier for that pair); the score is the mean over b != a.
+    """
+    classes = np.unique(y_train)
+    n_c = len(classes)
+    if n_c < 2:
+        raise FeatureError("brier_ovo needs at least 2 classes in the train labels")
+    if not np.isin(y_test, classes).all():
+        raise FeatureError("brier_ovo: a test label does not occur in the train labels")
+    xt = torch.as_tensor(np.asarray(x_train, dtype=np.float64))
+    d = xt.shape[1]
+    ytr = np.searchsorted(classes, y_train)
+    groups = [torch.from_numpy(np.nonzero(ytr == c)[0]) for c in range(n_c)]
+    xs = [xt[g] for g in groups]
+    v = torch.zeros((n_c, n_c, d), dtype=torch.float64, requires_grad=True)
+    vb = torch.zeros((n_c, n_c), dtype=torch.float64, requires_grad=True)
+    upper = torch.triu(torch.ones(n_c, n_c, dtype=torch.float64), diagonal=1)
+    off = 1.0 - torch.eye(n_c, dtype=torch.float64)
+
+    def weights() -> tuple[torch.Tensor, torch.Tensor]:
+        w = v * upper[..., None]
+        b = vb * upper
+        return w - w.transpose(0, 1), b - b.T
+
+    def objective() -> torch.Tensor:
+        w, b = weights()
+        loss = 0.5 * (w * w).sum() / 2  # each pair appears twice in the antisymmetric tensor
+        for a in range(n_c):
+            logit = xs[a] @ w[a].T + b[a]  # (n_a, C): positive = class a
+            loss = loss + C * (torch.nn.functional.softplus(-logit) * off[a]).sum()
+        return loss
+
+    opt = torch.optim.LBFGS([v, vb], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        w, b = weights()
+        xq = torch.as_tensor(np.asarray(x_test, dtype=np.float64))
+        yq = np.searchsorted(classes, y_test)
+        out = np.empty(len(yq))
+        for a in np.unique(yq):
+            rows = np.nonzero(yq == a)[0]
+            p = torch.sigmoid(xq[rows] @ w[a].T + b[a]).numpy()
+            br = (1.0 - p) ** 2
+            br[:, a] = 0.0
+            out[rows] = br.sum(1) / (n_c - 1)
+    return out
+
+
+def targets(
+    y_test: np.ndarray,
+    proba: np.ndarray,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    *,
+    classes: np.ndarray | None = None,
+    C: float = 1.0,
+    eps: float = 1e-12,
+) -> pd.DataFrame:
+    """Per-test-point targets: err01, loss, brier_ovo.
+
+    ``proba`` (n, C) holds the probe's probabilities, its columns ordered like ``classes``
+    (default: sorted unique train labels, sklearn's ``classes_``). err01 = [argmax p != y];
+    loss = -log max(p_y, eps); brier_ovo from :func:`brier_ovo` with inverse regularisation C.
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    classes = np.unique(y_train) if classes is None else np.asarray(classes)
+    if proba.shape != (len(y_test), len(classes)):
+        raise FeatureError(f"proba has shape {proba.shape}, expected ({len(y_test)}, {len(classes)})")
+    if not np.isin(y_test, classes).all():
+        raise FeatureError("a test label is not among the probe's classes")
+    col = np.searchsorted(classes, y_test)
+    p_true = proba[np.arange(len(col)), col]
+    return pd.DataFrame({
+        "err01": (classes[proba.argmax(1)] != np.asarray(y_test)).astype(np.float64),
+        "loss": -np.log(np.maximum(p_true, eps)),
+        "brier_ovo": brier_ovo(x_train, y_train, x_test, y_test, C=C),
+    })
+
+
+# ----------------------------------------------------------------------------- metrics
+def _tie_mean(u: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Each point's target replaced by the mean target of all points with the same u."""
+    _, inv = np.unique(u, return_inverse=True)
+    return (np.bincount(inv, weights=t) / np.bincount(inv))[inv]
+
+
+def _aurc_rows(t_sorted: np.ndarray) -> np.ndarray:
+    """AURC per row of targets already ordered from most to least certain."""
+    n = t_sorted.shape[-1]
+    return (np.cumsum(t_sorted, axis=-1) / np.arange(1, n + 1)).mean(axis=-1)
+
+
+def _bins_rows(t_sorted: np.ndarray) -> np.ndarray:
+    """Mean target in 10 equal-mass bins (rank order) per row -> (..., 10)."""
+    n = t_sorted.shape[-1]
+    edges = np.linspace(0, n, N_BINS + 1).round().astype(int)
+    cs = np.concatenate([np.zeros(t_sorted.shape[:-1] + (1,)), np.cumsum(t_sorted, axis=-1)], axis=-1)
+    return (cs[..., edges[1:]] - cs[..., edges[:-1]]) / np.diff(edges)
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(-1, keepdims=True)
+    b = b - b.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+
+
+def _metric_values(u: np.ndarray, t: np.ndarray, binary: bool, with_kendall: bool = True) -> dict[str, np.ndarray]:
+    """All metrics for each row of (B, n) arrays u, t (vectorised except Kendall's tau)."""
+    out: dict[str, np.ndarray] = {}
+    if with_kendall:
+        out["kendall_tau"] = np.array([kendalltau(a, b).statistic for a, b in zip(u, t)])
+    ru, rt = rankdata(u, axis=-1), rankdata(t, axis=-1)
+    out["spearman_rho"] = _pearson_rows(ru, rt)
+    n = u.shape[-1]
+    if binary:
+        n1 = t.sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["auroc"] = ((ru * t).sum(-1) - n1 * (n1 + 1) / 2) / (n1 * (n - n1))
+    order = np.argsort(u, axis=-1, kind="stable")
+    tm = np.take_along_axis(np.stack([_tie_mean(a, b) for a, b in zip(u, t)]), order, axis=-1)
+    out["aurc"] = _aurc_rows(tm)
+    out["excess_aurc"] = out["aurc"] - _aurc_rows(np.sort(t, axis=-1))
+    bins = _bins_rows(tm)
+    name = "acc_bin" if binary else "mean_bin"
+    vals = 1.0 - bins if binary else bins
+    for j in range(N_BINS):
+        out[f"{name}_{j + 1:02d}"] = vals[..., j]
+    out["decile_gap"] = bins[..., -1] - bins[..., 0]
+    return out
+
+
+def _is_binary(t: np.ndarray) -> bool:
+    return bool(np.isin(t, (0.0, 1.0)).all())
+
+
+def _boot_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def score_metrics(
+    u: np.ndarray,
+    target_values: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    binary: bool | None = None,
+    _boot: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Tidy table (metric, value, ci_lo, ci_hi) of one uncertainty score against one target.
+
+    ``binary`` (default: target values all in {0, 1}) switches on ``auroc`` and the accuracy
+    bins. CIs: 95 % percentile bootstrap over test points (NaN when n_boot = 0).
+    """
+    u = np.asarray(u, dtype=np.float64).ravel()
+    t = np.asarray(target_values, dtype=np.float64).ravel()
+    if u.shape != t.shape:
+        raise FeatureError(f"score has {u.size} values but target has {t.size}")
+    if u.size < 2 * N_BINS:
+        raise FeatureError(f"need at least {2 * N_BINS} test points for the metrics, got {u.size}")
+    if not (np.isfinite(u).all() and np.isfinite(t).all()):
+        raise FeatureError("score or target contains NaN/inf")
+    binary = _is_binary(t) if binary is None else binary
+    point = _metric_values(u[None], t[None], binary)
+    rows = []
+    if n_boot > 0:
+        idx = _boot_indices(u.size, n_boot, seed) if _boot is None else _boot
+        boot = {}
+        for lo in range(0, len(idx), 100):  # blocks of 100 resamples keep memory at ~100 n floats
+            part = _metric_values(u[idx[lo:lo + 100]], t[idx[lo:lo + 100]], binary)
+            for key, val in part.items():
+                boot.setdefault(key, []).append(val)
+        boot = {key: np.concatenate(val) for key, val in boot.items()}
+    for key, val in point.items():
+        if n_boot > 0:
+            lo_, hi_ = np.nanpercentile(boot[key], [2.5, 97.5]) if np.isfinite(boot[key]).any() else (np.nan, np.nan)
+        else:
+            lo_ = hi_ = np.nan
+        rows.append((key, float(val[0]), float(lo_), float(hi_)))
+    return pd.DataFrame(rows, columns=["metric", "value", "ci_lo", "ci_hi"])
+
+
+def evaluate_scores(scores: pd.DataFrame, targets: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Every score column against every target column -> tidy (score, target, metric, value, ci_lo, ci_hi).
+
+    Rows where a score is NaN are dropped for that score (and the bootstrap is then redrawn
+    for that subset); otherwise all pairs share the same bootstrap resamples.
+    """
+    if len(scores) != len(targets):
+        raise FeatureError(f"{len(scores)} score rows but {len(targets)} target rows")
+    n = len(scores)
+    shared = _boot_indices(n, n_boot, seed) if n_boot > 0 else None
+    parts = []
+    for s in scores.columns:
+        u = scores[s].to_numpy(dtype=np.float64)
+        keep = np.isfinite(u)
+        if keep.sum() < 2 * N_BINS:
+            continue
+        for tname in targets.columns:
+            t = targets[tname].to_numpy(dtype=np.float64)
+            ok = keep & np.isfinite(t)
+            boot = shared if ok.all() else None
+            tab = score_metrics(u[ok], t[ok], n_boot=n_boot, seed=seed, _boot=boot)
+            tab.insert(0, "target", tname)
+            tab.insert(0, "score", s)
+            parts.append(tab)
+    if not parts:
+        return pd.DataFrame(columns=["score", "target", "metric", "value", "ci_lo", "ci_hi"])
+    return pd.concat(parts, ignore_index=True)
+

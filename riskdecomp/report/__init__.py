@@ -1,0 +1,70 @@
+"""Report of a results directory: analyses, plots (PNG + SVG) and one static HTML page.
+
+``make_report(results_dir)`` reads ``leaderboard.csv`` and, when present, uncertainty.csv,
+per_sample/*.csv, active_learning.csv, label_efficiency.csv; runs
+:func:`riskdecomp.analysis.analyze` into ``results_dir/analysis/``; draws
+``results_dir/plots/*.png|svg``; writes ``results_dir/report.html`` (images referenced as
+``plots/<name>.png``). Reporting never recomputes features or probes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from riskdecomp import analysis
+from riskdecomp.errors import RiskdecompError
+
+__all__ = ["make_report"]
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+
+
+def make_report(results_dir, *, published=None, color_by: str | None = "objective") -> Path:
+    """Write ``results_dir/report.html`` (+ plots/ and analysis/) and return its path.
+
+    ``published``: optional DataFrame from :func:`riskdecomp.published.load_published` or a path to
+    ``all_results.csv``; it is analysed and plotted as a separate source. Raises
+    :class:`RiskdecompError` if ``results_dir`` is not a directory.
+    """
+    from riskdecomp.report.html import render_html, write_text_atomic
+    from riskdecomp.report.plots import collect_plots
+
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise RiskdecompError(f"results directory not found: {results_dir}")
+    if published is not None and not isinstance(published, pd.DataFrame):
+        from riskdecomp.published import load_published
+        published = load_published(published)
+    lb = _read(results_dir / "leaderboard.csv")
+    if lb is not None and lb.empty:
+        lb = None
+
+    summary, effects = None, None
+    if lb is not None or published is not None:
+        summary = analysis.analyze(leaderboard=lb, published=published, out_dir=results_dir / "analysis")
+        effects = _read(results_dir / "analysis" / "design_effects.csv")
+    plots_dir = results_dir / "plots"
+    made, notes = collect_plots(results_dir, plots_dir, color_by, published=published,
+                                effects=effects if effects is not None else pd.DataFrame())
+    rel = [(f"plots/{Path(p).name}", caption) for p, caption in made]
+    tables = {
+        "Label efficiency": _read(results_dir / "label_efficiency.csv"),
+        "Controlled pairs": _read(results_dir / "analysis" / "controlled_pairs.csv"),
+    }
+    unc = _read(results_dir / "uncertainty.csv")
+    if unc is not None and "metric" in unc:
+        tables["Uncertainty metrics"] = unc[~unc["metric"].astype(str).str.startswith("bin_acc_")]
+    text = render_html(title=f"riskdecomp report — {results_dir.name}", leaderboard=lb, summary=summary,
+                       plots=rel, notes=notes, tables=tables)
+    out = results_dir / "report.html"
+    write_text_atomic(out, text)
+    return out

@@ -1,0 +1,130 @@
+"""`riskdecomp evaluate` end to end on a small precomputed-features zoo: outputs, identity, resumption,
+determinism, failures, parallel and dask execution."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from riskdecomp.cli import main
+from riskdecomp.runner import Settings, evaluate
+
+from zoo_factory import FAST, make_features_zoo
+
+COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen"]
+
+
+def run_cli(*args):
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
+def fast_settings(**kw):
+    base = dict(n_boot=50, fewshot_seeds=2, shots=(1, 5), fractions=(0.1,), active_seeds=2,
+                active_budget_per_class=10, uncertainty_boot=50, progress=False)
+    base.update(kw)
+    return Settings(**base)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return make_features_zoo(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="module")
+def full_run(zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    res = evaluate(zoo, "digits", out, cache_dir=out / "cache", settings=fast_settings())
+    return res, out
+
+
+def test_leaderboard_rows_satisfy_the_identity_with_cis_and_fewshot(full_run):
+    res, out = full_run
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert list(board["model"]) == ["sup", "good", "weak"] and set(board["dataset"]) == {"synth"}
+    ref = board[board.model != "sup"]
+    total = ref[COMPONENTS].sum(axis=1)
+    np.testing.assert_allclose(total, ref["agg_risk"], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(ref["agg_risk"], ref["err_test"], atol=1e-7)
+    for c in COMPONENTS + ["agg_risk"]:
+        assert {f"{c}_lo", f"{c}_hi"} <= set(board.columns)
+        ok = ref[[f"{c}_lo", c, f"{c}_hi"]].dropna()
+        assert (ok[f"{c}_lo"] <= ok[c] + 1e-9).all() and (ok[c] <= ok[f"{c}_hi"] + 1e-9).all()
+    assert {"fewshot_1shot", "fewshot_5shot", "fewshot_10pct"} <= set(board.columns)
+    # a weaker representation has a larger aggregated risk; the reference row has no reference of its own
+    assert board.set_index("model").loc["weak", "agg_risk"] > board.set_index("model").loc["good", "agg_risk"]
+    assert bool(board.set_index("model").loc["sup", "approx_merged"]) is True
+    assert board.set_index("model").loc["good", "objective"] == "simclr"
+    assert (out / "runs" / "good__synth.json").exists()
+
+
+def test_uncertainty_and_active_outputs(full_run):
+    _res, out = full_run
+    unc = pd.read_csv(out / "uncertainty.csv")
+    assert list(unc.columns[:8]) == ["model", "dataset", "score", "target", "metric", "value", "ci_lo", "ci_hi"]
+    assert {"err01", "loss"} <= set(unc["target"]) and "auroc" in set(unc["metric"])
+    assert "ens_nc_100" in set(unc["score"]) or any(s.startswith("ens_nc") for s in unc["score"])
+    ps = pd.read_csv(out / "per_sample" / "good__synth.csv")
+    assert len(ps) == 80 and {"err01", "loss"} <= set(ps.columns)
+    al = pd.read_csv(out / "active_learning.csv")
+    assert list(al.columns[:6]) == ["model", "acquisition", "seed", "n_labels", "accuracy", "worst_class_accuracy"] \
+        or {"model", "acquisition", "seed", "n_labels", "accuracy", "worst_class_accuracy"} <= set(al.columns)
+    assert (out / "label_efficiency.csv").exists()
+
+
+def test_rerun_reuses_records_and_is_byte_identical(zoo, full_run):
+    res, out = full_run
+    before = (out / "leaderboard.csv").read_bytes()
+    res2 = evaluate(zoo, "digits", out, cache_dir=out / "cache", settings=fast_settings())
+    assert all(r.get("skipped") for r in res2.records)
+    assert (out / "leaderboard.csv").read_bytes() == before
+    timings = pd.read_csv(out / "timings.csv")
+    assert timings["reused"].all()
+
+
+def test_same_seed_fresh_run_is_byte_identical(zoo, full_run, tmp_path):
+    _res, out = full_run
+    again = evaluate(zoo, "digits", tmp_path, cache_dir=tmp_path / "cache", settings=fast_settings())
+    assert again.ok
+    assert (tmp_path / "leaderboard.csv").read_bytes() == (out / "leaderboard.csv").read_bytes()
+
+
+def test_a_failing_model_is_recorded_and_the_others_complete(tmp_path, capsys):
+    zoo = make_features_zoo(tmp_path / "z", extra_models=["""
+        - name: broken
+          source: checkpoint
+          architecture: resnet18
+          weights: missing.safetensors
+        """])
+    code = run_cli("evaluate", "--zoo", str(zoo), "--out", str(tmp_path / "out"), "--cache-dir",
+                   str(tmp_path / "c"), "--no-uncertainty", "--no-active", *FAST)
+    assert code == 1
+    fails = pd.read_csv(tmp_path / "out" / "failures.csv")
+    assert list(fails["model"]) == ["broken"] and "not found" in fails["error"][0]
+    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert list(board["model"]) == ["sup", "good", "weak"] and board["agg_risk"].notna().all()
+    err = capsys.readouterr().err
+    assert "broken" in err and "Traceback" not in err
+
+
+def test_parallel_jobs_match_serial(zoo, full_run, tmp_path):
+    _res, out = full_run
+    par = evaluate(zoo, "digits", tmp_path, cache_dir=tmp_path / "cache", settings=fast_settings(), jobs=2)
+    assert par.ok
+    assert (tmp_path / "leaderboard.csv").read_bytes() == (out / "leaderboard.csv").read_bytes()
+
+
+def test_dask_local_cluster_matches_serial(zoo, full_run, tmp_path):
+    distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+    _res, out = full_run
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        res = evaluate(zoo, "digits", tmp_path, cache_dir=tmp_path / "cache", settings=fast_settings(),
+                       backend="dask", scheduler=cl.scheduler_address)
+    assert res.ok
+    assert (tmp_path / "leaderboard.csv").read_bytes() == (out / "leaderboard.csv").read_bytes()
+    rec = json.loads((tmp_path / "runs" / "good__synth.json").read_text())
+    assert rec["model"] == "good"

@@ -1,0 +1,118 @@
+"""LinearProbe: parity with sklearn's LogisticRegression, sklearn API compliance, determinism, tuning."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits, make_classification
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.estimator_checks import check_estimator
+
+from riskdecomp.probes import DEFAULT_GRID, LinearProbe, stratified_split, tune_probe
+
+torch.set_num_threads(1)
+
+
+def _digits():
+    X, y = load_digits(return_X_y=True)
+    return X[:1200], y[:1200], X[1200:], y[1200:]
+
+
+@pytest.mark.parametrize("C", [1e-3, 0.1])
+def test_accuracy_matches_sklearn_on_digits(C):
+    Xtr, ytr, Xte, yte = _digits()
+    ours = LinearProbe(C=C, device="cpu").fit(Xtr, ytr)
+    ref = LogisticRegression(C=C, max_iter=5000).fit(Xtr, ytr)
+    assert abs(ours.score(Xte, yte) - ref.score(Xte, yte)) * 100 <= 0.3
+    # same objective -> close to the same optimum, not just the same accuracy
+    assert np.abs(ours.coef_ - ref.coef_).max() < 0.02 * np.abs(ref.coef_).max() + 1e-3
+
+
+def test_accuracy_matches_sklearn_binary_and_synthetic():
+    X, y = make_classification(n_samples=1500, n_features=30, n_informative=10, n_classes=2,
+                               flip_y=0.1, random_state=0)
+    ours = LinearProbe(C=0.05, device="cpu").fit(X[:1000], y[:1000])
+    ref = LogisticRegression(C=0.05, max_iter=5000).fit(X[:1000], y[:1000])
+    assert ours.coef_.shape == ref.coef_.shape == (1, 30)  # binary: one weight vector, like sklearn
+    assert abs(ours.score(X[1000:], y[1000:]) - ref.score(X[1000:], y[1000:])) * 100 <= 0.3
+    np.testing.assert_allclose(ours.decision_function(X[1000:]), ref.decision_function(X[1000:]), atol=0.02)
+
+    X, y = make_classification(n_samples=1500, n_features=40, n_informative=12, n_classes=5,
+                               n_clusters_per_class=1, flip_y=0.05, random_state=1)
+    ours = LinearProbe(C=1.0, device="cpu").fit(X[:1000], y[:1000])
+    ref = LogisticRegression(C=1.0, max_iter=5000).fit(X[:1000], y[:1000])
+    assert abs(ours.score(X[1000:], y[1000:]) - ref.score(X[1000:], y[1000:])) * 100 <= 0.3
+    np.testing.assert_allclose(ours.predict_proba(X[1000:]), ref.predict_proba(X[1000:]), atol=0.01)
+
+
+def test_deterministic_across_runs():
+    Xtr, ytr, _, _ = _digits()
+    a = LinearProbe(C=0.1, device="cpu").fit(Xtr, ytr)
+    b = LinearProbe(C=0.1, device="cpu").fit(Xtr, ytr)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    np.testing.assert_array_equal(a.intercept_, b.intercept_)
+
+
+def test_sklearn_check_estimator_passes():
+    results = check_estimator(LinearProbe(device="cpu"), on_fail=None, on_skip=None)
+    failed = [r["check_name"] for r in results if r["status"] == "failed"]
+    assert failed == []
+    assert sum(r["status"] == "passed" for r in results) > 40
+
+
+def test_arbitrary_labels_and_proba():
+    X, y = make_classification(n_samples=300, n_features=8, n_informative=5, n_classes=3, random_state=0)
+    names = np.array(["cat", "dog", "emu"])[y]
+    p = LinearProbe(C=1.0, device="cpu").fit(X, names)
+    assert list(p.classes_) == ["cat", "dog", "emu"]
+    assert set(p.predict(X)) <= {"cat", "dog", "emu"}
+    P = p.predict_proba(X)
+    np.testing.assert_allclose(P.sum(1), 1, atol=1e-9)
+    np.testing.assert_array_equal(p.classes_[P.argmax(1)], p.predict(X))
+    assert p.n_features_in_ == 8
+
+
+def test_standardize_is_invariant_to_feature_scaling():
+    X, y = make_classification(n_samples=400, n_features=10, n_informative=6, n_classes=3, random_state=2)
+    scales = np.logspace(-3, 3, 10)
+    a = LinearProbe(C=0.5, standardize=True, device="cpu").fit(X, y)
+    b = LinearProbe(C=0.5, standardize=True, device="cpu").fit(X * scales + 7.0, y)
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X * scales + 7.0), atol=1e-3)
+
+
+def test_warm_start_reaches_the_same_solution():
+    Xtr, ytr, _, _ = _digits()
+    cold = LinearProbe(C=1.0, device="cpu").fit(Xtr, ytr)
+    warm = LinearProbe(C=0.01, device="cpu", warm_start=True).fit(Xtr, ytr)
+    warm.set_params(C=1.0).fit(Xtr, ytr)
+    assert np.mean(cold.predict(Xtr) == warm.predict(Xtr)) > 0.99
+
+
+def test_tune_probe_picks_from_grid_and_refits_on_all():
+    X, y = make_classification(n_samples=600, n_features=20, n_informative=5, n_classes=3,
+                               flip_y=0.2, random_state=3)
+    grid = np.logspace(-4, 2, 7)
+    C, probe, table = tune_probe(X, y, grid=grid, seed=0, device="cpu")
+    assert C in grid
+    assert probe.C == C and probe.n_features_in_ == 20
+    assert list(table.columns[:2]) == ["C", "error"]
+    assert np.all(np.diff(table["C"]) > 0)  # strong -> weak
+    assert table.loc[table["error"].idxmin(), "C"] == C
+    # a refit on all data differs from the validation-path model (it saw more points)
+    C2, probe2, _ = tune_probe(X, y, grid=grid, seed=0, device="cpu")
+    assert C2 == C and np.array_equal(probe.coef_, probe2.coef_)
+
+
+def test_tune_probe_stops_early_on_a_flat_curve():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4)) + 5 * np.repeat(np.eye(2, 4), 150, axis=0)
+    y = np.repeat([0, 1], 150)
+    C, _, table = tune_probe(X, y, grid=DEFAULT_GRID, patience=2, device="cpu")
+    assert len(table) < len(DEFAULT_GRID)  # error hits its floor at once and the path stops
+    assert C == DEFAULT_GRID[0]
+
+
+def test_stratified_split_sizes_and_balance():
+    y = np.repeat([0, 1, 2, 3], [100, 200, 300, 400])
+    keep, out = stratified_split(y, 100, seed=0)
+    assert len(out) == 100 and len(keep) == 900 and not set(keep) & set(out)
+    np.testing.assert_array_equal(np.bincount(y[out]), [10, 20, 30, 40])
