@@ -2,8 +2,9 @@
 the result-row schema, and where the shared data lives.
 
 Peak memory of a benchmark is the ``ru_maxrss`` of the child process that ran it, read with ``os.wait4`` on that
-very child (so it is per benchmark, not the running maximum over all children that ``RUSAGE_CHILDREN`` gives).
-On Linux ``ru_maxrss`` is in KiB.
+very child (so it is per benchmark, not the running maximum over all children that ``RUSAGE_CHILDREN`` gives) by a
+small launcher process (so the caller's own memory, inherited at fork, is not counted). ``ru_maxrss`` is in KiB
+on Linux.
 """
 
 from __future__ import annotations
@@ -146,40 +147,56 @@ class ChildResult:
         return f"exit {self.returncode}: {tail[-1] if tail else 'no output'}"[:300]
 
 
+# A small Python process between us and the measured command: ru_maxrss is a high-water mark that a forked child
+# inherits from its parent's memory at fork time (and keeps through exec), so measuring the command as our direct
+# child would count our own RSS. The launcher is small; it waits for the command with os.wait4 and writes that
+# child's ru_maxrss (KiB on Linux) to a file.
+_LAUNCHER = """
+import json, os, subprocess, sys
+p = subprocess.Popen(json.loads(sys.argv[2]))
+_pid, status, usage = os.wait4(p.pid, 0)
+p.returncode = code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_child(argv: Sequence[str], *, timeout: Optional[float] = None, env: Optional[dict] = None,
               cwd: Optional[Path] = None) -> ChildResult:
-    """Run ``argv`` in a new process group; return its output, wall time and its own peak RSS (``os.wait4``).
+    """Run ``argv`` in a new process group; return its output, wall time and its own peak RSS.
 
-    On timeout the whole process group is killed (the child's own workers included).
+    The peak is the command's ``ru_maxrss`` read by a small launcher process with ``os.wait4`` (see _LAUNCHER),
+    so it is that command's own high-water mark, not the caller's. On timeout the whole process group is killed
+    (the command's own workers included) and the peak is unknown (None).
     """
     full_env = {**os.environ, **(env or {})}
-    full_env.setdefault("PYTHONPATH", str(REPO))
-    if str(REPO) not in full_env["PYTHONPATH"].split(os.pathsep):
-        full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env["PYTHONPATH"]
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    paths = [p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in paths if p != str(REPO)])
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.TemporaryDirectory(prefix="rd-bench-") as tmp:
+        rss_file = Path(tmp) / "maxrss"
         t0 = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=full_env, cwd=str(cwd or REPO),
-                                start_new_session=True)
-        status, usage, timed_out = None, None, False
-        deadline = None if timeout is None else t0 + max(timeout, 0.0)
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                break
-            if deadline is not None and time.perf_counter() > deadline:
-                timed_out = True
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                _pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.02)
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(rss_file), json.dumps(list(argv))],
+                                stdout=out, stderr=err, env=full_env, cwd=str(cwd or REPO), start_new_session=True)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
         seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait for it again
         out.seek(0)
         err.seek(0)
-        maxrss = usage.ru_maxrss / (1024 ** 2 if sys.platform == "darwin" else 1024) if usage else None
+        try:
+            kib = int(rss_file.read_text())
+            maxrss = kib / (1024 ** 2 if sys.platform == "darwin" else 1024)
+        except (OSError, ValueError):
+            maxrss = None
         return ChildResult(None if timed_out else proc.returncode, out.read(), err.read(), seconds, maxrss,
                            timed_out)
 

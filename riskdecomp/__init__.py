@@ -1,3 +1,30 @@
-"""riskdecomp: evaluate self-supervised encoders and explain why they are good or bad."""
+"""riskdecomp: evaluate self-supervised encoders and explain why they are good or bad.
+
+The public API (imported lazily, so ``riskdecomp --help`` stays fast)::
+
+    evaluate, Settings          the whole pipeline (riskdecomp.runner)
+    load_zoo                    the zoo registry (riskdecomp.zoo)
+    load_dataset                datasets (riskdecomp.datasets)
+    featurize                   cached features (riskdecomp.features)
+    LinearProbe, tune_probe     the probe (riskdecomp.probes)
+    decompose                   the four risk components (riskdecomp.decomposition)
+    fewshot_errors              few-shot errors (riskdecomp.fewshot)
+    make_report                 plots + HTML (riskdecomp.report)
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+
+_API = {
+    "evaluate": "runner", "Settings": "runner", "load_zoo": "zoo", "load_dataset": "datasets",
+    "featurize": "features", "LinearProbe": "probes", "tune_probe": "probes", "decompose": "decomposition",
+    "fewshot_errors": "fewshot", "make_report": "report", "RiskdecompError": "errors",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'riskdecomp' has no attribute {name!r}")

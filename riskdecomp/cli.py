@@ -55,7 +55,7 @@ def zoo_list(zoo_path, fmt):
 
         with pd.option_context("display.max_rows", None, "display.max_columns", 12, "display.width", 200,
                                "display.max_colwidth", 40):
-            click.echo(df.fillna("").to_string(index=False))
+            click.echo(df.astype(object).where(df.notna(), "").to_string(index=False))
         click.echo(f"{len(df)} models")
 
 

@@ -23,7 +23,8 @@ Regularization (never looks at D_te labels except for the alternative err_union 
 
 - train_train fits (SSL, reference, union): C minimizing *training* error along the warm-started path
   (strong -> weak), stopping once the training error has not improved for ``patience`` grid points;
-- err_heldout: C chosen on a stratified validation part of the complement, refit on the whole complement;
+- err_heldout: C chosen on a stratified validation part of the complement, refit on the whole complement
+  (warm-started from the validation-path solution at that C);
 - err_test: C chosen on a stratified validation part of D_tr, refit on all of D_tr (the train_train
   path already holds that fit: it is reused).
 
@@ -44,7 +45,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from riskdecomp.errors import FeatureError
-from riskdecomp.probes import LinearProbe, PathFitter, _as_grid, fit_path, stratified_split
+from riskdecomp.probes import LinearProbe, PathFitter, _as_grid, fit_path, refit_from, stratified_split
 
 COMPONENTS = ("approx", "usability", "probe_gen", "enc_gen")
 ALT_COMPONENTS = ("probe_gen_alt", "enc_gen_alt")
@@ -172,7 +173,7 @@ def decompose(
     if missing.size:
         raise FeatureError(f"y_test has classes absent from y_train: {missing[:5].tolist()}")
     if len(train_classes) < 2:
-        raise FeatureError(f"y_train has a single class ({train_classes[0]!r}); need at least 2")
+        raise FeatureError(f"y_train has a single class ({train_classes[0]}); need at least 2")
     if reference is not None:
         x_ref, y_ref = check_features(reference[0], reference[1], "reference x_train")
         if x_ref.shape[0] != x_train.shape[0] or not np.array_equal(y_ref, y_train):
@@ -210,8 +211,8 @@ def decompose(
     fit_i, val_i = stratified_split(y_c, n_val(len(y_c)), seed + 1)
     ho_val_path = PathFitter(est, x_c[fit_i], y_c[fit_i], g)
     C_ho, _ = fit_path(ho_val_path, x_c[val_i], y_c[val_i], patience=patience)
-    ho_path = PathFitter(est, x_c, y_c, g)
-    losses["err_heldout"] = _errors(ho_path.get(C_ho), x_train[sub_idx], y_train[sub_idx])
+    ho_probe = refit_from(est, ho_val_path.get(C_ho), C_ho, x_c, y_c)
+    losses["err_heldout"] = _errors(ho_probe, x_train[sub_idx], y_train[sub_idx])
     res["C_heldout"] = C_ho
 
     # err_test: C chosen on a validation part of D_tr, refit on D_tr (= the train path's fit at that C)

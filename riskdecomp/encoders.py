@@ -183,6 +183,8 @@ def _build_hub(entry: TorchHubEntry):
     except Exception as exc:
         raise RiskdecompError(f"{who}: torch.hub.load({entry.repo!r}, {entry.entrypoint!r}) failed: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if entry.representation == "pooled" and isinstance(getattr(model, "fc", None), nn.Linear):
+        model.fc = nn.Identity()  # torchvision-style ResNets from SSL repos keep a (random) classifier: drop it
     if entry.representation != "pooled":
         model = Representation(model, entry.representation, who)
     identity = f"hub|{entry.repo}|{entry.entrypoint}|{sorted(entry.kwargs.items())}|{entry.representation}|imagenet224"
@@ -196,15 +198,21 @@ def _build_checkpoint(entry: CheckpointEntry, dataset):
     sd = load_state_dict(entry.weights, who)
     own = _own_backbones()
     if own is not None and entry.architecture in getattr(own, "BACKBONES", ()):
-        model = own.create_backbone(entry.architecture, **entry.model_kwargs)
-        _load_into(model, sd, who, entry.weights, entry.architecture)
-        from .pretrain import eval_transform
+        from .pretrain import eval_transform, load_checkpoint
+        from .pretrain.checkpoint import sidecar_path
 
-        native = dataset.train.load_image(0).size[0] if dataset is not None and len(dataset.train) else 32
-        transform = eval_transform(None, native)
         if entry.representation != "pooled":
             raise RiskdecompError(f"{who}: representation {entry.representation!r}: "
                                   f"{entry.architecture} gives a pooled vector only")
+        native = dataset.train.load_image(0).size[0] if dataset is not None and len(dataset.train) else 32
+        if sidecar_path(entry.weights).is_file():
+            # a riskdecomp-pretrained checkpoint: its sidecar knows the input size, normalization, stochastic head
+            model, _recipe = load_checkpoint(entry.weights)
+            transform = eval_transform(entry.weights, native)
+        else:
+            model = own.create_backbone(entry.architecture, **entry.model_kwargs)
+            _load_into(model, sd, who, entry.weights, entry.architecture)
+            transform = eval_transform(None, native)
         rep = model
     else:
         try:

@@ -96,7 +96,8 @@ def fewshot_errors(
             reason = "fewer than 2 classes in train"
         elif counts.min() < m + 1:
             c = classes[np.argmin(counts)]
-            reason = f"class {c!r} has {counts.min()} train examples, need {m} labeled + 1 validation"
+            c = c.item() if isinstance(c, np.generic) else c
+            reason = f"class {c} has {counts.min()} train examples, need {m} labeled + 1 validation"
         if reason is not None:
             summary[key], summary[f"{key}_std"], summary[f"{key}_skipped"] = np.nan, np.nan, reason
             rows.append(dict(setting=name, kind=kind, k_or_fraction=value, seed=np.nan, n_labeled=m * K,

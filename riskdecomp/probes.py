@@ -9,7 +9,8 @@ scikit-learn's lbfgs uses too)::
 
     f(W, b) = mean_i CE_i + (1 / (2 n C)) ||W||^2
 
-and solved full-batch, in float32, by L-BFGS with a strong-Wolfe line search
+and solved full-batch, in float32, on z-scored features (an exact reparametrization that keeps the
+penalty on the original weights, see ``LinearProbe.fit``), by L-BFGS with a strong-Wolfe line search
 (``torch.optim.LBFGS``). Loss and gradient are computed in one fused pass without autograd
 (two matmuls per evaluation: ``Z = X W + b`` and ``X^T (softmax(Z) - Y)``); ``X`` is put on the device
 once per fit. The stopping rule mirrors scikit-learn's: max |gradient of f| <= ``tol``.
@@ -56,6 +57,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+_NUMPY_BLAS_MIN_SIZE = 1 << 16  # elements of X above which CPU matmuls use numpy's BLAS
+
+
 def _solve_lbfgs(
     X: torch.Tensor,
     y: torch.Tensor,
@@ -65,8 +69,11 @@ def _solve_lbfgs(
     b0: torch.Tensor,
     max_iter: int,
     tol: float,
+    pen: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
-    """Minimize ``mean CE + lam/2 ||W||^2`` over (W, b) from (W0, b0) with full-batch L-BFGS.
+    """Minimize ``mean CE + lam/2 sum_j pen_j ||W_j||^2`` over (W, b) from (W0, b0), full-batch L-BFGS.
+
+    ``pen`` (d,) weights the penalty per feature row of W (default all ones).
 
     ``n_out == 1`` means the binary (sigmoid) model, ``y`` then holds 0/1 as float; otherwise ``y``
     holds class indices (long). Returns (W, b, n_evaluations, converged).
@@ -80,8 +87,11 @@ def _solve_lbfgs(
     if binary:
         yf = y.to(X.dtype).unsqueeze(1)
     # On CPU the two skinny matmuls go through numpy's BLAS (shared memory, no copies): for
-    # (n x d) @ (d x K) and X^T @ G with small K it is ~2x faster than torch's CPU kernels here.
-    on_cpu = X.device.type == "cpu"
+    # (n x d) @ (d x K) and X^T @ G with small K it is ~2x faster than torch's CPU kernels on large
+    # arrays. Small problems stay in torch (no BLAS thread-pool hand-offs per evaluation).
+    on_cpu = X.device.type == "cpu" and X.numel() >= _NUMPY_BLAS_MIN_SIZE
+    if pen is not None:
+        pen_col = pen.unsqueeze(1)
     if on_cpu:
         Xn = X.numpy()
         Wn = W.numpy()  # view: L-BFGS updates W in place
@@ -103,11 +113,13 @@ def _solve_lbfgs(
             G[rows, y] -= 1.0
         G.div_(n)
         if on_cpu:
-            gW = torch.from_numpy(Xn.T @ G.numpy()).add_(W, alpha=lam)
+            gW = torch.from_numpy(Xn.T @ G.numpy())
         else:
-            gW = torch.addmm(W, X.T, G, beta=lam, alpha=1.0)
+            gW = (G.T @ X).T.contiguous()  # faster than X.T @ G with torch's CPU BLAS layouts
+        PW = W if pen is None else W * pen_col
+        gW.add_(PW, alpha=lam)
         gb = G.sum(dim=0)
-        loss = loss + 0.5 * lam * torch.dot(W.flatten(), W.flatten())
+        loss = loss + 0.5 * lam * torch.dot(W.flatten(), PW.flatten())
         W.grad = gW
         b.grad = gb
         return loss
@@ -122,10 +134,18 @@ def _solve_lbfgs(
         history_size=10,
         line_search_fn="strong_wolfe",
     )
-    with torch.no_grad():
-        opt.step(closure)
-        closure()  # gradient at the returned point, for the convergence flag
-        gmax = max(float(W.grad.abs().max()), float(b.grad.abs().max()))
+    # On the numpy-BLAS path the heavy work is in BLAS; torch's own elementwise ops on (n, K) run on one
+    # thread so that two thread pools (OpenMP and BLAS) do not fight over the same cores.
+    n_threads = torch.get_num_threads()
+    if on_cpu:
+        torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            opt.step(closure)
+            closure()  # gradient at the returned point, for the convergence flag
+            gmax = max(float(W.grad.abs().max()), float(b.grad.abs().max()))
+    finally:
+        torch.set_num_threads(n_threads)
     return W.detach(), b.detach(), counter["evals"], gmax <= tol * 10
 
 
@@ -188,17 +208,25 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         dev = resolve_device(self.device)
         X32 = np.ascontiguousarray(X, dtype=np.float32)
         Xt = torch.from_numpy(X32).to(dev)
+        # The solver works on centered, rescaled features X' = (X - mean) / scale with W = V / scale,
+        # b = b' - (mean / scale) V: an exact reparametrization (the intercept is unpenalized, and the
+        # penalty stays the original one, ||W||^2 = sum_j ||V_j||^2 / scale_j^2). It decouples the
+        # intercept and equalizes curvature: scale_j = sqrt(var_j + lam) makes the per-feature curvature
+        # of (data + penalty) ~1, without blowing up near-constant features. With ``standardize`` the
+        # model itself lives in z-scored space (scale = std, penalty ||V||^2).
+        lam = 1.0 / (X.shape[0] * float(self.C))
+        mean = Xt.mean(dim=0)
+        std = Xt.std(dim=0, unbiased=False)
         if self.standardize:
-            mean = Xt.mean(dim=0)
-            scale = Xt.std(dim=0, unbiased=False)
-            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-            Xt = (Xt - mean) / scale
+            scale = torch.where(std > 0, std, torch.ones_like(std))
+            pen = None
         else:
-            mean = torch.zeros(X.shape[1], device=dev)
-            scale = torch.ones(X.shape[1], device=dev)
+            scale = torch.sqrt(std * std + lam)
+            pen = scale.pow(-2)
+        Xt = (Xt - mean) / scale
         n_out = 1 if len(classes) == 2 else len(classes)
         if prev is not None:
-            # same function in the new (standardized) coordinates: W_std = coef * scale, b_std = b + coef.mean
+            # same function in the new (z-scored) coordinates: V = coef * scale, b' = b + coef.mean
             coef = torch.from_numpy(np.asarray(prev[0], dtype=np.float32)).to(dev)
             W0 = (coef * scale).T.contiguous()
             b0 = torch.from_numpy(np.asarray(prev[1], dtype=np.float32)).to(dev) + coef @ mean
@@ -206,8 +234,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             W0 = torch.zeros(X.shape[1], n_out, device=dev)
             b0 = torch.zeros(n_out, device=dev)
         yt = torch.from_numpy(y_idx.astype(np.int64)).to(dev)
-        lam = 1.0 / (X.shape[0] * float(self.C))
-        W, b, n_evals, conv = _solve_lbfgs(Xt, yt, n_out, lam, W0, b0, int(self.max_iter), float(self.tol))
+        # stopping rule in rescaled coordinates: grad_V = scale * grad_W, so tol is rescaled by the
+        # median feature scale to keep sklearn's meaning (max |grad_W| <= tol) for typical features
+        tol_v = float(self.tol) * (1.0 if self.standardize else min(1.0, float(scale.median())))
+        W, b, n_evals, conv = _solve_lbfgs(Xt, yt, n_out, lam, W0, b0, int(self.max_iter), tol_v, pen)
         coef = (W.T / scale)  # back to original feature space
         intercept = b - coef @ mean
         self.coef_ = coef.cpu().numpy().astype(np.float64)
@@ -328,6 +358,17 @@ def fit_path(
     return best_C, pd.DataFrame(rows)
 
 
+def refit_from(estimator: BaseEstimator, start: BaseEstimator, C: float, x: np.ndarray, y: np.ndarray):
+    """Fit a clone of ``estimator`` at ``C`` on (x, y), warm-started from ``start``'s coefficients."""
+    warm = estimator.get_params().get("warm_start", False)
+    final = clone(estimator).set_params(warm_start=True, C=C)
+    for attr in ("coef_", "intercept_", "classes_"):
+        if hasattr(start, attr):
+            setattr(final, attr, copy.deepcopy(getattr(start, attr)))
+    final.fit(x, y)
+    return final.set_params(warm_start=warm)
+
+
 def tune_probe(
     x: np.ndarray,
     y: np.ndarray,
@@ -356,11 +397,5 @@ def tune_probe(
     fit_idx, val_idx = stratified_split(y, n_val, seed)
     path = PathFitter(est, x[fit_idx], y[fit_idx], g)
     best_C, table = fit_path(path, x[val_idx], y[val_idx], patience=patience)
-    final = clone(est).set_params(warm_start=True)
-    start = path.get(best_C)
-    for attr in ("coef_", "intercept_", "classes_"):
-        if hasattr(start, attr):
-            setattr(final, attr, copy.deepcopy(getattr(start, attr)))
-    final.set_params(C=best_C).fit(x, y)
-    final.set_params(warm_start=bool(est.get_params().get("warm_start", False)))
+    final = refit_from(est, path.get(best_C), best_C, x, y)
     return best_C, final, table

@@ -188,8 +188,9 @@ def run_job(zoo_source, name: str, dataset_spec: str, out: str, cache_dir: str, 
         rec = {"version": RECORD_VERSION, "run_key": key, "model": name, "dataset": feats.dataset,
                "row": _jsonable(record["row"]), "fewshot": _jsonable(record["fewshot"]),
                "timings": _jsonable(timings)}
-        atomic_write_text(rpath, json.dumps(rec, indent=1, sort_keys=True, allow_nan=False))
-        return rec
+        text = json.dumps(rec, indent=1, sort_keys=True, allow_nan=False)
+        atomic_write_text(rpath, text)
+        return json.loads(text)  # exactly what a rerun reads back: fresh and reused runs give identical tables
     except Exception as exc:  # one model failing must not stop the others
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, RiskdecompError):
@@ -349,8 +350,26 @@ def build_leaderboard(records: list) -> pd.DataFrame:
     if not records:
         return pd.DataFrame(columns=["model", "dataset", *COMPONENTS])
     df = pd.DataFrame([r["row"] for r in records])
-    first = ["model", "dataset", "n_train", "n_test", "n_classes", "n_sub", *COMPONENTS]
-    cols = [c for c in first if c in df.columns] + [c for c in df.columns if c not in first]
+    first = ["model", "dataset", "n_train", "n_test", "n_classes", "n_sub", *COMPONENTS, "approx_merged"]
+
+    def group(c: str) -> int:
+        if c in first:
+            return first.index(c) - 100
+        if c.startswith("err_"):
+            return 0
+        if c.endswith(("_lo", "_hi")):
+            return 1
+        if c.endswith("_clipped"):
+            return 2
+        if c.startswith("fewshot_"):
+            return 3
+        if c.startswith(("C_", "n_")):
+            return 4
+        if c.startswith(("train", "test")):
+            return 5
+        return 6  # zoo metadata
+
+    cols = sorted(df.columns, key=lambda c: (group(c), c if group(c) >= 0 else ""))
     return df[cols]
 
 
@@ -406,7 +425,8 @@ def zoo_active(records: list, out: Path) -> None:
             continue
         c = pd.read_csv(p)
         curves.append(c)
-        full = 100.0 - float(r["row"].get("err_test", np.nan)) if r["row"].get("err_test") is not None else None
+        err = r["row"].get("err_test")
+        full = (100.0 - float(err)) / 100.0 if err is not None else None  # curves hold accuracy fractions
         le = label_efficiency(c.drop(columns=["model", "dataset"]), full_accuracy=full)
         le.insert(0, "model", r["model"])
         le.insert(1, "dataset", r["dataset"])

@@ -195,7 +195,7 @@ class Zoo:
                 val = f"{val.objective}/{val.backbone}"
             rows.append({"name": e.name, "source": e.source, "what": str(val), "representation": e.representation,
                          "reference": e.reference or "", **e.metadata})
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows).convert_dtypes()
 
 
 def _merge(defaults: dict, entry: dict) -> dict:

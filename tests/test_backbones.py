@@ -11,6 +11,14 @@ from riskdecomp.pretrain.backbones import build_encoder
 from riskdecomp.pretrain.recipe import AugmentConfig
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_smallcnn_shapes_and_state_dict_roundtrip():
     torch.manual_seed(0)
     m = create_backbone("smallcnn", width=8, z_dim=12).eval()
@@ -44,6 +52,9 @@ def test_stochastic_encoder_returns_mu():
     assert mu.shape == logvar.shape == (3, 6)
     torch.testing.assert_close(enc(x), mu)
     assert enc.backbone.out_dim == 12
+    # a fresh encoder starts near-deterministic: logvar = raw output - 6
+    raw = enc.backbone(x)[:, 6:]
+    torch.testing.assert_close(logvar, raw - 6.0)
     with pytest.raises(TypeError):
         build_encoder(Recipe(objective="simclr", width=4, z_dim=6)).posterior(x)
 

@@ -1,6 +1,5 @@
 """Objectives (known-answer loss cases), the training loop, checkpoints and the recipe cache."""
 
-import itertools
 import json
 import math
 import tarfile
@@ -120,18 +119,43 @@ def test_heads():
 # ------------------------------------------------------------------------------------------ training
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models train fastest single-threaded (and do not fight other processes for the cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset("digits")
+    """The digits dataset cut to 240 train / 60 test images (fast)."""
+    from riskdecomp.datasets import ArraySplit
+
+    full = load_dataset("digits")
+    tr, te = full.train, full.test
+    full.train = ArraySplit("digits", "train", full.classes, tr.images[:240], tr.labels[:240])
+    full.test = ArraySplit("digits", "test", full.classes, te.images[:60], te.labels[:60])
+    full.fingerprint = full.fingerprint + "-sub300"
+    return full
+
+
+def _init_state(recipe):
+    from riskdecomp.pretrain.backbones import build_encoder
+
+    torch.manual_seed(recipe.seed)
+    return build_encoder(recipe).state_dict()
 
 
 @pytest.mark.parametrize("objective", ["simclr", "byol", "simsiam", "vicreg", "barlow_twins", "stochastic",
                                        "supervised"])
 def test_every_objective_trains_one_epoch(digits, objective):
-    r = Recipe(objective=objective, **{**TINY, "epochs": 1, "batch_size": 128})
+    r = Recipe(objective=objective, **{**TINY, "epochs": 1, "batch_size": 120})
     sub = digits.train
     enc, hist = pretrain(r, sub, progress=False)
     assert list(hist.epoch) == [0] and np.isfinite(hist.loss).all()
+    assert any(not torch.equal(p, q) for p, q in zip(enc.state_dict().values(), _init_state(r).values()))
     z = embed(enc, sub.to_uint8(16)[:10])
     assert z.shape == (10, 8) and np.isfinite(z).all()
 
@@ -187,6 +211,11 @@ def test_checkpoint_roundtrip(tmp_path, digits):
     x = digits.test.to_uint8(16)[:20]
     np.testing.assert_array_equal(embed(enc, x), embed(enc2, x))
     torch.testing.assert_close(enc.posterior(torch.zeros(2, 3, 16, 16)), enc2.posterior(torch.zeros(2, 3, 16, 16)))
+    from riskdecomp.pretrain.train import embed_posterior
+
+    mu, logvar = embed_posterior(enc2, x)
+    np.testing.assert_allclose(mu, embed(enc, x), rtol=1e-6)
+    assert logvar.shape == mu.shape and np.isfinite(logvar).all()
     # the bare backbone loads strictly from the sidecar's architecture + model_kwargs (source: checkpoint)
     from safetensors.torch import load_file
 

@@ -95,12 +95,14 @@ def count_parameters(module: nn.Module) -> int:
 class Encoder(nn.Module):
     """What a zoo entry featurizes: ``forward(x)`` is the representation (N, z_dim), projection head excluded.
 
-    For a stochastic encoder the backbone outputs 2 * z_dim numbers, [mu, log sigma^2]; ``forward`` returns mu
-    (the representation) and ``posterior(x)`` returns ``(mu, logvar)`` (logvar clamped to [-12, 12] for
-    numerical safety).
+    For a stochastic encoder the backbone outputs 2 * z_dim numbers, [mu, s]; ``forward`` returns mu (the
+    representation) and ``posterior(x)`` returns ``(mu, logvar)`` with logvar = s + LOGVAR_SHIFT, clamped to
+    [-12, 12] for numerical safety. The shift (-6: sigma ~ 0.05 at initialization, when s ~ 0) starts training
+    near-deterministic; with sigma ~ 1 at the start the samples are pure noise and the short runs learn little.
     """
 
     LOGVAR_RANGE = (-12.0, 12.0)
+    LOGVAR_SHIFT = -6.0
 
     def __init__(self, backbone: nn.Module, z_dim: int, stochastic: bool = False):
         super().__init__()
@@ -121,7 +123,7 @@ class Encoder(nn.Module):
         if not self.stochastic:
             raise TypeError("posterior() needs a stochastic encoder (objective: stochastic)")
         out = self.backbone(x)
-        return out[:, : self.z_dim], out[:, self.z_dim:].clamp(*self.LOGVAR_RANGE)
+        return out[:, : self.z_dim], (out[:, self.z_dim:] + self.LOGVAR_SHIFT).clamp(*self.LOGVAR_RANGE)
 
 
 def backbone_kwargs(recipe) -> dict:

@@ -190,9 +190,9 @@ def pretrain_to_file(recipe: Recipe, dataset_spec: str, out_path, device: str = 
 
     if isinstance(recipe, dict):
         recipe = Recipe.model_validate(recipe)
-    dataset = load_dataset(dataset_spec)
-    encoder, history = pretrain(recipe, dataset.train, device=resolve_device(device), progress=progress)
     out = Path(out_path)
     if out.suffix != ".safetensors":
         raise WeightsError(f"{out}: the checkpoint file must end with .safetensors")
+    dataset = load_dataset(dataset_spec)
+    encoder, history = pretrain(recipe, dataset.train, device=resolve_device(device), progress=progress)
     return save_checkpoint(out, encoder, recipe, history)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -118,3 +117,20 @@ def embed(encoder: Encoder, images: torch.Tensor, batch_size: int = 512, device:
     out = [encoder(normalize(to_float(images[i:i + batch_size])).to(device)).cpu()
            for i in range(0, len(images), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, encoder.out_dim), np.float32)
+
+
+@torch.no_grad()
+def embed_posterior(encoder: Encoder, images: torch.Tensor, batch_size: int = 512,
+                    device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, logvar)`` (each (N, z_dim)) of a stochastic encoder on a uint8 image tensor, in eval mode.
+
+    Per-sample uncertainty: ``post_var = exp(logvar).mean(1)``; information rate: ``KL(q || N(0, I))`` in nats
+    (``objectives.kl_standard_normal``; divide by ln 2 for bits).
+    """
+    encoder.eval()
+    mus, lvs = [], []
+    for i in range(0, len(images), batch_size):
+        mu, lv = encoder.posterior(normalize(to_float(images[i:i + batch_size])).to(device))
+        mus.append(mu.cpu())
+        lvs.append(lv.cpu())
+    return torch.cat(mus).numpy(), torch.cat(lvs).numpy()

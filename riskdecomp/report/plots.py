@@ -49,8 +49,8 @@ def _save(fig, out_dir: Path, name: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{name}.png"
     fig.tight_layout()
-    fig.savefig(png, dpi=100 if fig.get_size_inches()[1] < 20 else 70)
-    fig.savefig(out_dir / f"{name}.svg")
+    fig.savefig(png, dpi=100 if fig.get_size_inches()[1] < 20 else 70, bbox_inches="tight")
+    fig.savefig(out_dir / f"{name}.svg", bbox_inches="tight")
     plt.close(fig)
     return png
 
@@ -72,7 +72,7 @@ def plot_components(lb: pd.DataFrame, out_dir: Path, name: str = "components") -
         if g.empty:
             continue
         total = g["agg_risk"] if "agg_risk" in g else g[comps].sum(axis=1)
-        g = g.assign(_total=total.to_numpy()).sort_values("_total", ascending=False)
+        g = g.assign(_total=total.to_numpy()).sort_values("_total", ascending=True)
         n = len(g)
         fig, ax = plt.subplots(figsize=(9, max(3.0, 0.24 * n + 1.4)))
         left = np.zeros(n)
@@ -90,13 +90,14 @@ def plot_components(lb: pd.DataFrame, out_dir: Path, name: str = "components") -
                             fmt="none", ecolor="black", elinewidth=0.8, capsize=2, label="agg. risk 95% CI")
         ax.set_yticks(y, g["model"].astype(str), fontsize=8 if n < 60 else 6)
         ax.set_ylim(-0.6, n - 0.4)
+        ax.invert_yaxis()  # best (lowest aggregated risk) on top
         ax.set_xlabel("test error (%)")
         ax.set_title(f"Risk decomposition — {ds}")
-        ax.legend(loc="lower right", fontsize=8, frameon=True)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=True)
         missing = int(g[comps].isna().any(axis=1).sum())
         note = f" {missing} model(s) lack some component (drawn as 0)." if missing else ""
         path = _save(fig, out_dir, f"{name}_{_slug(ds)}")
-        out.append((path, f"Risk components per model on {ds}, sorted by aggregated risk (best at the bottom)"
+        out.append((path, f"Risk components per model on {ds}, sorted by aggregated risk (best on top)"
                           f"; whiskers: 95% CI of the aggregated risk where available.{note}"))
     if not out:
         raise PlotSkipped("risk components: every component is missing")
@@ -131,8 +132,9 @@ def plot_usability_vs_probe_gen(lb: pd.DataFrame, out_dir: Path, color_by: str |
                         xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("usability error (%)")
     ax.set_ylabel("probe generalization error (%)")
-    if hue:
-        ax.legend(title=color_by, fontsize=7, title_fontsize=8, loc="best")
+    if hue or style:
+        ax.legend(title=color_by if hue else None, fontsize=7, title_fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0))
     path = _save(fig, out_dir, name)
     return path, f"Usability vs probe generalization per model, colored by {color_by}{note}."
 

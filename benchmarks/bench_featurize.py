@@ -1,0 +1,178 @@
+"""Featurization throughput of riskdecomp vs the model's pure forward pass, and the cached rerun.
+
+Data: a class-balanced subset of the real Imagenette val JPEGs (``$RISKDECOMP_SHARED`` or ``../shared``:
+``data/imagenette2-224-subset/imagenette2_224_val.tar.gz``), extracted to a temp dir as an imagefolder
+(``train/<wnid>/`` + ``test/<wnid>/``, half each) and loaded with ``load_dataset("imagefolder:...")``.
+
+Measured for one timm model (``pretrained=False``: nothing is downloaded), same batch size and torch threads:
+
+* ``featurize_<model>``: seconds of ``riskdecomp.features.featurize`` (decode + transform + forward + checksummed
+  cache write of both splits; fresh cache dir; the encoder is built beforehand and passed in, so model building
+  is not counted) against ``baseline_seconds``: the same module's forward pass over the same images already
+  decoded and transformed into tensors in memory. ``ratio`` = baseline / featurize = featurize's rate as a
+  fraction of the pure-forward rate (target >= 0.90). The baseline is timed once before and once after the
+  featurize call and averaged, so a drift in machine load hits both sides alike.
+* ``featurize_<model>_cached``: the second ``featurize`` call, made the way the runner makes it (no encoder
+  passed: the encoder is built to get its cache key, then both splits are read and checksum-verified) against the
+  first call as baseline; ``ratio`` = first / second (target >= 50). The notes also give the cached read alone
+  (encoder passed).
+
+Run: ``python benchmarks/bench_featurize.py [--quick] [--model resnet50]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import current_rss_mb, peak_rss_mb, row, shared_dir  # noqa: E402
+
+FULL_MODELS = ("resnet50", "vit_small_patch16_224")
+QUICK_MODELS = ("test_resnet", "test_vit")  # timm's tiny test architectures: seconds, not minutes
+VAL_TARBALL = Path("data") / "imagenette2-224-subset" / "imagenette2_224_val.tar.gz"
+
+
+def extract_subset(tarball: Path, dest: Path, n_train: int, n_test: int) -> Path:
+    """Extract a class-balanced subset of an ``val/<class>/<file>`` tarball into ``dest/{train,test}/<class>/``.
+
+    Per class, the first files in archive order go to train, the next ones to test (``n_* // n_classes`` each,
+    the remainder spread over the first classes). Members are streamed: the archive stays packed.
+    """
+    with tarfile.open(tarball, "r:gz") as tf:
+        members = [m for m in tf.getmembers() if m.isfile() and len(Path(m.name).parts) == 3]
+        by_class: dict = {}
+        for m in members:
+            by_class.setdefault(Path(m.name).parts[1], []).append(m)
+        classes = sorted(by_class)
+        want = {}
+        for split, n in (("train", n_train), ("test", n_test)):
+            q, r = divmod(n, len(classes))
+            want[split] = {c: q + (i < r) for i, c in enumerate(classes)}
+        for c in classes:
+            files = sorted(by_class[c], key=lambda m: m.name)
+            ntr, nte = want["train"][c], want["test"][c]
+            for split, chunk in (("train", files[:ntr]), ("test", files[ntr:ntr + nte])):
+                if not chunk:
+                    continue
+                folder = dest / split / c
+                folder.mkdir(parents=True, exist_ok=True)
+                for m in chunk:
+                    src = tf.extractfile(m)
+                    (folder / Path(m.name).name).write_bytes(src.read())
+    return dest
+
+
+def _forward_all(module, tensors, batch_size: int) -> float:
+    import torch
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for x in tensors:
+            for i in range(0, len(x), batch_size):
+                module(x[i:i + batch_size])
+    return time.perf_counter() - t0
+
+
+def bench_featurize(model: str = "resnet50", n_images: int = 128, batch_size: int = 32, threads: int = 0,
+                    quick: bool = False) -> list:
+    """Rows ``featurize_<model>`` and ``featurize_<model>_cached`` (see the module docstring)."""
+    import numpy as np
+    import torch
+
+    from riskdecomp.datasets import load_dataset
+    from riskdecomp.encoders import build_encoder
+    from riskdecomp.features import featurize
+    from riskdecomp.zoo import TimmEntry
+
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    short = model.split(".")[0].replace("_patch16_224", "")
+    shared = shared_dir()
+    if shared is None or not (shared / VAL_TARBALL).is_file():
+        note = "skipped: shared data not found (set RISKDECOMP_SHARED)"
+        return [row(f"featurize_{short}", notes=note), row(f"featurize_{short}_cached", notes=note)]
+    with tempfile.TemporaryDirectory(prefix="rd-bench-feat-") as tmp:
+        tmp = Path(tmp)
+        n_train = n_images // 2
+        extract_subset(shared / VAL_TARBALL, tmp / "images", n_train, n_images - n_train)
+        ds = load_dataset(f"imagefolder:{tmp / 'images'}")
+        entry = TimmEntry(name=f"bench-{short}", source="timm", model=model, pretrained=False,
+                          representation="pooled")
+        encoder = build_encoder(entry, device="cpu", progress=False)
+        module = encoder.module.eval()
+        # preloaded input of the baseline: decoded + transformed once, outside any timing
+        t0 = time.perf_counter()
+        tensors = [torch.stack([s.with_transform(encoder.transform)[i][0] for i in range(len(s))])
+                   for s in (ds.train, ds.test)]
+        decode_s = time.perf_counter() - t0
+        _forward_all(module, [tensors[0][:batch_size]], batch_size)  # warm-up (allocator, kernels)
+        base1 = _forward_all(module, tensors, batch_size)
+        kw = dict(cache_dir=tmp / "cache", device="cpu", batch_size=batch_size, progress=False)
+        t0 = time.perf_counter()
+        first = featurize(entry, ds, encoder=encoder, **kw)
+        first_s = time.perf_counter() - t0
+        base2 = _forward_all(module, tensors, batch_size)
+        baseline = (base1 + base2) / 2
+        t0 = time.perf_counter()
+        cached_read = featurize(entry, ds, encoder=encoder, **kw)
+        cached_read_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        second = featurize(entry, ds, **kw)  # as the runner calls it: builds the encoder for its cache key
+        second_s = time.perf_counter() - t0
+        same = bool(np.array_equal(first.x_train, second.x_train) and np.array_equal(first.x_test, second.x_test)
+                    and np.array_equal(first.x_train, cached_read.x_train))
+        n = len(ds.train) + len(ds.test)
+        size = f"{n} JPEGs {tuple(tensors[0].shape[-2:])} bs{batch_size} threads{threads} d{first.x_train.shape[1]}"
+        ratio = baseline / first_s
+        feat = row(f"featurize_{short}", size=size, seconds=first_s, baseline_seconds=baseline, ratio=ratio,
+                   target="ratio >= 0.90 (featurize rate / pure-forward rate)", met=ratio >= 0.90,
+                   notes=(f"featurize {n / first_s:.1f} img/s vs forward {n / baseline:.1f} img/s "
+                          f"(forward before/after: {base1:.2f}/{base2:.2f} s); decode+transform alone "
+                          f"{n / decode_s:.1f} img/s; forward_passes={first.forward_passes}"),
+                   images_per_s=n / first_s, forward_images_per_s=n / baseline, model=model)
+        cratio = first_s / second_s
+        cached = row(f"featurize_{short}_cached", size=size, seconds=second_s, baseline_seconds=first_s,
+                     ratio=cratio, target="ratio >= 50 (first call / cached call)", met=cratio >= 50,
+                     notes=(f"cached call incl. building the encoder for its key; cached read alone "
+                            f"{cached_read_s:.3f} s ({first_s / cached_read_s:.0f}x); forward_passes="
+                            f"{second.forward_passes}; identical arrays: {same}"),
+                     identical=same, model=model)
+        if second.forward_passes or not same:
+            cached["met"] = False
+        feat["rss_mb_end"] = round(current_rss_mb(), 1)
+        feat["peak_rss_mb_self"] = round(peak_rss_mb(), 1)
+        return [feat, cached]
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--model", action="append", help="timm architecture (repeatable)")
+    p.add_argument("--n-images", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    a = p.parse_args(argv)
+    models = a.model or (QUICK_MODELS if a.quick else FULL_MODELS)
+    rows = []
+    for m in models:
+        rows += bench_featurize(m, **featurize_kwargs(a.quick, a.n_images, a.batch_size))
+    print(json.dumps(rows, indent=1))
+
+
+def featurize_kwargs(quick: bool, n_images=None, batch_size=None) -> dict:
+    """Sizes: full = 128 JPEGs (64 train + 64 test), batch 32; quick = 20 JPEGs, batch 8."""
+    return {"n_images": n_images or (20 if quick else 128), "batch_size": batch_size or (8 if quick else 32),
+            "quick": quick}
+
+
+if __name__ == "__main__":
+    main()

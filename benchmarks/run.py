@@ -1,0 +1,252 @@
+"""Run riskdecomp's benchmark suite: print a table and write ``benchmarks/results.json``.
+
+    python benchmarks/run.py [--quick] [--only NAME,...] [--budget SECONDS] [--threads N] [--out PATH]
+
+Benchmarks (``--only`` takes these names):
+
+  featurize  images/s of ``featurize`` vs the pure forward pass (timm resnet50 and vit_small, real JPEGs), and the
+             cached rerun                                                       (benchmarks/bench_featurize.py)
+  scale      time and peak memory of ``decompose`` at N = 25k..200k, log-log slope (benchmarks/bench_scale.py)
+  e2e        the README main job from an empty and from a full cache           (benchmarks/bench_e2e.py)
+  probes     tuned decomposition, our LinearProbe vs sklearn                   (benchmarks/bench_probes.py)
+  gflops     achieved GFLOP/s of the probe fit vs a plain matmul               (benchmarks/bench_probes.py)
+  knn        k-NN search vs sklearn brute force                                (benchmarks/bench_knn.py)
+
+Each benchmark runs in a fresh Python process, so ``peak_memory_mb`` (the child's ``ru_maxrss``, via ``os.wait4``)
+is its own; benchmarks that spawn one process per size (scale, e2e) report each size's own peak. Ratios compare
+two things measured side by side in the same process and run. A benchmark whose module is absent is recorded as
+``missing``; one that fails or runs out of time is recorded with the reason, and the suite goes on.
+
+``results.json``: ``{"machine": {cpu_model, cores, ram_gb, torch_version, device, date, ...}, "quick", "threads",
+"total_seconds", "complete", "results": [{name, size, seconds, baseline_seconds, ratio, peak_memory_mb, target,
+met, notes}, ...]}``, rewritten after every benchmark (``complete`` is false until the end). ``--budget`` bounds the whole run: a benchmark gets the time left, later ones are recorded as skipped.
+``--quick`` uses tiny sizes and 1 thread (meant to finish within a minute on an idle 2-core machine).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import ROW_KEYS, machine_info, row, run_function, usable_cores  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
+ORDER = ("scale", "featurize", "e2e", "probes", "gflops", "knn")
+DEFAULT_TARGETS = {  # used only when a benchmark module's dict states no target of its own
+    "probes": ("ratio >= 10 (sklearn time / ours)", 10.0),
+    "gflops": ("ratio >= 0.30 (probe-fit GFLOP/s / plain matmul GFLOP/s)", 0.30),
+    "knn": ("ratio >= 1 vs sklearn; ours <= 3 s at full size", None),
+}
+
+
+# ------------------------------------------------------------------------------------------------ children
+# These functions run inside the benchmark's own process (see run_function).
+def _threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _missing(name: str, module: str, exc: Exception) -> list:
+    return [row(name, notes=f"missing: {module} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")]
+
+
+def child_featurize(model: str, quick: bool, threads: int) -> list:
+    from benchmarks.bench_featurize import bench_featurize, featurize_kwargs
+
+    return bench_featurize(model, threads=threads, **featurize_kwargs(quick))
+
+
+def _call(fn, **kwargs):
+    """Call ``fn`` with the keyword arguments it accepts."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return fn(**kwargs)
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
+
+
+def child_probes(which: str, quick: bool, threads: int) -> list:
+    _threads(threads)
+    try:
+        import benchmarks.bench_probes as bp
+        fn = getattr(bp, "bench_decomposition" if which == "probes" else "bench_gflops")
+    except (ImportError, AttributeError) as exc:
+        return _missing(which, "benchmarks/bench_probes.py", exc)
+    if which == "probes":
+        res = _call(fn, n=50_000, d=512, k=10, seed=0, quick=quick, threads=threads)
+    else:
+        res = _call(fn, quick=quick, threads=threads)
+    return res if isinstance(res, list) else [res]
+
+
+def child_knn(quick: bool, threads: int) -> list:
+    _threads(threads)
+    try:
+        from benchmarks.bench_knn import bench_knn
+    except ImportError as exc:
+        return _missing("knn", "benchmarks/bench_knn.py", exc)
+    res = _call(bench_knn, quick=quick, threads=threads or usable_cores())
+    return res if isinstance(res, list) else [res]
+
+
+# ------------------------------------------------------------------------------------------------ normalising
+def knn_row(d: dict) -> dict:
+    """bench_knn's dict (ours_s, sklearn_s, ...) as a schema row (already one when it has a ``name``)."""
+    if "name" in d:
+        return d
+    ours, skl = d.get("ours_s"), d.get("sklearn_s")
+    ratio = skl / ours if ours and skl else None
+    full = d.get("n_queries") == 10_000
+    met = None
+    if ratio is not None:
+        met = ratio >= 1 and (not full or ours <= 3.0) and d.get("same_sets", 1) >= 0.99
+    size = f"{d.get('n_queries')} queries x {d.get('n_refs')} refs x {d.get('dims')} d, k={d.get('k')}"
+    extras = {k: v for k, v in d.items() if k not in ("ours_s", "sklearn_s")}
+    return row("knn", size=size, seconds=ours, baseline_seconds=skl, ratio=ratio,
+               peak_memory_mb=d.get("ours_peak_mb"), target=DEFAULT_TARGETS["knn"][0], met=met,
+               notes=(f"sklearn brute force as baseline; peak MB = RSS delta of the search; same_sets="
+                      f"{d.get('same_sets')}, k=100 {d.get('ours_k100_s')} s"), **extras)
+
+
+def normalise(group: str, raw, child_peak_mb: Optional[float]) -> list:
+    """Schema rows from what a benchmark returned: every key present, the child's peak memory filled in."""
+    items = raw if isinstance(raw, list) else [raw]
+    rows = []
+    for i, d in enumerate(items):
+        if not isinstance(d, dict):
+            rows.append(row(f"{group}_{i}", notes=f"unexpected result {str(d)[:100]!r}"))
+            continue
+        if group == "knn":
+            d = knn_row(d)
+        d = dict(d)
+        if group == "gflops" and d.get("ratio") is None and isinstance(d.get("efficiency"), (int, float)):
+            d["ratio"] = d["efficiency"]  # bench_gflops states the ratio as ``efficiency``
+        d.setdefault("name", group if len(items) == 1 else f"{group}_{i}")
+        target, threshold = DEFAULT_TARGETS.get(group, ("", None))
+        if not d.get("target") and target:
+            d["target"] = target
+            if d.get("met") is None and threshold is not None and isinstance(d.get("ratio"), (int, float)):
+                d["met"] = d["ratio"] >= threshold
+        if d.get("peak_memory_mb") is None and child_peak_mb is not None and group not in ("scale", "e2e"):
+            d["peak_memory_mb"] = round(child_peak_mb, 1)
+        r = row(**{k: d.get(k) for k in ROW_KEYS if k != "name"}, name=str(d["name"]))
+        r["size"] = "" if r["size"] is None else str(r["size"])
+        r["notes"] = "" if r["notes"] is None else str(r["notes"])
+        r["target"] = "" if r["target"] is None else str(r["target"])
+        r.update({k: v for k, v in d.items() if k not in r})
+        rows.append(r)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ the suite
+def plan(only, quick: bool) -> list:
+    """(group, display name, module, function, kwargs) per child process, in run order."""
+    from benchmarks.bench_featurize import FULL_MODELS, QUICK_MODELS
+
+    groups = ORDER if not only else [g for g in ORDER if g in only]
+    jobs = []
+    for g in groups:
+        if g == "featurize":
+            for m in (QUICK_MODELS if quick else FULL_MODELS):
+                jobs.append((g, f"featurize[{m}]", "benchmarks.run", "child_featurize", {"model": m}))
+        elif g == "scale":
+            jobs.append((g, g, "benchmarks.bench_scale", "bench_scale", {}))
+        elif g == "e2e":
+            jobs.append((g, g, "benchmarks.bench_e2e", "bench_e2e", {}))
+        elif g in ("probes", "gflops"):
+            jobs.append((g, g, "benchmarks.run", "child_probes", {"which": g}))
+        elif g == "knn":
+            jobs.append((g, g, "benchmarks.run", "child_knn", {}))
+    return jobs
+
+
+def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None, threads: Optional[int] = None,
+              out: Path = DEFAULT_OUT, verbose: bool = True) -> dict:
+    """Run the benchmarks, write ``out`` (JSON) and return what was written."""
+    unknown = sorted(set(only or ()) - set(ORDER))
+    if unknown:
+        raise SystemExit(f"run.py: error: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
+    threads = threads if threads is not None else (1 if quick else usable_cores())
+    t0 = time.perf_counter()
+    machine = machine_info()
+    results: list = []
+    for group, label, module, fn, kwargs in plan(only, quick):
+        _write(out, machine, quick, threads, budget, t0, results, complete=False)  # partial results survive a kill
+        left = None if budget is None else budget - (time.perf_counter() - t0)
+        if left is not None and left < 1:
+            results.append(row(group if group != "featurize" else label, notes="skipped: time budget spent"))
+            continue
+        kw = {"quick": quick, "threads": threads, **kwargs}
+        if group in ("scale", "e2e") and left is not None:
+            kw["timeout"] = max(left - 2, 1)  # they run their own children: let them stop in time and report
+        if verbose:
+            print(f"[{time.perf_counter() - t0:6.1f}s] {label} ...", file=sys.stderr, flush=True)
+        res = run_function(module, fn, kw, timeout=left)
+        raw = res.last_json() if res.returncode == 0 else None
+        if raw is None:
+            name = label if group == "featurize" else group
+            results.append(row(name, seconds=None, peak_memory_mb=res.peak_memory_mb,
+                               notes=f"failed: {res.error_line()}"))
+        else:
+            results.extend(normalise(group, raw, res.peak_memory_mb))
+    doc = _write(out, machine, quick, threads, budget, t0, results, complete=True)
+    if verbose:
+        print(format_table(results))
+        print(f"wrote {out} ({doc['total_seconds']:.0f} s)")
+    return doc
+
+
+def _write(out: Path, machine: dict, quick: bool, threads: int, budget, t0: float, results: list,
+           complete: bool) -> dict:
+    """Write the results document atomically (temp file + rename); return it."""
+    doc = {"machine": machine, "quick": quick, "threads": threads, "budget_s": budget, "complete": complete,
+           "total_seconds": round(time.perf_counter() - t0, 2), "results": results,
+           "note": "timings on a shared machine are noisy; ratios are measured side by side in the same run"}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    tmp.replace(out)
+    return doc
+
+
+def format_table(rows: list) -> str:
+    import pandas as pd
+
+    if not rows:
+        return "(no results)"
+    df = pd.DataFrame([{k: r.get(k) for k in ROW_KEYS} for r in rows])
+    for c in ("seconds", "baseline_seconds", "ratio", "peak_memory_mb"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    df["met"] = df["met"].map({True: "yes", False: "NO"}).fillna("-")
+    df["notes"] = df["notes"].astype(str).str.slice(0, 70)
+    cols = ["name", "size", "seconds", "baseline_seconds", "ratio", "peak_memory_mb", "met", "target", "notes"]
+    with pd.option_context("display.max_columns", None, "display.width", 250, "display.max_colwidth", 70):
+        return df[cols].rename(columns={"baseline_seconds": "baseline_s", "peak_memory_mb": "peak_MB"}).to_string(
+            index=False, na_rep="-", float_format=lambda v: f"{v:.3g}")
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Run riskdecomp's benchmark suite.")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, 1 thread (about a minute)")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(ORDER)}")
+    p.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default: no limit)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores; quick: 1)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (default: benchmarks/results.json)")
+    a = p.parse_args(argv)
+    only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only else None
+    run_suite(quick=a.quick, only=only, budget=a.budget, threads=a.threads, out=a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Pool-based active learning on cached features, and label efficiency (spec-uncertainty.md).
+
+Protocol: pool = the train features. Features are standardised once with the pool's mean and
+std (label-free, legitimate for a pool). Seed set: ``seed_per_class`` random points per class
+(class-balanced). Each round: fit a fresh-or-warm-started probe on the labelled set, score the
+unlabelled pool, label the top ``batch`` points, until ``budget_per_class * C`` labels. After
+every fit the probe is evaluated on the test set. Regularisation is *fixed* across rounds
+(default ``C = 1.0`` on standardised features, no per-round tuning: tuning on a handful of
+labels is noise, and tuning on the test set would leak); pass ``probe_factory`` to use another
+probe, e.g. ``lambda: LinearProbe(C=best_C)`` with C tuned on the full train set.
+
+Accuracies are fractions in [0, 1]. ``worst_class_accuracy`` = min over classes of the
+per-class recall on the test set.
+
+Acquisitions (higher = labelled first): random; least_confidence 1 - max p; entropy; margin
+-(p1 - p2); density = entropy * exp(-knn_10) with knn_10 the mean cosine distance to the 10
+nearest pool points (computed once); coreset = k-center greedy on the standardised features
+(next point = the unlabelled point farthest from the labelled set, euclidean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.special import entr
+
+from .errors import FeatureError
+from .neighbors import knn
+
+ACQUISITIONS = ("random", "least_confidence", "entropy", "margin", "density", "coreset")
+
+
+def _default_probe_factory(C: float = 1.0, max_iter: int = 100) -> Callable[[], object]:
+    """Warm-started LinearProbe(C, max_iter) if riskdecomp.probes exists, else sklearn's LogisticRegression.
+
+    One probe object serves a whole (acquisition, seed) run and is refitted each round, so
+    warm starts carry the previous round's weights."""
+    try:
+        from .probes import LinearProbe
+    except ImportError:
+        LinearProbe = None
+    if LinearProbe is not None:
+        return lambda: LinearProbe(C=C, max_iter=max_iter, warm_start=True)
+    from sklearn.linear_model import LogisticRegression
+
+    return lambda: LogisticRegression(C=C, max_iter=max_iter, warm_start=True)
+
+
+def seed_set(y: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """``per_class`` random indices of every class (class-balanced seed set)."""
+    out = []
+    for c in np.unique(y):
+        members = np.nonzero(y == c)[0]
+        if len(members) < per_class:
+            raise FeatureError(f"class {c!r} has {len(members)} pool points, fewer than seed_per_class={per_class}")
+        out.append(rng.choice(members, size=per_class, replace=False))
+    return np.concatenate(out)
+
+
+def _acquire(name: str, proba: np.ndarray | None, unl: np.ndarray, b: int, rng: np.random.Generator,
+             density: np.ndarray | None) -> np.ndarray:
+    """Positions (into ``unl``) of the b points to label next, for probability-based rules."""
+    if name == "random":
+        return rng.choice(len(unl), size=b, replace=False)
+    p = proba
+    if name == "least_confidence":
+        s = 1.0 - p.max(1)
+    elif name == "entropy":
+        s = entr(p).sum(1)
+    elif name == "margin":
+        top2 = -np.sort(-p, axis=1)[:, :2]
+        s = -(top2[:, 0] - top2[:, 1])
+    elif name == "density":
+        s = entr(p).sum(1) * density[unl]
+    else:
+        raise FeatureError(f"unknown acquisition {name!r}; use one of {ACQUISITIONS}")
+    # highest first; random tie-break so equal scores do not follow pool order
+    return np.lexsort((rng.random(len(s)), -s))[:b]
+
+
+def _coreset_pick(x: np.ndarray, mind: np.ndarray, labeled_mask: np.ndarray, b: int) -> tuple[list[int], np.ndarray]:
+    """k-center greedy: repeatedly take the unlabelled point with the largest distance to the labelled set.
+
+    ``mind`` = distance of every pool point to the labelled set; returns picks and the updated
+    distances (labelled points at -inf)."""
+    picks = []
+    mind = mind.copy()
+    mind[labeled_mask] = -np.inf
+    for _ in range(b):
+        j = int(np.argmax(mind))
+        picks.append(j)
+        mind = np.minimum(mind, np.linalg.norm(x - x[j], axis=1))
+        mind[j] = -np.inf
+    return picks, mind
+
+
+def _evaluate(probe, x_test: np.ndarray, y_test: np.ndarray) -> tuple[float, float]:
+    pred = probe.predict(x_test)
+    correct = pred == y_test
+    per_class = [correct[y_test == c].mean() for c in np.unique(y_test)]
+    return float(correct.mean()), float(min(per_class))
+
+
+def run_active_learning(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    acquisitions: Sequence[str] = ACQUISITIONS,
+    seeds: int = 5,
+    seed_per_class: int = 2,
+    batch: int | None = None,
+    budget_per_class: int = 50,
+    probe_factory: Callable[[], object] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Learning curves: tidy (acquisition, seed, n_labels, accuracy, worst_class_accuracy).
+
+    ``batch`` defaults to max(10, C); the total budget is ``budget_per_class * C`` labels (the
+    last round is truncated to hit it exactly). Every acquisition of one seed starts from the
+    same seed set (paired comparison). Accuracies are fractions in [0, 1].
+    """
+    for name in acquisitions:
+        if name not in ACQUISITIONS:
+            raise FeatureError(f"unknown acquisition {name!r}; use one of {ACQUISITIONS}")
+    x = np.asarray(x_train, dtype=np.float64)
+    y = np.asarray(y_train)
+    mu, sd = x.mean(0), x.std(0)
+    sd[sd == 0] = 1.0
+    x = (x - mu) / sd
+    xt = (np.asarray(x_test, dtype=np.float64) - mu) / sd
+    yt = np.asarray(y_test)
+    n_c = len(np.unique(y))
+    b = max(10, n_c) if batch is None else int(batch)
+    total = min(budget_per_class * n_c, len(y))
+    if seed_per_class * n_c > total:
+        raise FeatureError(f"seed set of {seed_per_class * n_c} labels exceeds the budget of {total}")
+    factory = probe_factory or _default_probe_factory()
+
+    density = None
+    if "density" in acquisitions:
+        kk = min(10, len(x) - 1)
+        dist, _ = knn(x, x, kk, metric="cosine", exclude_self=np.arange(len(x)))
+        density = np.exp(-dist.mean(1))
+    sq = None
+    rows = []
+    for s in range(seeds):
+        start = seed_set(y, seed_per_class, np.random.default_rng([seed, s]))
+        for name in acquisitions:
+            rng = np.random.default_rng([seed, s, ACQUISITIONS.index(name) + 1])
+            labeled = np.zeros(len(y), dtype=bool)
+            labeled[start] = True
+            probe = factory()
+            if name == "coreset":
+                sq = np.full(len(x), np.inf)
+                for j in start:
+                    sq = np.minimum(sq, np.linalg.norm(x - x[j], axis=1))
+            while True:
+                probe.fit(x[labeled], y[labeled])
+                acc, worst = _evaluate(probe, xt, yt)
+                n_lab = int(labeled.sum())
+                rows.append((name, s, n_lab, acc, worst))
+                if n_lab >= total:
+                    break
+                take = min(b, total - n_lab)
+                unl = np.nonzero(~labeled)[0]
+                if name == "coreset":
+                    picks, sq = _coreset_pick(x, sq, labeled, take)
+                    labeled[picks] = True
+                    continue
+                proba = None if name == "random" else probe.predict_proba(x[unl])
+                labeled[unl[_acquire(name, proba, unl, take, rng, density)]] = True
+    return pd.DataFrame(rows, columns=["acquisition", "seed", "n_labels", "accuracy", "worst_class_accuracy"])
+
+
+def labels_to_reach(n_labels: np.ndarray, accuracy: np.ndarray, target: float) -> float:
+    """n(a): smallest number of labels at which the curve reaches ``target``.
+
+    Linear interpolation between the evaluated budgets; the first budget if already reached
+    there; NaN if never reached.
+    """
+    n = np.asarray(n_labels, dtype=np.float64)
+    a = np.asarray(accuracy, dtype=np.float64)
+    hit = np.nonzero(a >= target)[0]
+    if hit.size == 0:
+        return float("nan")
+    j = int(hit[0])
+    if j == 0:
+        return float(n[0])
+    return float(n[j - 1] + (target - a[j - 1]) / (a[j] - a[j - 1]) * (n[j] - n[j - 1]))
+
+
+def label_efficiency(
+    curves: pd.DataFrame,
+    full_accuracy: float | None = None,
+    fractions: Sequence[float] = (0.9, 0.95),
+    baseline: str = "random",
+) -> pd.DataFrame:
+    """LE(a) = n_random(a) / n_m(a) on seed-averaged curves, per acquisition m != random.
+
+    Targets: ``"max"`` = the largest LE over accuracies reached by both curves (the maximum of
+    a ratio of piecewise-linear inverses lies at a breakpoint, so the curves' own accuracy
+    values are the candidates); ``"{f:.0%} of full"`` for each fraction f of ``full_accuracy``
+    (accuracy of the probe trained on all labels; NaN LE if a curve never reaches it).
+    Columns: acquisition, target, accuracy, labels_random, labels_method, le.
+    """
+    mean = curves.groupby(["acquisition", "n_labels"], as_index=False)["accuracy"].mean()
+    if baseline not in set(mean["acquisition"]):
+        raise FeatureError(f"label efficiency needs the {baseline!r} acquisition in the curves")
+    base = mean[mean["acquisition"] == baseline].sort_values("n_labels")
+    bn, ba = base["n_labels"].to_numpy(), base["accuracy"].to_numpy()
+    rows = []
+    for name, g in mean.groupby("acquisition", sort=False):
+        if name == baseline:
+            continue
+        g = g.sort_values("n_labels")
+        mn, ma = g["n_labels"].to_numpy(), g["accuracy"].to_numpy()
+        top = min(ba.max(), ma.max())
+        cands = np.unique(np.r_[ba, ma])
+        cands = cands[cands <= top]
+        best = (np.nan, np.nan, np.nan, np.nan)
+        for a in cands:
+            nr, nm = labels_to_reach(bn, ba, a), labels_to_reach(mn, ma, a)
+            if nm > 0 and (np.isnan(best[3]) or nr / nm > best[3]):
+                best = (a, nr, nm, nr / nm)
+        rows.append((name, "max", *best))
+        if full_accuracy is not None:
+            for f in fractions:
+                a = f * full_accuracy
+                nr, nm = labels_to_reach(bn, ba, a), labels_to_reach(mn, ma, a)
+                rows.append((name, f"{f:.0%} of full", a, nr, nm, nr / nm if nm > 0 else np.nan))
+    return pd.DataFrame(rows, columns=["acquisition", "target", "accuracy", "labels_random", "labels_method", "le"])

@@ -1,0 +1,107 @@
+"""The benchmark suite's entry point: ``benchmarks/run.py --quick`` writes a complete results.json, and the helpers
+it relies on measure what they claim (per-child peak memory, log-log slope, balanced extraction)."""
+
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import ROW_KEYS, loglog_slope, run_child  # noqa: E402
+
+GROUPS = ("scale", "featurize", "e2e", "probes", "gflops", "knn")
+BUDGET_S = 30
+
+
+def test_run_quick_writes_results_json(tmp_path):
+    out = tmp_path / "results.json"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--budget", str(BUDGET_S),
+                           "--out", str(out)], capture_output=True, text=True, timeout=BUDGET_S + 15, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert wall < BUDGET_S + 15
+    doc = json.loads(out.read_text())
+    machine = doc["machine"]
+    for key in ("cpu_model", "cores", "ram_gb", "torch_version", "device", "date"):
+        assert key in machine and machine[key] not in (None, "")
+    assert doc["quick"] is True and doc["threads"] == 1 and doc["complete"] is True
+    rows = doc["results"]
+    assert rows, "no result rows"
+    for r in rows:
+        assert set(ROW_KEYS) <= set(r), r
+        assert isinstance(r["name"], str) and r["name"]
+        assert r["met"] in (True, False, None)
+        assert r["seconds"] is None or r["seconds"] >= 0
+        assert r["seconds"] is not None or r["notes"], f"a row without a time must say why: {r}"
+    # every benchmark is accounted for: measured, or recorded as skipped / missing / failed
+    names = " ".join(r["name"] for r in rows)
+    for g in GROUPS:
+        assert g in names or (g == "probes" and "decomposition" in names) or (g == "gflops" and "gflops" in names), g
+    # nothing crashed: a row without numbers was skipped, is missing, or ran out of the budget
+    for r in rows:
+        if r["seconds"] is None:
+            assert r["notes"].startswith(("skipped", "missing", "failed: timed out", "needs")), r
+    # the first benchmark (scale, quick sizes) ran; on a loaded machine its first size may be all that fits
+    scale = {r["name"]: r for r in rows if r["name"].startswith("scale_")}
+    assert {"scale_n500", "scale_n1000", "scale_slope"} <= set(scale)
+    if scale["scale_n500"]["seconds"] is not None:
+        assert scale["scale_n500"]["seconds"] > 0 and scale["scale_n500"]["peak_memory_mb"] > 50
+    if scale["scale_slope"]["ratio"] is not None:
+        assert np.isfinite(scale["scale_slope"]["ratio"]) and scale["scale_slope"]["met"] in (True, False)
+    # the table printed to stdout names the rows
+    assert "scale_n500" in proc.stdout
+
+
+def test_run_child_reports_its_own_peak_memory():
+    grab = "import numpy as np; a = np.ones(200 * 2**20 // 8); print('{\"ok\": 1}')"
+    big = run_child([sys.executable, "-c", grab])
+    small = run_child([sys.executable, "-c", "print('{\"ok\": 2}')"])
+    assert big.returncode == 0 and big.last_json() == {"ok": 1} and small.last_json() == {"ok": 2}
+    assert big.peak_memory_mb - small.peak_memory_mb > 150  # the 200 MB array, not the parent's memory
+    slow = run_child([sys.executable, "-c", "import time; time.sleep(30)"], timeout=1)
+    assert slow.timed_out and slow.returncode is None and slow.seconds < 10
+
+
+def test_loglog_slope_known_answers():
+    n = np.array([25e3, 50e3, 100e3, 200e3])
+    assert loglog_slope(n, 3e-5 * n) == pytest.approx(1.0)
+    assert loglog_slope(n, 1e-9 * n ** 2) == pytest.approx(2.0)
+    assert loglog_slope(n, 7.0 * n ** 0.5) == pytest.approx(0.5)
+
+
+def test_extract_subset_is_class_balanced(tmp_path):
+    from benchmarks.bench_featurize import extract_subset
+
+    src = tmp_path / "src"
+    for c in ("a", "b", "c"):
+        (src / "val" / c).mkdir(parents=True)
+        for i in range(6):
+            (src / "val" / c / f"{i}.jpg").write_bytes(f"{c}{i}".encode())
+    tarball = tmp_path / "val.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tf:
+        tf.add(src / "val", arcname="val")
+    dest = extract_subset(tarball, tmp_path / "out", n_train=7, n_test=6)
+    counts = {s: {c: len(list((dest / s / c).glob("*.jpg"))) for c in ("a", "b", "c")} for s in ("train", "test")}
+    assert counts == {"train": {"a": 3, "b": 2, "c": 2}, "test": {"a": 2, "b": 2, "c": 2}}
+    # train and test are disjoint files: the first ones of each class go to train
+    assert (dest / "train" / "a" / "0.jpg").read_bytes() == b"a0"
+    assert {p.name for p in (dest / "test" / "a").iterdir()} == {"3.jpg", "4.jpg"}
+
+
+def test_gaussian_mixture_is_float32_and_learnable():
+    from sklearn.neighbors import NearestCentroid
+
+    from benchmarks.bench_scale import gaussian_mixture
+
+    x, y = gaussian_mixture(1500, 32, 10, np.random.default_rng(0))
+    assert x.dtype == np.float32 and x.shape == (1500, 32) and set(np.unique(y)) == set(range(10))
+    acc = NearestCentroid().fit(x[:1000], y[:1000]).score(x[1000:], y[1000:])
+    assert 0.5 < acc < 0.99  # classes overlap: neither chance nor trivially separable
