@@ -86,7 +86,8 @@ def bench_e2e(quick: bool = False, timeout=None, threads: int = 0) -> list:
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         base_args = ["evaluate", "--zoo", str(zoo), "--no-progress", *extra]
-        runs = {}
+        runs: dict = {}
+        records: dict = {}
         for name, out in (("e2e_cold", "out1"), ("e2e_warm", "out2"), ("e2e_rerun", "out1")):
             if quick and name == "e2e_warm":
                 continue  # quick: the cold run and the record-reusing rerun only
@@ -96,6 +97,7 @@ def bench_e2e(quick: bool = False, timeout=None, threads: int = 0) -> list:
             cap = 2 * (COLD_TARGET_S if name == "e2e_cold" else WARM_TARGET_S)  # a hung run must not stall the suite
             limit = cap if left() is None else min(cap, left())
             runs[name] = run_child(_cli([*base_args, "--out", str(tmp / out)]), timeout=limit, env=env, cwd=REPO)
+            records[name] = len(list((tmp / out / "runs").glob("*.json")))  # models done, even after a timeout
         rows = []
         cold = runs["e2e_cold"]
         for name, res in runs.items():
@@ -106,7 +108,8 @@ def bench_e2e(quick: bool = False, timeout=None, threads: int = 0) -> list:
             ok = res.returncode == 0
             base = cold.seconds if name != "e2e_cold" and cold.returncode == 0 else None
             lines = [ln for ln in res.stdout.strip().splitlines() if ln.strip()]
-            notes = ("ok" if ok else f"FAILED ({res.error_line()})") + (f"; last line: {lines[-1][:160]}" if lines else "")
+            notes = (("ok" if ok else f"FAILED ({res.error_line()})") + f"; {records[name]} run record(s) in out"
+                     + (f"; last line: {lines[-1][:160]}" if lines else ""))
             if quick:
                 notes += "; quick mode: no target"
             rows.append(row(name, size=size, seconds=res.seconds, baseline_seconds=base,

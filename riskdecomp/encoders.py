@@ -147,7 +147,6 @@ def _build_timm(entry: TimmEntry):
     who = f"model {entry.name!r}"
     kwargs = dict(entry.model_kwargs)
     pretrained = entry.pretrained
-    weights_id = f"hub:{entry.model}" if pretrained else "random-init"
     if entry.weights is not None:
         if not Path(entry.weights).is_file():
             raise WeightsError(f"{who}: weights file {entry.weights} not found")
@@ -155,7 +154,6 @@ def _build_timm(entry: TimmEntry):
             raise WeightsError(f"{who}: weights {entry.weights}: expected .safetensors or a weights-only .pt/.pth")
         kwargs["pretrained_cfg_overlay"] = dict(file=str(entry.weights))
         pretrained = True
-        weights_id = "file:" + file_sha256(entry.weights)
     try:
         model = timm.create_model(entry.model, pretrained=pretrained, num_classes=0, **kwargs)
     except RuntimeError as exc:
@@ -171,9 +169,8 @@ def _build_timm(entry: TimmEntry):
         if entry.weights is not None and ("pickle" in str(exc).lower() or "weights_only" in str(exc)):
             raise WeightsError(f"{who}: refusing {entry.weights}: not a weights-only checkpoint") from None
         raise
-    transform, cfg = _timm_transform(model)
-    identity = f"timm|{entry.model}|{weights_id}|{entry.representation}|{sorted(entry.model_kwargs.items())}|{cfg}"
-    return Representation(model, entry.representation, who), transform, identity
+    transform, _cfg = _timm_transform(model)
+    return Representation(model, entry.representation, who), transform
 
 
 def _build_hub(entry: TorchHubEntry):
@@ -187,8 +184,7 @@ def _build_hub(entry: TorchHubEntry):
         model.fc = nn.Identity()  # torchvision-style ResNets from SSL repos keep a (random) classifier: drop it
     if entry.representation != "pooled":
         model = Representation(model, entry.representation, who)
-    identity = f"hub|{entry.repo}|{entry.entrypoint}|{sorted(entry.kwargs.items())}|{entry.representation}|imagenet224"
-    return model, _imagenet_transform(), identity
+    return model, _imagenet_transform()
 
 
 def _build_checkpoint(entry: CheckpointEntry, dataset):
@@ -225,8 +221,7 @@ def _build_checkpoint(entry: CheckpointEntry, dataset):
         _load_into(model, _drop_classifier(model, sd), who, entry.weights, entry.architecture)
         transform, _cfg = _timm_transform(model)
         rep = Representation(model, entry.representation, who)
-    identity = f"ckpt|{entry.architecture}|{file_sha256(entry.weights)}|{entry.representation}|{sorted(entry.model_kwargs.items())}"
-    return rep, transform, identity
+    return rep, transform
 
 
 def _build_recipe(entry: RecipeEntry, dataset, cache_dir, device, progress):
@@ -238,26 +233,52 @@ def _build_recipe(entry: RecipeEntry, dataset, cache_dir, device, progress):
     encoder, recipe = pretrain.load_checkpoint(path)
     native = dataset.train.load_image(0).size[0] if len(dataset.train) else 32
     transform = pretrain.eval_transform(recipe, native)
-    identity = f"recipe|{recipe.key()}|{dataset.fingerprint}|{file_sha256(path)}"
-    return encoder, transform, identity
+    return encoder, transform
 
 
 def build_encoder(entry, *, dataset=None, cache_dir=None, device: str = "cpu", progress: bool = True) -> Encoder:
     """Build the frozen encoder of a zoo entry (``features`` entries have none: see :mod:`riskdecomp.features`)."""
     if isinstance(entry, TimmEntry):
-        module, transform, identity = _build_timm(entry)
+        module, transform = _build_timm(entry)
     elif isinstance(entry, TorchHubEntry):
-        module, transform, identity = _build_hub(entry)
+        module, transform = _build_hub(entry)
     elif isinstance(entry, CheckpointEntry):
-        module, transform, identity = _build_checkpoint(entry, dataset)
+        module, transform = _build_checkpoint(entry, dataset)
     elif isinstance(entry, RecipeEntry):
-        module, transform, identity = _build_recipe(entry, dataset, cache_dir or default_cache_dir(), device, progress)
+        module, transform = _build_recipe(entry, dataset, cache_dir or default_cache_dir(), device, progress)
     else:
         raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder to build")
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    return Encoder(entry.name, module, transform, identity)
+    return Encoder(entry.name, module, transform, entry_identity(entry, dataset))
+
+
+def entry_identity(entry, dataset=None) -> str:
+    """What determines an entry's features, computed without building the model (so a fully cached rerun builds
+    nothing): source, architecture, weights (file SHA-256 or hub tag), representation, options, the library version
+    that defines the preprocessing, and for recipes the recipe hash + the dataset it is pretrained on."""
+    import timm
+
+    rep, tv = entry.representation, f"timm{timm.__version__}"
+    if isinstance(entry, TimmEntry):
+        if entry.weights is not None:
+            if not Path(entry.weights).is_file():
+                raise WeightsError(f"model {entry.name!r}: weights file {entry.weights} not found")
+            w = "file:" + file_sha256(entry.weights)
+        else:
+            w = f"hub:{entry.model}" if entry.pretrained else "random-init"
+        return f"timm|{entry.model}|{w}|{rep}|{sorted(entry.model_kwargs.items())}|{tv}"
+    if isinstance(entry, TorchHubEntry):
+        return f"hub|{entry.repo}|{entry.entrypoint}|{sorted(entry.kwargs.items())}|{rep}|imagenet224"
+    if isinstance(entry, CheckpointEntry):
+        if not Path(entry.weights).is_file():
+            raise WeightsError(f"model {entry.name!r}: weights file {entry.weights} not found")
+        return f"ckpt|{entry.architecture}|{file_sha256(entry.weights)}|{rep}|{sorted(entry.model_kwargs.items())}|{tv}"
+    if isinstance(entry, RecipeEntry):
+        fp = dataset.fingerprint if dataset is not None else "?"
+        return f"recipe|{entry.recipe.key()}|{fp}|{rep}"
+    raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder")
 
 
 def default_cache_dir() -> Path:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .datasets import ArraySplit, ImageDataset, ImageSplit
-from .encoders import Encoder, build_encoder, resolve_device
+from .encoders import Encoder, build_encoder, entry_identity, resolve_device
 from .errors import FeatureError, RiskdecompError
 from .zoo import FeaturesEntry
 
@@ -131,8 +131,9 @@ def write_cached(path: Path, arr: np.ndarray, meta: dict) -> None:
 def _num_workers(split: ImageSplit, num_workers) -> int:
     if num_workers != "auto":
         return int(num_workers)
-    if isinstance(split, ArraySplit) or len(split) < 2000:
-        return 0
+    if isinstance(split, ArraySplit) or len(split) < 64:
+        return 0  # in-memory images: nothing to overlap
+    # decoding + resizing JPEGs in worker processes overlaps with the forward pass
     return max(1, min(8, (os.cpu_count() or 2)))
 
 
@@ -190,12 +191,11 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
         raise RiskdecompError(f"model {entry.name!r}: needs a dataset")
     device = resolve_device(device)
     cache_dir = Path(cache_dir)
-    if encoder is None:
-        encoder = build_encoder(entry, dataset=dataset, cache_dir=cache_dir, device=device, progress=progress)
+    identity = encoder.identity if encoder is not None else entry_identity(entry, dataset)
     counter: list = []
     arrays = {}
     for split in ("train", "test"):
-        key = cache_key(encoder.identity, dataset.fingerprint, split, dtype)
+        key = cache_key(identity, dataset.fingerprint, split, dtype)
         path = cache_path(cache_dir, entry.name, dataset.name, split, key)
         arr = read_cached(path, mmap=mmap)
         if arr is None:
@@ -203,11 +203,14 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
             with FileLock(str(path) + ".lock"):
                 arr = read_cached(path, mmap=mmap)  # another process may have written it meanwhile
                 if arr is None:
+                    if encoder is None:  # built only when something is missing: a cached rerun builds nothing
+                        encoder = build_encoder(entry, dataset=dataset, cache_dir=cache_dir, device=device,
+                                                progress=progress)
                     z = encode_split(encoder, dataset.split(split), device=device, batch_size=batch_size,
                                      num_workers=num_workers, progress=progress, counter=counter)
                     _check_finite(z, f"model {entry.name!r} ({split} split)")
                     write_cached(path, z.astype(dtype), {"model": entry.name, "dataset": dataset.name,
-                                                         "split": split, "identity": encoder.identity,
+                                                         "split": split, "identity": identity,
                                                          "fingerprint": dataset.fingerprint})
                     log.info("computed features: model=%s dataset=%s split=%s", entry.name, dataset.name, split)
                     arr = read_cached(path, mmap=mmap)

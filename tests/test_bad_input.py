@@ -186,6 +186,7 @@ def test_bad_input_one_line_error(case, tmp_path, capsys):
 
 def test_truncated_and_tampered_cache_are_recomputed(tmp_path, capsys):
     setup_case("corrupt_image", tmp_path)
+    make_folder(tmp_path / "imgs", n_train=10, n_test=5, size=8)  # enough images for every estimator
     (tmp_path / "imgs" / "train" / "cat" / "bad.png").unlink()
     argv = ["evaluate", "--zoo", str(tmp_path / "zoo.yaml"), "--out", str(tmp_path / "out"), "--cache-dir",
             str(tmp_path / "cache"), "--dataset", f"imagefolder:{tmp_path / 'imgs'}", *FAST, "--shots", "1"]

@@ -183,3 +183,17 @@ def test_torch_hub_needs_trust_repo():
         entry(source="torch_hub", repo="facebookresearch/dino:main", entrypoint="dino_resnet50")
     e = entry(source="torch_hub", repo="facebookresearch/dino:main", entrypoint="dino_resnet50", trust_repo=True)
     assert e.trust_repo is True
+
+
+def test_a_fully_cached_rerun_builds_no_model(tiny, r18_weights, tmp_path, monkeypatch):
+    import riskdecomp.features as F
+
+    e = entry(source="checkpoint", architecture="resnet18", weights=str(r18_weights / "r18.safetensors"))
+    first = featurize(e, tiny, cache_dir=tmp_path, progress=False)
+
+    def boom(*a, **k):
+        raise AssertionError("the encoder was built although every split is cached")
+
+    monkeypatch.setattr(F, "build_encoder", boom)
+    again = featurize(e, tiny, cache_dir=tmp_path, progress=False)
+    assert again.forward_passes == 0 and np.array_equal(again.x_test, first.x_test)
