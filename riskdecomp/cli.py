@@ -151,6 +151,28 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
         sys.exit(1)
 
 
+def _focused(name, keep):
+    """`riskdecomp uncertainty` / `riskdecomp active`: evaluate with only that per-sample analysis switched on
+    (the decomposition's tuned test probe is what both build on, so it always runs)."""
+
+    @cli.command(name, help=f"Run the evaluation with only the {name} analysis (writes the same files as evaluate).")
+    @_zoo_options
+    @click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False))
+    @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1))
+    @click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(0))
+    @click.pass_context
+    def command(ctx, **kw):
+        flags = {"uncertainty": keep == "uncertainty", "active": keep == "active", "statistics": False,
+                 "report": False}
+        ctx.invoke(evaluate, **{**{p.name: p.default for p in evaluate.params}, **kw, **flags})
+
+    return command
+
+
+_focused("uncertainty", "uncertainty")
+_focused("active", "active")
+
+
 @cli.command()
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="A recipe YAML file.")
 @click.option("--zoo", "zoo_path", type=click.Path(dir_okay=False), help="Take the recipe of a zoo entry...")

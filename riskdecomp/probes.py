@@ -9,11 +9,19 @@ scikit-learn's lbfgs uses too)::
 
     f(W, b) = mean_i CE_i + (1 / (2 n C)) ||W||^2
 
-and solved full-batch, in float32, on z-scored features (an exact reparametrization that keeps the
-penalty on the original weights, see ``LinearProbe.fit``), by L-BFGS with a strong-Wolfe line search
-(``torch.optim.LBFGS``). Loss and gradient are computed in one fused pass without autograd
-(two matmuls per evaluation: ``Z = X W + b`` and ``X^T (softmax(Z) - Y)``); ``X`` is put on the device
-once per fit. The stopping rule mirrors scikit-learn's: max |gradient of f| <= ``tol``.
+and solved full-batch in float32, in one fused loss+gradient pass per evaluation without autograd (two
+matmuls: ``Z = X W + b`` and ``X^T (softmax(Z) - Y)``). The stopping rule mirrors scikit-learn's:
+max |gradient of f| <= ``tol``.
+
+- On CPU (:func:`_solve_whitened`): an exact change of variables to PCA-whitened, centered coordinates,
+  ``W = diag(1/dscale) V diag(1/s) U``, ``s_j^2 = lambda_j + K lam`` (``V, lambda`` from the covariance of
+  a row sample, cached per feature array across the regularization path), in which the penalty stays
+  diagonal and the data term is close to isotropic; a hand-written L-BFGS (Armijo backtracking; the
+  problem is strictly convex) on numpy's float32 BLAS, with no copy of ``X``. On correlated SSL-like
+  features this needs ~5-10x fewer evaluations than L-BFGS on raw or z-scored features. Small problems
+  (n d K < 4M) run their BLAS on one thread.
+- On an accelerator (:func:`_solve_lbfgs`): per-feature rescaling and ``torch.optim.LBFGS`` with a
+  strong-Wolfe line search, ``X`` put on the device once per fit.
 
 Binary problems use one weight vector (logit ``z = w.x + b``, sigmoid), as scikit-learn does, so
 ``C`` keeps the same meaning there too.
@@ -161,6 +169,18 @@ _SINGLE_THREAD_BELOW = 1 << 22
 _WHITEN_ROWS = 4096
 
 
+_THREADPOOLS: list = []
+
+
+def _one_blas_thread():
+    """Context limiting the BLAS/OpenMP pools to one thread (a cached controller: ~25 us, not ~0.5 ms)."""
+    if not _THREADPOOLS:
+        from threadpoolctl import ThreadpoolController
+
+        _THREADPOOLS.append(ThreadpoolController())
+    return _THREADPOOLS[0].limit(limits=1)
+
+
 class _WhiteningCache:
     """Eigendecomposition of the feature covariance, cached per feature array (weakly referenced).
 
@@ -191,13 +211,20 @@ class _WhiteningCache:
 
 
 def _whitening(X32: np.ndarray, mean: np.ndarray, dscale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(eigenvalues, eigenvectors) of the covariance of (X - mean) / dscale, from <= _WHITEN_ROWS rows."""
+    """(eigenvalues, eigenvectors) of the covariance of (X - mean) / dscale, estimated on an evenly spaced
+    sample of max(_WHITEN_ROWS, 2 d) rows (all rows when fewer). With n <= d (a rank-deficient
+    covariance, tiny problems): the per-feature variances and the identity (diagonal rescaling)."""
     n, d = X32.shape
+    if n <= d:  # few points (few-shot): per-feature variances only, no d x d eigendecomposition
+        var = ((X32.astype(np.float64) - mean) / dscale).var(axis=0)
+        return var, np.eye(d)
     m = min(n, max(_WHITEN_ROWS, 2 * d))
     rows = np.unique(np.linspace(0, n - 1, m).astype(np.int64))
     Xs = (X32[rows].astype(np.float64) - mean) / dscale
     cov = Xs.T @ Xs / len(rows)
-    evals, V = np.linalg.eigh(cov)
+    # LAPACK's threaded eigh is erratic on a loaded machine; one thread takes ~0.1 s at d=512
+    with _one_blas_thread() if d < 1024 else _nullcontext():
+        evals, V = np.linalg.eigh(cov)
     return np.clip(evals, 0.0, None), V
 
 
@@ -218,7 +245,8 @@ def _solve_whitened(
     max_iter: int,
     tol: float,
     history: int = 10,
-) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    memory: tuple[list, list, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, int, bool, tuple[list, list, float]]:
     """Minimize ``mean CE(X W + b) + lam/2 ||diag(dscale) W||^2`` over (W, b), from (W0, b0).
 
     Change of variables (exact: the same objective in other coordinates)::
@@ -226,20 +254,29 @@ def _solve_whitened(
         W = P U,  P = diag(1/dscale) V diag(1/s),   b = c - mean @ W,
 
     with V, evals the eigenvectors/values of the covariance of (X - mean)/dscale and
-    ``s_j = sqrt(evals_j + lam)``. In (U, c) the penalty is ``lam/2 sum_j ||U_j||^2 / s_j^2`` (still
-    diagonal), the data term has roughly identity curvature (whitened, centered features) and the
-    intercept is decoupled, so L-BFGS needs far fewer iterations than on raw correlated features.
+    ``s_j^2 = evals_j + max(4, K) lam``. In (U, c) the penalty is ``lam/2 sum_j ||U_j||^2 / s_j^2``
+    (still diagonal), the intercept is decoupled, and the curvature is nearly the same in every
+    direction: the data term contributes ~ evals_j / (K s_j^2) (softmax curvature ~1/K, 1/4 for the
+    sigmoid) and the penalty lam / s_j^2, so the sum is ~1/K for each j. L-BFGS then needs far fewer
+    iterations than on raw, correlated features.
     ``X`` (float32, n x d) is never transformed: the logits are ``X @ W + b`` with W = P U formed per
     evaluation (a d x d x K product, negligible next to the two n x d x K ones).
 
     Stopping rule: scikit-learn's, on the gradient in the *original* coordinates of the standardized
     model, max(|grad_W| / dscale, |grad_b|) <= tol. L-BFGS with an Armijo backtracking line search
     (the objective is strictly convex, so every step gives a positive curvature pair).
-    ``n_out == 1`` is the binary (sigmoid) model with y in {0, 1}. Returns (W, b, evaluations, converged).
+    ``n_out == 1`` is the binary (sigmoid) model with y in {0, 1}.
+
+    ``memory`` = (S, Y, lam_old): L-BFGS curvature pairs of a previous fit on the same X, in the
+    coordinates (W, c) (c = b + mean @ W), so that they survive a change of whitening. Moving along the
+    regularization path changes only the quadratic penalty, whose contribution to each pair is known
+    exactly: y += (lam - lam_old) [diag(dscale^2) s_W; 0]. Pairs that lose positive curvature are dropped.
+    Returns (W, b, evaluations, converged, memory for the next fit).
     """
     n, d = X.shape
     K = n_out
-    s2 = np.maximum(evals, 1e-6 * max(float(evals.max()), 1e-30)) + lam * max(4.0, float(K))  # s_j^2, floored for rank-deficient X
+    # s_j^2 (eigenvalues floored for rank-deficient X)
+    s2 = np.maximum(evals, 1e-6 * max(float(evals.max()), 1e-30)) + lam * max(4.0, float(K))
     P = (V / np.sqrt(s2)) / dscale[:, None]  # d x d
     Pinv = (np.sqrt(s2)[:, None] * V.T) * dscale[None, :]  # P^{-1} = diag(s) V^T diag(dscale)
     inv_s2 = (1.0 / s2)[:, None]
@@ -251,19 +288,21 @@ def _solve_whitened(
         yf = y.astype(np.float32)[:, None]
     Zbuf = np.empty((n, K), dtype=np.float32)
     XT = X.T
-    mean32 = mean.astype(np.float64)
+    mean64 = mean.astype(np.float64)
+
+    P32, PT32 = P.astype(np.float32), np.ascontiguousarray(P.T, dtype=np.float32)
 
     def unpack(theta):
         U = theta[:dK].reshape(d, K)
         c = theta[dK:]
-        W = P @ U
+        W = (P32 @ U.astype(np.float32)).astype(np.float64)  # the d x d products in float32 too
         return U, c, W
 
     def fun(theta):
         U, c, W = unpack(theta)
         W32 = W.astype(np.float32)
         Z = np.matmul(X, W32, out=Zbuf)
-        Z += (c - mean32 @ W).astype(np.float32)
+        Z += (c - mean64 @ W).astype(np.float32)
         if binary:
             # CE of sigmoid: softplus(z) - y z ; gradient wrt z: sigmoid(z) - y
             loss = float(np.sum(np.logaddexp(0.0, Z) - yf * Z, dtype=np.float64)) / n
@@ -282,19 +321,28 @@ def _solve_whitened(
         sG = G.sum(axis=0, dtype=np.float64)
         pen = U * inv_s2
         loss += 0.5 * lam * float(np.sum(U * pen))
-        gU = P.T @ (XtG - np.outer(mean32, sG)) + lam * pen
+        gU = (PT32 @ (XtG - np.outer(mean64, sG)).astype(np.float32)).astype(np.float64) + lam * pen
         g = np.concatenate([gU.ravel(), sG])
         # scikit-learn's gradient (standardized-model coordinates) for the stopping rule
         g_sk = (XtG + lam * (dscale * dscale)[:, None] * W) / dscale[:, None]
         gmax = max(float(np.abs(g_sk).max()), float(np.abs(sG).max()))
         return loss, g, gmax
 
-    theta = np.concatenate([(Pinv @ W0).ravel(), b0 + mean32 @ W0])
+    theta = np.concatenate([(Pinv @ W0).ravel(), b0 + mean64 @ W0])
     f, g, gmax = fun(theta)
     evals_n = 1
     S: list[np.ndarray] = []
     Y: list[np.ndarray] = []
     R: list[float] = []
+    d2 = (dscale * dscale)[:, None]
+    if memory is not None:
+        for sw, yw in zip(memory[0], memory[1]):
+            s_W, y_W = sw[:dK].reshape(d, K), yw[:dK].reshape(d, K) + (lam - memory[2]) * d2 * sw[:dK].reshape(d, K)
+            s_new = np.concatenate([(Pinv @ s_W).ravel(), sw[dK:]])
+            y_new = np.concatenate([(P.T @ y_W).ravel(), yw[dK:]])
+            sy = float(s_new @ y_new)
+            if sy > 1e-12 * float(y_new @ y_new):
+                S.append(s_new), Y.append(y_new), R.append(1.0 / sy)
     it = 0
     while gmax > tol and it < max_iter and evals_n < 2 * max_iter:
         it += 1
@@ -341,9 +389,13 @@ def _solve_whitened(
         theta, f, g, gmax = theta_new, f_new, g_new, gmax_new
         if abs(f_old - f) <= 1e-12 * max(abs(f_old), abs(f), 1.0):
             break
-    _, c, W = unpack(theta)
-    b = c - mean32 @ W
-    return W, b, evals_n, gmax <= tol * 10
+    U, c = theta[:dK].reshape(d, K), theta[dK:]
+    W = P @ U  # the final weights in float64
+    b = c - mean64 @ W
+    # curvature pairs back to (W, c) coordinates: s_W = P s_U, y_W = P^{-T} y_U
+    mem = ([np.concatenate([(P @ s_[:dK].reshape(d, K)).ravel(), s_[dK:]]) for s_ in S],
+           [np.concatenate([(Pinv.T @ y_[:dK].reshape(d, K)).ravel(), y_[dK:]]) for y_ in Y], lam)
+    return W, b, evals_n, gmax <= tol * 10, mem
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
@@ -417,8 +469,6 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def _fit_cpu(self, X, y_idx, n_out, lam, prev):
         """numpy float32 BLAS, whitened coordinates, hand-written L-BFGS (see :func:`_solve_whitened`)."""
-        from threadpoolctl import threadpool_limits
-
         X32 = np.ascontiguousarray(X, dtype=np.float32)
         n, d = X32.shape
         mean = X32.mean(axis=0, dtype=np.float64)
@@ -433,9 +483,16 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         else:
             W0, b0 = np.zeros((d, n_out)), np.zeros(n_out)
         small = n * d * n_out < _SINGLE_THREAD_BELOW
-        with threadpool_limits(1) if small else _nullcontext():
-            W, b, n_evals, conv = _solve_whitened(X32, y_idx, n_out, lam, W0, b0, mean, dscale, evals, V,
-                                                  int(self.max_iter), float(self.tol))
+        with _one_blas_thread() if small else _nullcontext():
+            memory = None
+            saved = getattr(self, "_lbfgs_memory", None)
+            if prev is not None and saved is not None and saved[0]() is X and saved[1] == (X.shape, n_out):
+                memory = saved[2]  # same data, warm start: reuse the curvature pairs (see _solve_whitened)
+            W, b, n_evals, conv, mem = _solve_whitened(X32, y_idx, n_out, lam, W0, b0, mean, dscale, evals, V,
+                                                       int(self.max_iter), float(self.tol), memory=memory)
+        import weakref
+
+        self._lbfgs_memory = (weakref.ref(X), (X.shape, n_out), mem)
         return W.T, b, n_evals, conv
 
     def _fit_torch(self, X, y_idx, n_out, lam, prev, dev):
@@ -468,6 +525,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         coef = W.T / scale
         intercept = b - coef @ mean
         return coef.cpu().numpy(), intercept.cpu().numpy(), n_evals, conv
+
+    def __getstate__(self):
+        """Pickles and deep copies leave out the solver's curvature memory (a cache, weakly tied to X)."""
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ hands out the live __dict__
+        state.pop("_lbfgs_memory", None)
+        return state
 
     def decision_function(self, X) -> np.ndarray:
         """Logits (n, n_classes); for binary problems the single logit of ``classes_[1]`` (n,)."""

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -394,7 +395,9 @@ def zoo_uncertainty(zoo: Zoo, records: list, dataset: str, out: Path, cache_dir:
         ens = None
         if len(feats) >= 2:
             n_train = len(next(iter(feats.values()))[1])
-            ens = ensemble_scores(feats, reference_indices(n_train, settings), k=min(100, max(1, n_train // 10)))
+            with warnings.catch_warnings():  # members of different widths: ens_var is NaN by design
+                warnings.filterwarnings("ignore", message="ens_var skipped")
+                ens = ensemble_scores(feats, reference_indices(n_train, settings), k=min(100, max(1, n_train // 10)))
         for n in names:
             path = per_sample_path(out, n, ds_name)
             if not path.exists():

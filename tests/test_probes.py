@@ -128,3 +128,57 @@ def test_stratified_split_sizes_and_balance():
     keep, out = stratified_split(y, 100, seed=0)
     assert len(out) == 100 and len(keep) == 900 and not set(keep) & set(out)
     np.testing.assert_array_equal(np.bincount(y[out]), [10, 20, 30, 40])
+
+
+def _sk_objective(coef, intercept, X, y, C):
+    """scikit-learn's objective 0.5 ||W||^2 + C sum CE, in float64 (multinomial)."""
+    Z = X @ coef.T + intercept
+    Z = Z - Z.max(1, keepdims=True)
+    lse = np.log(np.exp(Z).sum(1))
+    return 0.5 * np.sum(coef ** 2) + C * np.sum(lse - Z[np.arange(len(y)), y])
+
+
+def test_correlated_features_reach_sklearns_optimum():
+    """Highly correlated, badly scaled features (what the whitened solver is for): same objective value."""
+    r = np.random.default_rng(0)
+    n, d, k = 2000, 40, 4
+    mix = r.normal(size=(d, d)) * np.logspace(-2, 1, d)  # condition number ~1e3 and more
+    y = r.integers(0, k, n)
+    X = (r.normal(size=(n, d)) + 0.8 * r.normal(size=(k, d))[y]) @ mix + 3.0
+    for C in (1e-3, 10.0):
+        ours = LinearProbe(C=C, device="cpu", tol=1e-6, max_iter=2000).fit(X, y)
+        ref = LogisticRegression(C=C, max_iter=5000, tol=1e-8).fit(X, y)
+        f_ours = _sk_objective(ours.coef_, ours.intercept_, X, y, C)
+        f_ref = _sk_objective(ref.coef_, ref.intercept_, X, y, C)
+        assert f_ours <= f_ref * (1 + 1e-4) + 1e-6, (C, f_ours, f_ref)
+        assert np.mean(ours.predict(X) == ref.predict(X)) > 0.99
+
+
+def test_refit_after_in_place_change_of_the_same_array():
+    """The cached whitening of an array is only a reparametrization: changing X in place stays exact."""
+    X, y = make_classification(n_samples=500, n_features=12, n_informative=6, n_classes=3, random_state=5)
+    X = X.astype(np.float32)
+    probe = LinearProbe(C=0.5, device="cpu")
+    probe.fit(X, y)
+    X *= np.float32(5.0)
+    X += np.float32(2.0)
+    again = LinearProbe(C=0.5, device="cpu").fit(X, y)  # same array object, new content
+    fresh = LinearProbe(C=0.5, device="cpu").fit(X.copy(), y)
+    np.testing.assert_allclose(again.predict_proba(X), fresh.predict_proba(X), atol=2e-3)
+
+
+def test_warm_path_with_carried_curvature_reaches_each_optimum():
+    """Along the path the solver reuses its L-BFGS pairs (penalty change corrected exactly): each model
+    still minimizes its own objective, as a cold fit at that C does."""
+    from riskdecomp.probes import PathFitter
+
+    X, y = make_classification(n_samples=800, n_features=30, n_informative=10, n_redundant=10, n_classes=3,
+                               random_state=6)
+    grid = np.logspace(-3, 2, 6)
+    path = PathFitter(LinearProbe(device="cpu", tol=1e-6, max_iter=2000), X, y, grid)
+    for C in grid:
+        warm = path.get(C)
+        cold = LinearProbe(C=C, device="cpu", tol=1e-6, max_iter=2000).fit(X, y)
+        f_warm = _sk_objective(warm.coef_, warm.intercept_, X, y, C)
+        f_cold = _sk_objective(cold.coef_, cold.intercept_, X, y, C)
+        assert abs(f_warm - f_cold) <= 1e-5 * abs(f_cold) + 1e-6, (C, f_warm, f_cold)
