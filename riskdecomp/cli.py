@@ -75,6 +75,16 @@ def _zoo_options(f):
     return f
 
 
+def _positive_int(v, name):
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise click.BadParameter(f"{name} {v!r}: expected a positive integer or 'auto'")
+    return n
+
+
 def _workers(v):
     if v == "auto":
         return v
@@ -109,7 +119,9 @@ def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_work
 @cli.command()
 @_zoo_options
 @click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False))
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1), help="Parallel jobs (joblib, processes).")
+@click.option("--jobs", default="auto", show_default=True,
+              help="Parallel jobs (joblib processes); auto = one per CPU core (1 on a GPU).")
+@click.option("--threads", default=None, type=click.IntRange(1), help="Threads per job [default: cores / jobs].")
 @click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True)
 @click.option("--dask-scheduler", default=None, help="Address of a dask.distributed scheduler (implies --backend dask).")
 @click.option("--force", is_flag=True, help="Recompute runs even when a matching record exists.")
@@ -123,7 +135,7 @@ def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_work
 @click.option("--alternative", is_flag=True, help="Also compute the alternative (train+test) decomposition.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write plots and report.html.")
 def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_workers, seed, no_progress, out, jobs,
-             backend, dask_scheduler, force, n_boot, shots, fractions, fewshot_seeds, uncertainty, active, statistics,
+             threads, backend, dask_scheduler, force, n_boot, shots, fractions, fewshot_seeds, uncertainty, active, statistics,
              alternative, report):
     """Featurize, decompose the risk of every zoo entry, and write the leaderboard (+ report)."""
     from .runner import Settings
@@ -132,8 +144,9 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
     settings = Settings(seed=seed, n_boot=n_boot, shots=_csv_list(shots, int) or (), fractions=_csv_list(fractions, float) or (),
                         fewshot_seeds=fewshot_seeds, uncertainty=uncertainty, active=active, statistics=statistics,
                         alternative=alternative, device=device, batch_size=batch_size,
-                        num_workers=_workers(num_workers), progress=not no_progress)
-    res = run(zoo_path, dataset, out, models=_csv_list(models), cache_dir=cache_dir, settings=settings, jobs=jobs,
+                        num_workers=_workers(num_workers), progress=not no_progress, threads=threads)
+    res = run(zoo_path, dataset, out, models=_csv_list(models), cache_dir=cache_dir, settings=settings,
+              jobs=None if str(jobs) == "auto" else _positive_int(jobs, "--jobs"),
               backend="dask" if dask_scheduler else backend, scheduler=dask_scheduler, force=force)
     board = res.leaderboard
     if len(board):
@@ -158,7 +171,7 @@ def _focused(name, keep):
     @cli.command(name, help=f"Run the evaluation with only the {name} analysis (writes the same files as evaluate).")
     @_zoo_options
     @click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False))
-    @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1))
+    @click.option("--jobs", default="auto", show_default=True)
     @click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(0))
     @click.pass_context
     def command(ctx, **kw):

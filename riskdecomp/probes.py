@@ -40,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.model_selection import StratifiedShuffleSplit
 from sklearn.utils.multiclass import check_classification_targets
@@ -306,7 +307,7 @@ def _solve_whitened(
         if binary:
             # CE of sigmoid: softplus(z) - y z ; gradient wrt z: sigmoid(z) - y
             loss = float(np.sum(np.logaddexp(0.0, Z) - yf * Z, dtype=np.float64)) / n
-            G = 1.0 / (1.0 + np.exp(-Z))
+            G = expit(Z)  # no overflow warnings for large |z|
             G -= yf
         else:
             Z -= Z.max(axis=1, keepdims=True)
@@ -399,7 +400,7 @@ def _solve_whitened(
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
-    """L2-regularized multinomial logistic regression, scikit-learn compatible, solved in PyTorch.
+    """L2-regularized multinomial logistic regression, scikit-learn compatible (numpy on CPU, PyTorch on GPU).
 
     Parameters
     ----------

@@ -51,18 +51,19 @@ class Settings:
     uncertainty_boot: int = 200
     n_ref: int = 5000
     active: bool = True
-    active_seeds: int = 3
-    active_budget_per_class: int = 30
+    active_seeds: int = 2
+    active_budget_per_class: int = 20
     alternative: bool = False
     # execution only (not part of the run key)
     device: str = "auto"
     batch_size: int = 256
     num_workers: object = "auto"
     progress: bool = True
+    threads: Optional[int] = None  # torch/BLAS threads per job (None: cores / jobs)
 
     def key_dict(self) -> dict:
         d = asdict(self)
-        for k in ("device", "batch_size", "num_workers", "progress"):
+        for k in ("device", "batch_size", "num_workers", "progress", "threads"):
             d.pop(k)
         d["shots"], d["fractions"] = list(self.shots), list(self.fractions)
         return d
@@ -147,8 +148,19 @@ def _load(entry, dataset_spec, settings, cache_dir, ds_cache) -> Features:
 def run_job(zoo_source, name: str, dataset_spec: str, out: str, cache_dir: str, settings: Settings,
             force: bool = False) -> dict:
     """Run every estimator for one (model, dataset); write and return its record (or a failure record)."""
+    from threadpoolctl import threadpool_limits
+
+    if settings.threads:
+        with threadpool_limits(settings.threads):
+            return _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings, force)
+    return _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings, force)
+
+
+def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings, force: bool) -> dict:
     import torch
 
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     t0 = time.perf_counter()
     ds_cache: dict = {}
     try:
@@ -305,10 +317,18 @@ def _parallel_map(fn, args: list, jobs: int, backend: str, scheduler: Optional[s
 
 
 def evaluate(zoo, dataset: str = "digits", out="results", *, models: Optional[Sequence[str]] = None,
-             cache_dir=None, settings: Optional[Settings] = None, jobs: int = 1, backend: str = "loky",
+             cache_dir=None, settings: Optional[Settings] = None, jobs: Optional[int] = 1, backend: str = "loky",
              scheduler: Optional[str] = None, force: bool = False) -> EvaluationResult:
-    """Evaluate every zoo entry (or ``models`` and their references) on ``dataset``; write all outputs to ``out``."""
-    from .encoders import default_cache_dir
+    """Evaluate every zoo entry (or ``models`` and their references) on ``dataset``; write all outputs to ``out``.
+
+    ``jobs=None`` (auto): one process per CPU core (at most one per model) on CPU, a single process on a GPU.
+    Each job then uses ``settings.threads`` threads (default: cores / jobs). Results are byte-identical for the same
+    seed, inputs and thread count, whatever the number of jobs or the backend.
+    """
+    import os
+    from dataclasses import replace
+
+    from .encoders import default_cache_dir, resolve_device
 
     settings = settings or Settings()
     zoo = load_zoo(zoo) if isinstance(zoo, (str, Path)) else zoo
@@ -321,6 +341,11 @@ def evaluate(zoo, dataset: str = "digits", out="results", *, models: Optional[Se
     # references first: their features are needed by the models that name them
     refs = {e.reference for e in zoo if e.reference}
     names = [e.name for e in zoo if e.name in refs] + [e.name for e in zoo if e.name not in refs]
+    cores = os.cpu_count() or 1
+    if jobs is None:
+        jobs = 1 if resolve_device(settings.device) != "cpu" else max(1, min(cores, len(names)))
+    if settings.threads is None:
+        settings = replace(settings, threads=1 if (backend == "dask" or scheduler) else max(1, cores // jobs))
     args = [(zoo_source, n, dataset, str(out), str(cache_dir), settings, force) for n in names]
     records = _parallel_map(run_job, args, jobs, backend, scheduler)
     ok = [r for r in records if "error" not in r]

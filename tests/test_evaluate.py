@@ -25,7 +25,7 @@ def run_cli(*args):
 
 def fast_settings(**kw):
     base = dict(n_boot=50, fewshot_seeds=2, shots=(1, 5), fractions=(0.1,), active_seeds=2,
-                active_budget_per_class=10, uncertainty_boot=50, progress=False)
+                active_budget_per_class=10, uncertainty_boot=50, progress=False, threads=1)
     base.update(kw)
     return Settings(**base)
 
