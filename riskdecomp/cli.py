@@ -30,8 +30,11 @@ def _csv_list(value, cast=str):
 @click.version_option(package_name="riskdecomp")
 def cli(debug, verbose):
     """Evaluate self-supervised encoders and explain why they are good or bad."""
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    import os
+
+    level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    os.environ["RISKDECOMP_LOG_LEVEL"] = str(level)  # worker processes log at the same level
 
 
 # ------------------------------------------------------------------------------------------------ zoo

@@ -157,7 +157,13 @@ def run_job(zoo_source, name: str, dataset_spec: str, out: str, cache_dir: str, 
 
 
 def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings, force: bool) -> dict:
+    import os
+
     import torch
+
+    level = os.environ.get("RISKDECOMP_LOG_LEVEL")
+    if level and not logging.getLogger().handlers:  # a worker process: log like the command that started it
+        logging.basicConfig(level=int(level), format="%(levelname)s %(name)s: %(message)s")
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
