@@ -54,6 +54,10 @@ class Settings:
     active_seeds: int = 2
     active_budget_per_class: int = 20
     alternative: bool = False
+    # Standardize features (mean/std of the probe's own fitting set) before every probe: encoders emit features on
+    # wildly different scales (a random-init CNN's are ~1e-3), and a fixed C grid only means the same thing across
+    # encoders on a common scale. The model class is unchanged (an affine map of the features).
+    standardize: bool = True
     # execution only (not part of the run key)
     device: str = "auto"
     batch_size: int = 256
@@ -230,12 +234,13 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
     x_tr, y_tr, x_te, y_te = feats.x_train, feats.y_train, feats.x_test, feats.y_test
     t = time.perf_counter()
     dec = decompose(x_tr, y_tr, x_te, y_te, reference=reference, seed=settings.seed, n_boot=settings.n_boot,
-                    alternative=settings.alternative, device=settings.device)
+                    alternative=settings.alternative, device=settings.device, standardize=settings.standardize)
     timings["time_decomposition"] = time.perf_counter() - t
     row = {"n_classes": int(len(np.unique(y_tr))), **dict(dec)}
     t = time.perf_counter()
     summary, table = fewshot_errors(x_tr, y_tr, x_te, y_te, shots=settings.shots, fractions=settings.fractions,
-                                    n_seeds=settings.fewshot_seeds, seed=settings.seed, device=settings.device)
+                                    n_seeds=settings.fewshot_seeds, seed=settings.seed, device=settings.device,
+                                    standardize=settings.standardize)
     timings["time_fewshot"] = time.perf_counter() - t
     row.update(summary)
     if settings.statistics:
@@ -280,7 +285,11 @@ def per_sample_table(feats: Features, dec, settings: Settings) -> pd.DataFrame:
     from .reliability import targets
 
     proba = np.asarray(dec.test_pred_proba)
-    tg = targets(feats.y_test, proba, feats.x_train, feats.y_train, feats.x_test)
+    xs_tr, xs_te = feats.x_train, feats.x_test
+    if settings.standardize:  # the one-vs-one Brier probes see the features the way the main probe does
+        mu, sd = xs_tr.mean(0), xs_tr.std(0) + 1e-12
+        xs_tr, xs_te = (xs_tr - mu) / sd, (xs_te - mu) / sd
+    tg = targets(feats.y_test, proba, xs_tr, feats.y_train, xs_te)
     ref = reference_indices(len(feats.y_train), settings)
     scores = U.label_free_scores(feats.x_test, feats.x_train, ref_idx=ref)
     probe = U.probe_scores(proba)
