@@ -380,10 +380,25 @@ def evaluate(zoo, dataset: str = "digits", out="results", *, models: Optional[Se
         write_csv(failures, out / "failures.csv")
     else:
         (out / "failures.csv").unlink(missing_ok=True)
-    if settings.uncertainty and ok:
-        zoo_uncertainty(zoo, ok, dataset, out, cache_dir, settings)
-    if settings.active and ok:
-        zoo_active(ok, out)
+    # zoo-level stages are redone only when some run changed (a rerun of finished work stays fast)
+    zoo_key = hashlib.sha256(json.dumps([[r["run_key"] for r in ok], settings.key_dict()],
+                                        sort_keys=True).encode()).hexdigest()[:24]
+    state_path = out / "runs" / "_zoo_stages.json"
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        state = {}
+    for stage, enabled, outputs, fn in (
+            ("uncertainty", settings.uncertainty, ["uncertainty.csv"],
+             lambda: zoo_uncertainty(zoo, ok, dataset, out, cache_dir, settings)),
+            ("active", settings.active, ["active_learning.csv", "label_efficiency.csv"], lambda: zoo_active(ok, out))):
+        if not (enabled and ok):
+            continue
+        if state.get(stage) == zoo_key and all((out / o).exists() for o in outputs):
+            continue
+        fn()
+        state[stage] = zoo_key
+        atomic_write_text(state_path, json.dumps(state, indent=1, sort_keys=True))
     return EvaluationResult(board, failures, out, ok)
 
 
