@@ -15,15 +15,15 @@ When a table holds several datasets, rankings and scaling laws are computed with
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
+
+from .atomic import atomic_write_text as _atomic_write_text
 
 COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen"]
 OUTCOMES = COMPONENTS + ["agg_risk"]
@@ -99,19 +99,6 @@ def _sizes(df: pd.DataFrame, col: str) -> pd.Series:
     if kind == "shot":
         return k * pd.to_numeric(df.get("n_classes"), errors="coerce").astype(float)
     return np.floor(k / 100.0 * n_train.astype(float))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _atomic_write_csv(df: pd.DataFrame, path: Path) -> None:

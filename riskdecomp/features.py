@@ -25,6 +25,7 @@ import torch
 
 from .datasets import ArraySplit, ImageDataset, ImageSplit
 from .encoders import Encoder, build_encoder, entry_identity, resolve_device
+from .atomic import atomic_write_text
 from .errors import FeatureError, RiskdecompError
 from .zoo import FeaturesEntry
 
@@ -44,27 +45,6 @@ class Features:
     y_test: np.ndarray
     classes: Optional[list] = None
     forward_passes: int = 0  # batches pushed through the encoder by this call (0 = all from cache)
-
-
-# ----------------------------------------------------------------------------------------------- atomic I/O
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + rename (never a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> str:

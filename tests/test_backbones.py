@@ -11,12 +11,7 @@ from riskdecomp.pretrain.backbones import build_encoder
 from riskdecomp.pretrain.recipe import AugmentConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_smallcnn_shapes_and_state_dict_roundtrip():

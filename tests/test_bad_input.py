@@ -1,7 +1,6 @@
 """Bad input, table-driven: every case gives a one-line error naming the culprit, no traceback, a non-zero exit,
 and nothing written outside the output and cache folders. Recoverable cases (a damaged cache) just recompute."""
 
-import textwrap
 from pathlib import Path
 
 import numpy as np

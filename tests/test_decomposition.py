@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from riskdecomp.decomposition import _boot_pair, decompose
 from riskdecomp.errors import FeatureError
@@ -10,16 +9,7 @@ from riskdecomp.errors import FeatureError
 GRID = np.logspace(-3, 2, 6)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems on a shared CPU: one thread avoids oversubscription stalls."""
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussians(n, d=10, k=4, sep=3.0, seed=0, noise_dims=0):

@@ -2,22 +2,13 @@
 
 import numpy as np
 import pytest
-import torch
 
 from riskdecomp.fewshot import draw_labeled_and_val, fewshot_errors
 
 GRID = np.logspace(-3, 2, 6)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussians(n, d=8, k=4, sep=4.0, seed=0):

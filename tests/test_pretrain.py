@@ -119,13 +119,7 @@ def test_heads():
 # ------------------------------------------------------------------------------------------ training
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train fastest single-threaded (and do not fight other processes for the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

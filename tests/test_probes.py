@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from sklearn.datasets import load_digits, make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import check_estimator
@@ -11,16 +10,7 @@ from riskdecomp.probes import DEFAULT_GRID, LinearProbe, stratified_split, tune_
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems on a shared CPU: one thread avoids oversubscription stalls."""
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _digits():

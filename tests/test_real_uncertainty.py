@@ -1,7 +1,6 @@
 """Real images: pretrain small encoders on a CIFAR-10 subset (../shared), evaluate, and check that the uncertainty
 report says — with confidence intervals — whether each label-free score predicts the probe's errors."""
 
-import textwrap
 
 import pandas as pd
 import pytest

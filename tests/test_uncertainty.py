@@ -1,7 +1,6 @@
 """Uncertainty scores: hand-computed tiny cases and comparisons with sklearn / closed forms."""
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy.stats import entropy
 

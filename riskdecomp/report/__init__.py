@@ -35,7 +35,8 @@ def make_report(results_dir, *, published=None, color_by: str | None = "objectiv
     ``all_results.csv``; it is analysed and plotted as a separate source. Raises
     :class:`RiskdecompError` if ``results_dir`` is not a directory.
     """
-    from riskdecomp.report.html import render_html, write_text_atomic
+    from riskdecomp.atomic import atomic_write_text as write_text_atomic
+    from riskdecomp.report.html import render_html
     from riskdecomp.report.plots import collect_plots
 
     results_dir = Path(results_dir)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -116,17 +113,3 @@ def render_html(*, title: str, leaderboard: pd.DataFrame | None, summary: dict |
     parts.append("</body></html>")
     return "\n".join(parts)
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
