@@ -37,6 +37,10 @@ def cifar_run(shared_dir, tmp_path_factory):
 
 def test_uncertainty_report_on_real_images_has_cis_for_knn_and_consistency(cifar_run):
     unc, res = cifar_run
+    table = unc[(unc.target == "err01") & unc.metric.isin(["auroc"])
+                | (unc.target == "brier_ovo") & (unc.metric == "kendall_tau")]
+    print("\n" + table.pivot_table(index=["score"], columns=["model", "target", "metric"],
+                                   values=["value", "ci_lo", "ci_hi"]).round(3).to_string())  # shown with -s
     assert set(unc["model"]) == {"simclr_s0", "simclr_s1"}
     au = unc[(unc.target == "err01") & (unc.metric == "auroc")].set_index(["model", "score"])
     for score in ("knn_10_cos", "knn_100_euc", "gmm_nll", "neg_norm"):
