@@ -32,7 +32,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import current_rss_mb, peak_rss_mb, row, shared_dir  # noqa: E402
+from benchmarks.common import bench_device, current_rss_mb, peak_rss_mb, row, shared_dir, synchronize  # noqa: E402
 
 FULL_MODELS = ("resnet50", "vit_small_patch16_224")
 QUICK_MODELS = ("test_resnet", "test_vit")  # timm's tiny test architectures: seconds, not minutes
@@ -69,14 +69,19 @@ def extract_subset(tarball: Path, dest: Path, n_train: int, n_test: int) -> Path
     return dest
 
 
-def _forward_all(module, tensors, batch_size: int) -> float:
+def _forward_all(module, tensors, batch_size: int, device: str = "cpu") -> float:
+    """Seconds of the pure forward pass over preloaded tensors, with the settings ``featurize`` uses on that
+    device (on CUDA: tensors already on the GPU, channels-last, bfloat16 autocast)."""
     import torch
 
+    cuda = device.startswith("cuda")
+    synchronize(device)
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
         for x in tensors:
             for i in range(0, len(x), batch_size):
                 module(x[i:i + batch_size])
+    synchronize(device)
     return time.perf_counter() - t0
 
 
@@ -94,6 +99,7 @@ def bench_featurize(model: str = "resnet50", n_images: int = 128, batch_size: in
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
+    device = bench_device()
     short = model.split(".")[0].replace("_patch16_224", "")
     shared = shared_dir()
     if shared is None or not (shared / VAL_TARBALL).is_file():
@@ -106,20 +112,24 @@ def bench_featurize(model: str = "resnet50", n_images: int = 128, batch_size: in
         ds = load_dataset(f"imagefolder:{tmp / 'images'}")
         entry = TimmEntry(name=f"bench-{short}", source="timm", model=model, pretrained=False,
                           representation="pooled")
-        encoder = build_encoder(entry, device="cpu", progress=False)
-        module = encoder.module.eval()
+        encoder = build_encoder(entry, device=device, progress=False)
+        module = encoder.module.to(device).eval()
+        if device.startswith("cuda"):
+            module = module.to(memory_format=torch.channels_last)
         # preloaded input of the baseline: decoded + transformed once, outside any timing
         t0 = time.perf_counter()
         tensors = [torch.stack([s.with_transform(encoder.transform)[i][0] for i in range(len(s))])
                    for s in (ds.train, ds.test)]
         decode_s = time.perf_counter() - t0
-        _forward_all(module, [tensors[0][:batch_size]], batch_size)  # warm-up (allocator, kernels)
-        base1 = _forward_all(module, tensors, batch_size)
-        kw = dict(cache_dir=tmp / "cache", device="cpu", batch_size=batch_size, progress=False)
+        if device.startswith("cuda"):
+            tensors = [t.to(device).contiguous(memory_format=torch.channels_last) for t in tensors]
+        _forward_all(module, [tensors[0][:batch_size]], batch_size, device)  # warm-up (allocator, kernels)
+        base1 = _forward_all(module, tensors, batch_size, device)
+        kw = dict(cache_dir=tmp / "cache", device=device, batch_size=batch_size, progress=False)
         t0 = time.perf_counter()
         first = featurize(entry, ds, encoder=encoder, **kw)
         first_s = time.perf_counter() - t0
-        base2 = _forward_all(module, tensors, batch_size)
+        base2 = _forward_all(module, tensors, batch_size, device)
         baseline = (base1 + base2) / 2
         t0 = time.perf_counter()
         cached_read = featurize(entry, ds, encoder=encoder, **kw)
@@ -130,7 +140,8 @@ def bench_featurize(model: str = "resnet50", n_images: int = 128, batch_size: in
         same = bool(np.array_equal(first.x_train, second.x_train) and np.array_equal(first.x_test, second.x_test)
                     and np.array_equal(first.x_train, cached_read.x_train))
         n = len(ds.train) + len(ds.test)
-        size = f"{n} JPEGs {tuple(tensors[0].shape[-2:])} bs{batch_size} threads{threads} d{first.x_train.shape[1]}"
+        size = (f"{n} JPEGs {tuple(tensors[0].shape[-2:])} bs{batch_size} threads{threads} d{first.x_train.shape[1]}"
+                f" {device}")
         ratio = baseline / first_s
         feat = row(f"featurize_{short}", size=size, seconds=first_s, baseline_seconds=baseline, ratio=ratio,
                    target="ratio >= 0.90 (featurize rate / pure-forward rate)", met=ratio >= 0.90,
@@ -169,8 +180,11 @@ def main(argv=None) -> None:
 
 
 def featurize_kwargs(quick: bool, n_images=None, batch_size=None) -> dict:
-    """Sizes: full = 128 JPEGs (64 train + 64 test), batch 32; quick = 20 JPEGs, batch 8."""
-    return {"n_images": n_images or (20 if quick else 128), "batch_size": batch_size or (8 if quick else 32),
+    """Sizes: full = 128 JPEGs (64 train + 64 test), batch 32 on CPU; 2048 JPEGs, batch 256 on a GPU (a CPU-sized
+    run would time kernel launches, not throughput); quick = 20 JPEGs, batch 8."""
+    gpu = bench_device().startswith("cuda")
+    full_n, full_bs = (2048, 256) if gpu else (128, 32)
+    return {"n_images": n_images or (20 if quick else full_n), "batch_size": batch_size or (8 if quick else full_bs),
             "quick": quick}
 
 

@@ -3,7 +3,7 @@
 For each N (full: 25k, 50k, 100k, 200k; test 10k; d = 512; 10 classes) a fresh Python process generates
 synthetic Gaussian-mixture features (class means in a 32-dim subspace + isotropic noise, float32, written in
 chunks so generation itself never holds float64 copies) and times
-``riskdecomp.decomposition.decompose(x_train, y_train, x_test, y_test, seed=0, n_boot=1000, device="cpu")``
+``riskdecomp.decomposition.decompose(x_train, y_train, x_test, y_test, seed=0, n_boot=1000, device=...)`` on the benchmark device (``run.py --device``, default auto)
 (no reference encoder: ``approx`` is NaN; every other fit of the protocol runs).
 
 Rows:
@@ -64,28 +64,32 @@ def scale_point(n: int, d: int = 512, k: int = 10, n_test: int = 10_000, n_boot:
     import numpy as np
     import torch
 
-    from benchmarks.common import current_rss_mb, peak_rss_mb
+    from benchmarks.common import bench_device, current_rss_mb, gpu_peak_mb, peak_rss_mb
     from riskdecomp.decomposition import decompose
+
+    device = bench_device()
 
     if threads:
         torch.set_num_threads(threads)
     # warm-up on a tiny problem: lazy imports, thread pools and allocator caches count in the base, not in the ratio
     if warmup:
         wx, wy = gaussian_mixture(600, d, k, np.random.default_rng(seed + 1))
-        decompose(wx[:400], wy[:400], wx[400:], wy[400:], seed=seed, n_boot=10, device="cpu")
+        decompose(wx[:400], wy[:400], wx[400:], wy[400:], seed=seed, n_boot=10, device=device)
         del wx, wy
     base = current_rss_mb()
     rng = np.random.default_rng(seed)
     # train and test from the same mixture (one draw, then split) so the test set is in-distribution
     x, y = gaussian_mixture(n + n_test, d, k, rng)
     x_tr, y_tr, x_te, y_te = x[:n], y[:n], x[n:], y[n:]
+    gpu_peak_mb(device, reset=True)
     t0 = time.perf_counter()
-    dec = decompose(x_tr, y_tr, x_te, y_te, seed=seed, n_boot=n_boot, device="cpu")
+    dec = decompose(x_tr, y_tr, x_te, y_te, seed=seed, n_boot=n_boot, device=device)
     seconds = time.perf_counter() - t0
     out = {k_: float(v) for k_, v in dict(dec).items() if np.isscalar(v) and isinstance(v, (int, float, np.number))}
     return {"n": n, "d": d, "k": k, "n_test": n_test, "n_boot": n_boot, "seconds": seconds,
             "base_rss_mb": base, "peak_rss_mb_self": peak_rss_mb(), "matrix_mb": x.nbytes / 1024 ** 2,
-            "threads": torch.get_num_threads(), "components": out}
+            "threads": torch.get_num_threads(), "components": out, "device": device,
+            "gpu_peak_mb": gpu_peak_mb(device)}
 
 
 def run_point(n: int, *, d: int, k: int, n_test: int, n_boot: int, threads: int, timeout=None,
@@ -131,7 +135,9 @@ def bench_scale(quick: bool = False, threads: int = 0, ns=None, timeout=None) ->
                         met=(mem_ratio <= MEMORY_TARGET) if checked else None,
                         notes=("" if checked else f"matrix < {MIN_CHECKED_MB} MB: runtime overhead dominates, "
                                "memory ratio not checked; ") + (f"feature matrix {r['matrix_mb']:.0f} MB, RSS after imports {r['base_rss_mb']:.0f} MB; "
-                               f"threads {r['threads']}; {comps}")))
+                               f"threads {r['threads']}; device {r.get('device', 'cpu')}"
+                               + (f", GPU peak {r['gpu_peak_mb']:.0f} MB" if r.get("gpu_peak_mb") else "")
+                               + f"; {comps}")))
         done.append((n, r["seconds"]))
     if len(done) >= 2:
         slope = loglog_slope([n for n, _ in done], [s for _, s in done])

@@ -70,7 +70,8 @@ def machine_info() -> dict:
     """CPU model, cores, RAM, torch version, the device the benchmarks ran on, date; load average as a noise hint."""
     import torch
 
-    cuda = torch.cuda.is_available()
+    device = bench_device()
+    cuda = device.startswith("cuda")
     return {
         "cpu_model": cpu_model(),
         "cores": usable_cores(),
@@ -79,6 +80,7 @@ def machine_info() -> dict:
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "gpu_present": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -233,3 +235,32 @@ def shared_dir() -> Optional[Path]:
     """``$RISKDECOMP_SHARED`` or ``../shared`` next to the repository, when it holds ``data/``."""
     p = Path(os.environ.get("RISKDECOMP_SHARED", REPO.parent / "shared")).expanduser().resolve()
     return p if (p / "data").is_dir() else None
+
+
+# ------------------------------------------------------------------------------------------------ device
+def bench_device() -> str:
+    """The device the benchmarks run on: ``$RISKDECOMP_BENCH_DEVICE`` (``run.py --device``), default ``auto``
+    (CUDA when present, else CPU), resolved as the package resolves it."""
+    from riskdecomp.probes import resolve_device
+
+    return str(resolve_device(os.environ.get("RISKDECOMP_BENCH_DEVICE", "auto")))
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so wall-clock timers measure it."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def gpu_peak_mb(device: str, reset: bool = False) -> Optional[float]:
+    """Peak CUDA memory allocated by torch since the last reset (None on CPU)."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+        return None
+    return round(torch.cuda.max_memory_allocated() / 1024 ** 2, 1)

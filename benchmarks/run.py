@@ -1,6 +1,7 @@
 """Run riskdecomp's benchmark suite: print a table and write ``benchmarks/results.json``.
 
     python benchmarks/run.py [--quick] [--only NAME,...] [--budget SECONDS] [--threads N] [--out PATH]
+                             [--device auto|cpu|cuda] [--large-baseline SECONDS]
 
 Benchmarks (``--only`` takes these names):
 
@@ -8,8 +9,10 @@ Benchmarks (``--only`` takes these names):
              cached rerun                                                       (benchmarks/bench_featurize.py)
   scale      time and peak memory of ``decompose`` at N = 25k..200k, log-log slope (benchmarks/bench_scale.py)
   e2e        the README main job from an empty and from a full cache           (benchmarks/bench_e2e.py)
-  probes     tuned decomposition, our LinearProbe vs sklearn                   (benchmarks/bench_probes.py)
-  gflops     achieved GFLOP/s of the probe fit vs a plain matmul               (benchmarks/bench_probes.py)
+  probes     tuned decomposition at 50k x 512 x 10, our LinearProbe vs sklearn  (benchmarks/bench_probes.py)
+  probes_large  the same at 50k x 2048 x 100; the sklearn side only with --large-baseline (it takes hours on
+             2 cores, far beyond the 15-minute suite)                          (benchmarks/bench_probes.py)
+  gflops     achieved GFLOP/s of the probe fit vs a plain matmul, at both sizes (benchmarks/bench_probes.py)
   knn        k-NN search vs sklearn brute force                                (benchmarks/bench_knn.py)
 
 Each benchmark runs in a fresh Python process, so ``peak_memory_mb`` (the child's ``ru_maxrss``, via ``os.wait4``)
@@ -19,14 +22,18 @@ two things measured side by side in the same process and run. A benchmark whose 
 
 ``results.json``: ``{"machine": {cpu_model, cores, ram_gb, torch_version, device, date, ...}, "quick", "threads",
 "total_seconds", "complete", "results": [{name, size, seconds, baseline_seconds, ratio, peak_memory_mb, target,
-met, notes}, ...]}``, rewritten after every benchmark (``complete`` is false until the end). ``--budget`` bounds the whole run: a benchmark gets the time left, later ones are recorded as skipped.
+met, notes}, ...]}``, rewritten after every benchmark (``complete`` is false until the end). ``--budget`` bounds the whole run (default 870 s, so the suite ends within 15 minutes): a benchmark gets the time
+left, later ones are recorded as skipped.
 ``--quick`` uses tiny sizes and 1 thread (meant to finish within a minute on an idle 2-core machine).
+``--device`` (default ``auto``: CUDA when present) is where featurization, probes and the scale runs go; it is
+passed to the children as ``$RISKDECOMP_BENCH_DEVICE``. The sklearn and k-NN baselines always run on the CPU.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,9 +45,11 @@ if __package__ in (None, ""):
 from benchmarks.common import ROW_KEYS, machine_info, row, run_function, usable_cores  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
-ORDER = ("scale", "featurize", "e2e", "probes", "gflops", "knn")
+ORDER = ("scale", "featurize", "probes", "probes_large", "gflops", "knn", "e2e")
+DEFAULT_BUDGET_S = 870.0  # the whole suite ends within 15 minutes; what no longer fits is recorded as skipped
 DEFAULT_TARGETS = {  # used only when a benchmark module's dict states no target of its own
     "probes": ("ratio >= 10 (sklearn time / ours)", 10.0),
+    "probes_large": ("ratio >= 10 (sklearn time / ours)", 10.0),
     "gflops": ("ratio >= 0.30 (probe-fit GFLOP/s / plain matmul GFLOP/s)", 0.30),
     "knn": ("ratio >= 1 vs sklearn; ours <= 3 s at full size", None),
 }
@@ -73,18 +82,28 @@ def _call(fn, **kwargs):
     return fn(**{k: v for k, v in kwargs.items() if k in params})
 
 
-def child_probes(which: str, quick: bool, threads: int) -> list:
+def child_probes(which: str, quick: bool, threads: int, large_baseline: float = 0) -> list:
     _threads(threads)
     try:
         import benchmarks.bench_probes as bp
-        fn = getattr(bp, "bench_decomposition" if which == "probes" else "bench_gflops")
+        fn = getattr(bp, "bench_gflops" if which == "gflops" else "bench_decomposition")
     except (ImportError, AttributeError) as exc:
         return _missing(which, "benchmarks/bench_probes.py", exc)
     if which == "probes":
-        res = _call(fn, n=50_000, d=512, k=10, seed=0, quick=quick, threads=threads)
-    else:
-        res = _call(fn, quick=quick, threads=threads)
-    return res if isinstance(res, list) else [res]
+        return [_call(fn, n=50_000, d=512, k=10, seed=0, quick=quick, threads=threads)]
+    if which == "probes_large":
+        res = _call(fn, n=50_000, d=2048, k=100, seed=0, quick=quick, threads=threads, sklearn=bool(large_baseline),
+                    sklearn_timeout=large_baseline or None)
+        res["name"] = "decomposition_2048x100"
+        if not large_baseline:
+            res["notes"] = "ours only: the sklearn side runs with --large-baseline"
+        return [res]
+    rows = []
+    for d, k in ((512, 10), (2048, 100)):
+        res = _call(fn, d=d, k=k, quick=quick, threads=threads)
+        res["name"] = "probe_fit_gflops" + ("" if d == 512 else f"_{d}x{k}")
+        rows.append(res)
+    return rows
 
 
 def child_knn(quick: bool, threads: int) -> list:
@@ -161,7 +180,7 @@ def plan(only, quick: bool) -> list:
             jobs.append((g, g, "benchmarks.bench_scale", "bench_scale", {}))
         elif g == "e2e":
             jobs.append((g, g, "benchmarks.bench_e2e", "bench_e2e", {}))
-        elif g in ("probes", "gflops"):
+        elif g in ("probes", "probes_large", "gflops"):
             jobs.append((g, g, "benchmarks.run", "child_probes", {"which": g}))
         elif g == "knn":
             jobs.append((g, g, "benchmarks.run", "child_knn", {}))
@@ -169,8 +188,11 @@ def plan(only, quick: bool) -> list:
 
 
 def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None, threads: Optional[int] = None,
-              out: Path = DEFAULT_OUT, verbose: bool = True) -> dict:
+              out: Path = DEFAULT_OUT, verbose: bool = True, device: Optional[str] = None,
+              large_baseline: float = 0) -> dict:
     """Run the benchmarks, write ``out`` (JSON) and return what was written."""
+    if device:
+        os.environ["RISKDECOMP_BENCH_DEVICE"] = device  # the children inherit it (see common.bench_device)
     unknown = sorted(set(only or ()) - set(ORDER))
     if unknown:
         raise SystemExit(f"run.py: error: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
@@ -185,6 +207,8 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
             results.append(row(group if group != "featurize" else label, notes="skipped: time budget spent"))
             continue
         kw = {"quick": quick, "threads": threads, **kwargs}
+        if group == "probes_large":
+            kw["large_baseline"] = large_baseline
         if group in ("scale", "e2e") and left is not None:
             kw["timeout"] = max(left - 2, 1)  # they run their own children: let them stop in time and report
         if verbose:
@@ -240,12 +264,19 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Run riskdecomp's benchmark suite.")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 thread (about a minute)")
     p.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(ORDER)}")
-    p.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default: no limit)")
+    p.add_argument("--budget", type=float, default=None,
+                   help=f"seconds for the whole run (default: {DEFAULT_BUDGET_S:.0f}; quick: no limit; 0: no limit)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores; quick: 1)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (default: benchmarks/results.json)")
+    p.add_argument("--device", default=None, help="auto (default: CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--large-baseline", type=float, default=0, metavar="SECONDS",
+                   help="also run sklearn at 50k x 2048 x 100, stopped after SECONDS (then a lower bound of the "
+                        "ratio is reported); it needs far more than the 15-minute suite on 2 cores")
     a = p.parse_args(argv)
     only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only else None
-    run_suite(quick=a.quick, only=only, budget=a.budget, threads=a.threads, out=a.out)
+    budget = (None if a.quick else DEFAULT_BUDGET_S) if a.budget is None else (a.budget or None)
+    run_suite(quick=a.quick, only=only, budget=budget, threads=a.threads, out=a.out, device=a.device,
+              large_baseline=a.large_baseline)
 
 
 if __name__ == "__main__":

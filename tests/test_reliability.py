@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from riskdecomp.errors import FeatureError
-from riskdecomp.reliability import brier_ovo, evaluate_scores, score_metrics, targets
+from riskdecomp.reliability import brier_ovo, evaluate_scores, kendall_tau_b_weighted, score_metrics, targets
 
 
 def _tab(df):
@@ -124,3 +124,19 @@ def test_targets_table_and_evaluate_scores():
     assert ("s1", "err01", "auroc") in v.index and ("s1", "loss", "auroc") not in v.index
     with pytest.raises(FeatureError):
         targets(y_te, proba[:, :2], x_tr, y_tr, x_te)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_weighted_kendall_equals_scipy_on_each_resample(binary):
+    """The all-resamples-at-once tau-b equals scipy's tau-b of every resampled vector, ties included
+    (u rounded to 1 decimal; a 0/1 target), also when M is built in many column blocks."""
+    rng = np.random.default_rng(3)
+    n = 300
+    u = rng.normal(size=n).round(1)
+    t = (rng.random(n) < 0.3).astype(float) if binary else u + rng.normal(size=n)
+    idx = rng.integers(0, n, size=(7, n))
+    w = np.stack([np.bincount(r, minlength=n) for r in idx])
+    ours = kendall_tau_b_weighted(u, t, w, block_bytes=4 * n * 37)
+    ref = [kendalltau(u[r], t[r]).statistic for r in idx]
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+    assert kendall_tau_b_weighted(u, t, np.ones((1, n)))[0] == pytest.approx(kendalltau(u, t).statistic)
