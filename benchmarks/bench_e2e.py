@@ -34,6 +34,7 @@ from benchmarks.common import REPO, row, run_child  # noqa: E402
 
 COLD_TARGET_S = 600.0
 WARM_TARGET_S = 120.0
+MIN_LEFT_S = {"e2e_rerun": 60.0, "e2e_warm": 150.0}  # seconds of budget a run needs to be started
 ZOO = REPO / "model_zoo.yaml"
 QUICK_FLAGS = ["--no-report", "--n-boot", "20", "--fewshot-seeds", "1", "--shots", "1,3", "--fractions", "0.1",
                "--no-active", "--no-uncertainty", "--no-statistics"]
@@ -95,8 +96,8 @@ def bench_e2e(quick: bool = False, timeout=None, threads: int = 0) -> list:
                 runs[name] = None  # the cold run timed out: the cache is not full
                 continue
             cap = 2 * (COLD_TARGET_S if name == "e2e_cold" else WARM_TARGET_S)  # a hung run must not stall the suite
-            if name != "e2e_cold" and left() is not None and left() < 30:
-                runs[name] = "budget"  # not started: too little of the time budget is left
+            if name != "e2e_cold" and left() is not None and left() < MIN_LEFT_S[name]:
+                runs[name] = "budget"  # not started: it would not finish in what is left of the time budget
                 continue
             limit = cap if left() is None else min(cap, left())
             runs[name] = run_child(_cli([*base_args, "--out", str(tmp / out)]), timeout=limit, env=env, cwd=REPO)

@@ -133,19 +133,22 @@ def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_work
 @click.option("--fractions", default="0.01,0.1", show_default=True, help="Few-shot fractions of the train split.")
 @click.option("--fewshot-seeds", default=5, show_default=True, type=click.IntRange(1))
 @click.option("--uncertainty/--no-uncertainty", default=True, show_default=True)
+@click.option("--aug-views", default=4, show_default=True, type=click.IntRange(0),
+              help="Random views (crop + flip) per test image for augmentation-consistency scores; 0: off.")
 @click.option("--active/--no-active", default=True, show_default=True, help="Active-learning curves.")
 @click.option("--statistics/--no-statistics", default=True, show_default=True, help="Representation statistics.")
 @click.option("--alternative", is_flag=True, help="Also compute the alternative (train+test) decomposition.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write plots and report.html.")
 def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_workers, seed, no_progress, out, jobs,
-             threads, backend, dask_scheduler, force, n_boot, shots, fractions, fewshot_seeds, uncertainty, active, statistics,
-             alternative, report):
+             threads, backend, dask_scheduler, force, n_boot, shots, fractions, fewshot_seeds, uncertainty, aug_views, active,
+             statistics, alternative, report):
     """Featurize, decompose the risk of every zoo entry, and write the leaderboard (+ report)."""
     from .runner import Settings
     from .runner import evaluate as run
 
     settings = Settings(seed=seed, n_boot=n_boot, shots=_csv_list(shots, int) or (), fractions=_csv_list(fractions, float) or (),
-                        fewshot_seeds=fewshot_seeds, uncertainty=uncertainty, active=active, statistics=statistics,
+                        fewshot_seeds=fewshot_seeds, uncertainty=uncertainty, aug_views=aug_views, active=active,
+                        statistics=statistics,
                         alternative=alternative, device=device, batch_size=batch_size,
                         num_workers=_workers(num_workers), progress=not no_progress, threads=threads)
     res = run(zoo_path, dataset, out, models=_csv_list(models), cache_dir=cache_dir, settings=settings,

@@ -137,6 +137,14 @@ def _components(raw: dict[str, np.ndarray | float], has_ref: bool, alternative: 
     return out
 
 
+def _choose_C(est, x, y, fit_idx, val_idx, grid, patience):
+    """(C with the lowest error on rows ``val_idx`` along the warm-started path fitted on rows ``fit_idx``, the
+    path's probe at that C). The row subsets are freed on return (the probe keeps no reference to them)."""
+    path = PathFitter(est, x[fit_idx], y[fit_idx], grid)
+    C, _ = fit_path(path, x[val_idx], y[val_idx], patience=patience)
+    return C, path.get(C)
+
+
 def decompose(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -205,20 +213,22 @@ def decompose(
     losses["err_train_train"] = _errors(tr_path.get(C_tt), x_train, y_train)
     res["C_train_train"] = C_tt
 
-    # err_heldout: S vs complement; C chosen on a validation part of the complement
+    # err_heldout: S vs complement; C chosen on a validation part of the complement. Row subsets are copies
+    # (fancy indexing), so each lives only while it is needed: at most ~1x the train matrix extra at a time.
     comp_idx, sub_idx = stratified_split(y_train, n_sub, seed)
-    x_c, y_c = x_train[comp_idx], y_train[comp_idx]
+    y_c = y_train[comp_idx]
     fit_i, val_i = stratified_split(y_c, n_val(len(y_c)), seed + 1)
-    ho_val_path = PathFitter(est, x_c[fit_i], y_c[fit_i], g)
-    C_ho, _ = fit_path(ho_val_path, x_c[val_i], y_c[val_i], patience=patience)
-    ho_probe = refit_from(est, ho_val_path.get(C_ho), C_ho, x_c, y_c)
+    C_ho, ho_val_probe = _choose_C(est, x_train, y_train, comp_idx[fit_i], comp_idx[val_i], g, patience)
+    x_c = x_train[comp_idx]
+    ho_probe = refit_from(est, ho_val_probe, C_ho, x_c, y_c)
+    del x_c, ho_val_probe
     losses["err_heldout"] = _errors(ho_probe, x_train[sub_idx], y_train[sub_idx])
     res["C_heldout"] = C_ho
+    del ho_probe
 
     # err_test: C chosen on a validation part of D_tr, refit on D_tr (= the train path's fit at that C)
     fit_i, val_i = stratified_split(y_train, n_val(n_tr), seed + 2)
-    te_val_path = PathFitter(est, x_train[fit_i], y_train[fit_i], g)
-    C_te, _ = fit_path(te_val_path, x_train[val_i], y_train[val_i], patience=patience)
+    C_te, _ = _choose_C(est, x_train, y_train, fit_i, val_i, g, patience)
     test_probe = tr_path.get(C_te)
     losses["err_test"] = _errors(test_probe, x_test, y_test)
     res["C_test"] = C_te

@@ -147,6 +147,55 @@ def encode_split(encoder: Encoder, split: ImageSplit, *, device: str = "cpu", ba
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
+@torch.inference_mode()
+def posterior_variance_split(encoder: Encoder, split: ImageSplit, *, device: str = "cpu",
+                             batch_size: int = 256) -> Optional[np.ndarray]:
+    """Per image of ``split``: the posterior variance of a stochastic encoder, mean over dimensions of
+    exp(logvar) (``uncertainty.posterior_variance``), or None when the encoder has no posterior. Not cached:
+    stochastic encoders are riskdecomp's own small recipes, and this is one forward pass over the test split."""
+    from .uncertainty import posterior_variance
+
+    module = encoder.module
+    if not getattr(module, "stochastic", False):
+        return None
+    dev = resolve_device(device)
+    module = module.to(dev).eval()
+    loader = torch.utils.data.DataLoader(split.with_transform(encoder.transform), batch_size=batch_size,
+                                         shuffle=False, num_workers=0)
+    out = [posterior_variance(module.posterior(xb.to(dev))[1].float().cpu().numpy()) for xb, _ in loader]
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@torch.inference_mode()
+def augmented_views_split(encoder: Encoder, split: ImageSplit, *, n_views: int = 4, scale=(0.5, 1.0), seed: int = 0,
+                          device: str = "cpu", batch_size: int = 256, num_workers="auto") -> np.ndarray:
+    """(n_views, N, D) embeddings of random views of every image of ``split``: the encoder's own eval input, then a
+    random resized crop (area fraction ~ U(``scale``), aspect ratio in [3/4, 4/3]) resized back and a horizontal
+    flip with p = 0.5 -- SimCLR's geometric augmentations, which apply to any encoder's normalized input (photometric
+    ones do not). Seeded: the same seed gives the same views. Not cached (the run record keeps what they give)."""
+    from .pretrain.augment import random_resized_crop
+
+    dev = resolve_device(device)
+    module = encoder.module.to(dev).eval()
+    cuda = dev.startswith("cuda")
+    g = torch.Generator().manual_seed(int(seed))
+    nw = _num_workers(split, num_workers)
+    loader = torch.utils.data.DataLoader(split.with_transform(encoder.transform), batch_size=batch_size,
+                                         shuffle=False, num_workers=nw, pin_memory=cuda)
+    views: list = [[] for _ in range(n_views)]
+    for xb, _yb in loader:
+        for v in range(n_views):
+            xv = random_resized_crop(xb.float(), scale=scale, flip=True, generator=g).to(dev)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
+                z = module(xv)
+            views[v].append(z.float().reshape(len(xb), -1).cpu().numpy())
+    if not views[0]:
+        raise FeatureError(f"model {encoder.name!r}: the {split.split} split is empty")
+    out = np.stack([np.concatenate(v) for v in views]).astype(np.float32, copy=False)
+    _check_finite(out.reshape(-1, out.shape[-1]), f"model {encoder.name!r} augmented views")
+    return out
+
+
 def _check_finite(x: np.ndarray, who: str) -> None:
     bad = ~np.isfinite(x)
     if bad.any():

@@ -49,6 +49,9 @@ class Settings:
     statistics: bool = True
     uncertainty: bool = True
     uncertainty_boot: int = 200
+    # random views per test image (crop + flip) for the augmentation-consistency scores and testaug_* statistics;
+    # costs aug_views extra forward passes over the test split per encoder (0 or 1: off)
+    aug_views: int = 4
     n_ref: int = 5000
     active: bool = True
     active_seeds: int = 2
@@ -204,7 +207,11 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
                                       "train split")
             ref = (rf.x_train, rf.y_train)
             timings["time_reference_features"] = time.perf_counter() - t
-        record = evaluate_features(feats, ref, settings, out=Path(out), timings=timings)
+        t = time.perf_counter()
+        extras = _encoder_extras(entry, ds, cache_dir, settings)
+        if extras:
+            timings["time_encoder_extras"] = time.perf_counter() - t
+        record = evaluate_features(feats, ref, settings, out=Path(out), timings=timings, **extras)
         record["row"] = {"model": name, "dataset": feats.dataset, **record["row"],
                          **_flatten_metadata(entry.metadata)}
         timings["time_total"] = time.perf_counter() - t0
@@ -222,11 +229,40 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         return {"model": name, "dataset": dataset_spec, "error": msg, "error_type": type(exc).__name__}
 
 
+def _encoder_extras(entry, ds, cache_dir, settings: Settings) -> dict:
+    """What needs the encoder itself, not just its cached features: ``test_views`` (``settings.aug_views`` random
+    views of every test image, :func:`features.augmented_views_split`) and, for a stochastic recipe,
+    ``extra_scores`` with ``post_var`` per test point. Empty for ``features`` entries (no encoder)."""
+    from .zoo import RecipeEntry
+
+    stochastic = isinstance(entry, RecipeEntry) and entry.recipe.objective == "stochastic"
+    want_views = settings.aug_views >= 2 and (settings.uncertainty or settings.statistics)
+    if ds is None or not ((stochastic and settings.uncertainty) or want_views):
+        return {}
+    from .encoders import build_encoder
+    from .features import augmented_views_split, posterior_variance_split
+
+    enc = build_encoder(entry, dataset=ds, cache_dir=cache_dir, device=settings.device, progress=False)
+    out: dict = {}
+    if want_views:
+        out["test_views"] = augmented_views_split(enc, ds.test, n_views=settings.aug_views, seed=settings.seed,
+                                                  device=settings.device, batch_size=settings.batch_size,
+                                                  num_workers=settings.num_workers)
+    if stochastic and settings.uncertainty:
+        pv = posterior_variance_split(enc, ds.test, device=settings.device, batch_size=settings.batch_size)
+        if pv is not None:
+            out["extra_scores"] = pd.DataFrame({"post_var": pv})
+    return out
+
+
 def evaluate_features(feats: Features, reference, settings: Settings, *, out: Optional[Path] = None,
-                      timings: Optional[dict] = None) -> dict:
+                      timings: Optional[dict] = None, extra_scores: Optional[pd.DataFrame] = None,
+                      test_views: Optional[np.ndarray] = None) -> dict:
     """All per-model estimators on features: decomposition + CIs, few-shot, statistics, per-sample uncertainty,
     active learning. Returns ``{"row": leaderboard fields, "fewshot": tidy rows}`` and writes per-sample / active
-    tables under ``out`` when given."""
+    tables under ``out`` when given. ``extra_scores``: more per-test-point uncertainty columns (e.g. ``post_var``
+    of a stochastic encoder), in test order; ``test_views`` (T, n_test, d): augmented views of the test images, for
+    the augmentation-consistency scores and the ``testaug_*`` statistics (alignment, NC1 of the views)."""
     from .decomposition import decompose
     from .fewshot import fewshot_errors
 
@@ -248,11 +284,11 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
 
         t = time.perf_counter()
         row.update(representation_statistics(x_tr, y_tr, prefix="train_", seed=settings.seed))
-        row.update(representation_statistics(x_te, y_te, prefix="test_", seed=settings.seed))
+        row.update(representation_statistics(x_te, y_te, prefix="test_", aug_views=test_views, seed=settings.seed))
         timings["time_statistics"] = time.perf_counter() - t
     if out is not None and settings.uncertainty:
         t = time.perf_counter()
-        per_sample = per_sample_table(feats, dec, settings)
+        per_sample = per_sample_table(feats, dec, settings, extra_scores, test_views)
         write_csv(per_sample, per_sample_path(out, feats.model, feats.dataset))
         timings["time_uncertainty"] = time.perf_counter() - t
     if out is not None and settings.active:
@@ -279,8 +315,10 @@ def reference_indices(n_train: int, settings: Settings) -> np.ndarray:
     return ri(n_train, n_ref=settings.n_ref, seed=settings.seed)
 
 
-def per_sample_table(feats: Features, dec, settings: Settings) -> pd.DataFrame:
-    """Per test point: label, prediction, targets (err01, loss, brier_ovo) and single-encoder scores."""
+def per_sample_table(feats: Features, dec, settings: Settings, extra_scores: Optional[pd.DataFrame] = None,
+                     test_views: Optional[np.ndarray] = None) -> pd.DataFrame:
+    """Per test point: label, prediction, targets (err01, loss, brier_ovo) and single-encoder scores (with
+    ``test_views``: ``aug_nc_<k>`` and ``aug_disp``, neighbours among the same reference set as the k-NN scores)."""
     from . import uncertainty as U
     from .reliability import targets
 
@@ -294,8 +332,18 @@ def per_sample_table(feats: Features, dec, settings: Settings) -> pd.DataFrame:
     scores = U.label_free_scores(feats.x_test, feats.x_train, ref_idx=ref)
     probe = U.probe_scores(proba)
     probe = probe if isinstance(probe, pd.DataFrame) else pd.DataFrame(probe)
-    df = pd.concat([pd.DataFrame({"index": np.arange(len(feats.y_test)), "y": feats.y_test}),
-                    tg.reset_index(drop=True), scores.reset_index(drop=True), probe.reset_index(drop=True)], axis=1)
+    parts = [pd.DataFrame({"index": np.arange(len(feats.y_test)), "y": feats.y_test}),
+             tg.reset_index(drop=True), scores.reset_index(drop=True)]
+    if test_views is not None:
+        k = min(100, len(ref) - 1)
+        aug = U.augmentation_consistency(test_views, feats.x_train[ref], k=k)
+        parts.append(aug.reset_index(drop=True))
+    if extra_scores is not None:
+        if len(extra_scores) != len(feats.y_test):
+            raise RiskdecompError(f"model {feats.model!r}: {len(extra_scores)} extra scores for "
+                                  f"{len(feats.y_test)} test points")
+        parts.append(extra_scores.reset_index(drop=True))
+    df = pd.concat(parts + [probe.reset_index(drop=True)], axis=1)
     return df
 
 

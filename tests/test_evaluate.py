@@ -128,3 +128,31 @@ def test_dask_local_cluster_matches_serial(zoo, full_run, tmp_path):
     assert (tmp_path / "leaderboard.csv").read_bytes() == (out / "leaderboard.csv").read_bytes()
     rec = json.loads((tmp_path / "runs" / "good__synth.json").read_text())
     assert rec["model"] == "good"
+
+
+def test_encoder_scores_posterior_variance_and_augmentation_consistency(tmp_path):
+    """Scores that need the encoder itself: a stochastic recipe's per-sample table carries ``post_var`` (mean
+    predicted variance: positive, varying across points), a deterministic recipe has none; both get the
+    augmentation-consistency scores (in [0, 1]) and the testaug_* statistics; uncertainty.csv scores them all."""
+    tiny = "backbone: smallcnn, width: 8, z_dim: 8, epochs: 1, batch_size: 256, image_size: 16"
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text(f"models:\n"
+                   f"  - {{name: stoch, source: recipe, recipe: {{objective: stochastic, {tiny}}}}}\n"
+                   f"  - {{name: det, source: recipe, recipe: {{objective: simclr, {tiny}}}}}\n")
+    out = tmp_path / "out"
+    res = evaluate(zoo, "digits", out, cache_dir=tmp_path / "cache",
+                   settings=fast_settings(active=False, shots=(1,), fractions=()))
+    assert res.failures.empty, res.failures.to_dict(orient="records")
+    stoch = pd.read_csv(out / "per_sample" / "stoch__digits.csv")
+    det = pd.read_csv(out / "per_sample" / "det__digits.csv")
+    assert "post_var" in stoch.columns and "post_var" not in det.columns
+    assert (stoch["post_var"] > 0).all() and stoch["post_var"].std() > 0
+    for ps in (stoch, det):
+        assert ps["aug_nc_100"].between(0, 1).all() and ps["aug_nc_100"].std() > 0
+        assert ps["aug_disp"].between(0, 2).all() and ps["aug_disp"].std() > 0
+    unc = pd.read_csv(out / "uncertainty.csv")
+    assert ((unc["model"] == "stoch") & (unc["score"] == "post_var") & (unc["metric"] == "auroc")).sum() == 1
+    assert ((unc["model"] == "det") & (unc["score"] == "aug_nc_100") & (unc["metric"] == "auroc")).sum() == 1
+    board = pd.read_csv(out / "leaderboard.csv")
+    aug_stats = [c for c in board.columns if c.startswith("testaug_")]  # the published table's naming
+    assert "testaug_alignment" in aug_stats and board[aug_stats].notna().all().all()
