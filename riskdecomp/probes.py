@@ -73,6 +73,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def fit_device(device: str | torch.device, n: int, d: int, n_out: int) -> torch.device:
+    """Where a fit of n points x d features x ``n_out`` outputs runs: ``resolve_device(device)``, except that
+    ``"auto"`` keeps problems below ``GPU_MIN_WORK`` on the CPU."""
+    dev = resolve_device(device)
+    if isinstance(device, str) and device == "auto" and n * d * n_out < GPU_MIN_WORK:
+        return torch.device("cpu")
+    return dev
+
+
 _NUMPY_BLAS_MIN_SIZE = 1 << 16  # elements of X above which CPU matmuls use numpy's BLAS
 
 
@@ -463,10 +472,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             if self.coef_.shape[1] == X.shape[1]:
                 prev = (self.coef_, self.intercept_)
         self.classes_ = classes
-        dev = resolve_device(self.device)
         n_out = 1 if len(classes) == 2 else len(classes)
-        if self.device == "auto" and X.shape[0] * X.shape[1] * n_out < GPU_MIN_WORK:
-            dev = torch.device("cpu")
+        dev = fit_device(self.device, X.shape[0], X.shape[1], n_out)
         lam = 1.0 / (X.shape[0] * float(self.C))
         if dev.type == "cpu":
             coef, intercept, n_evals, conv = self._fit_cpu(X, y_idx, n_out, lam, prev)

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from riskdecomp import analysis
 from riskdecomp.analysis import (
     analyze,
     controlled_pairs,

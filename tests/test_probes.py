@@ -172,3 +172,18 @@ def test_warm_path_with_carried_curvature_reaches_each_optimum():
         f_warm = _sk_objective(warm.coef_, warm.intercept_, X, y, C)
         f_cold = _sk_objective(cold.coef_, cold.intercept_, X, y, C)
         assert abs(f_warm - f_cold) <= 1e-5 * abs(f_cold) + 1e-6, (C, f_warm, f_cold)
+
+
+def test_auto_device_keeps_tiny_fits_on_the_cpu(monkeypatch):
+    """With a GPU present, ``device="auto"`` sends large fits to it but keeps tiny ones (launch-bound there) on
+    the CPU; an explicit device is always obeyed."""
+    import torch
+
+    from riskdecomp.probes import GPU_MIN_WORK, fit_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert fit_device("auto", 50_000, 512, 10).type == "cuda"
+    assert fit_device("auto", 1_400, 64, 10).type == "cpu"
+    assert fit_device("auto", GPU_MIN_WORK, 1, 1).type == "cuda"
+    assert fit_device("cuda", 10, 2, 1).type == "cuda"
+    assert fit_device("cpu", 50_000, 512, 10).type == "cpu"
