@@ -75,13 +75,22 @@ def plot_components(lb: pd.DataFrame, out_dir: Path, name: str = "components") -
         g = g.assign(_total=total.to_numpy()).sort_values("_total", ascending=True)
         n = len(g)
         fig, ax = plt.subplots(figsize=(9, max(3.0, 0.24 * n + 1.4)))
-        left = np.zeros(n)
+        # diverging stack: positive parts to the right of 0, negative ones (estimation noise, e.g. a test error
+        # below the held-out error) to the left, so that the right end minus the left end is the sum
+        pos, neg = np.zeros(n), np.zeros(n)
         colors = sns.color_palette("colorblind", len(comps))
         y = np.arange(n)
         for c, col in zip(comps, colors):
-            v = g[c].fillna(0).clip(lower=0).to_numpy(float)
-            ax.barh(y, v, left=left, color=col, label=COMPONENT_LABELS[c], height=0.8)
-            left += v
+            v = g[c].fillna(0).to_numpy(float)
+            vp, vn = np.clip(v, 0, None), np.clip(v, None, 0)
+            ax.barh(y, vp, left=pos, color=col, label=COMPONENT_LABELS[c], height=0.8)
+            if (vn < 0).any():
+                ax.barh(y, vn, left=neg, color=col, height=0.8, hatch="//", edgecolor="white", linewidth=0)
+            pos += vp
+            neg += vn
+        if (neg < 0).any():
+            ax.axvline(0, color="black", linewidth=0.6)
+        ax.plot(g["_total"].to_numpy(float), y, "D", color="black", markersize=3, label="aggregated risk")
         if {"agg_risk_lo", "agg_risk_hi"} <= set(g.columns):
             lo, hi, mid = (g[c].to_numpy(float) for c in ("agg_risk_lo", "agg_risk_hi", "_total"))
             ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(mid)
@@ -97,8 +106,10 @@ def plot_components(lb: pd.DataFrame, out_dir: Path, name: str = "components") -
         missing = int(g[comps].isna().any(axis=1).sum())
         note = f" {missing} model(s) lack some component (drawn as 0)." if missing else ""
         path = _save(fig, out_dir, f"{name}_{_slug(ds)}")
+        neg_note = (" Negative components (estimation noise) are hatched, left of 0; the diamond marks the aggregated"
+                    " risk, their sum." if (neg < 0).any() else "")
         out.append((path, f"Risk components per model on {ds}, sorted by aggregated risk (best on top)"
-                          f"; whiskers: 95% CI of the aggregated risk where available.{note}"))
+                          f"; whiskers: 95% CI of the aggregated risk where available.{neg_note}{note}"))
     if not out:
         raise PlotSkipped("risk components: every component is missing")
     return out
