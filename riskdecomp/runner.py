@@ -418,6 +418,10 @@ def evaluate(zoo, dataset: str = "digits", out="results", *, models: Optional[Se
     board = build_leaderboard(ok)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(board, out / "leaderboard.csv")
+    for r in ok:  # a few-shot setting the data cannot support is skipped, not fatal: say so, one line each
+        for key, why in sorted(r["row"].items()):
+            if key.endswith("_skipped") and isinstance(why, str):
+                log.warning("model %r: %s skipped: %s", r["model"], key[: -len("_skipped")], why)
     write_csv(pd.DataFrame([{"model": r["model"], "dataset": r["dataset"], **r.get("timings", {}),
                              "reused": bool(r.get("skipped"))} for r in ok]), out / "timings.csv")
     fs = pd.DataFrame([row for r in ok for row in r.get("fewshot", [])])

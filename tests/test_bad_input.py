@@ -200,3 +200,31 @@ def test_truncated_and_tampered_cache_are_recomputed(tmp_path, capsys):
     files[1].write_bytes(bytes(tampered))
     main(argv + ["--force"])
     assert (tmp_path / "out" / "leaderboard.csv").read_bytes() == board
+
+
+def test_class_with_fewer_examples_than_k_skips_that_setting_with_one_line(tmp_path, caplog):
+    """A class with fewer train examples than a few-shot k is not fatal: that setting is skipped (NaN + reason in
+    the leaderboard), the other settings and the decomposition are complete, and one warning line names the model,
+    the setting and the class."""
+    import logging
+
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    y_tr = np.r_[np.repeat([0, 1, 2], 40), np.full(6, 3)]  # class 3: 6 train examples
+    y_te = np.repeat([0, 1, 2, 3], 10)
+    means = rng.normal(size=(4, 8)) * 3
+    np.savez(tmp_path / "f.npz", x_train=(means[y_tr] + rng.normal(size=(len(y_tr), 8))).astype(np.float32),
+             y_train=y_tr, x_test=(means[y_te] + rng.normal(size=(len(y_te), 8))).astype(np.float32), y_test=y_te)
+    (tmp_path / "zoo.yaml").write_text("models:\n  - {name: feat, source: features, path: f.npz}\n")
+    argv = ["evaluate", "--zoo", str(tmp_path / "zoo.yaml"), "--out", str(tmp_path / "out"), "--cache-dir",
+            str(tmp_path / "cache"), *FAST, "--shots", "1,10", "--fractions", "0.1"]
+    with caplog.at_level(logging.WARNING, logger="riskdecomp"):
+        main(argv)
+    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert np.isfinite(board.loc[0, "fewshot_1shot"]) and np.isfinite(board.loc[0, "agg_risk"])
+    assert np.isnan(board.loc[0, "fewshot_10shot"])
+    assert board.loc[0, "fewshot_10shot_skipped"].startswith("class 3 has 6 train examples")
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert lines == ["model 'feat': fewshot_10shot skipped: class 3 has 6 train examples, need 10 labeled + 1 "
+                     "validation"]
