@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 from .atomic import atomic_write_text as _atomic_write_text
+from .atomic import jsonable
 
 COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen"]
 OUTCOMES = COMPONENTS + ["agg_risk"]
@@ -105,19 +106,6 @@ def _atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
     _atomic_write_text(path, df.to_csv(index=False))
 
 
-def _clean(x):
-    """JSON-safe floats (NaN -> None)."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return None if not np.isfinite(x) else float(x)
-    return x
-
-
 # ----------------------------------------------------------------------------- summary
 def summarize(df: pd.DataFrame) -> dict:
     """Summary numbers of a leaderboard.
@@ -157,7 +145,7 @@ def summarize(df: pd.DataFrame) -> dict:
             str(name): {k: v for k, v in summarize(g).items() if k != "per_dataset"}
             for name, g in t.groupby("dataset", sort=True)
         }
-    return _clean(out)
+    return jsonable(out)
 
 
 # ----------------------------------------------------------------------------- ranking
@@ -524,7 +512,7 @@ def analyze(leaderboard=None, published=None, out_dir=None) -> dict:
     summary["primary_source"] = primary
     if len(summaries) > 1:
         summary["per_source"] = summaries
-    _atomic_write_text(out_dir / "summary.json", json.dumps(_clean(summary), indent=2, sort_keys=False))
+    _atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), indent=2, sort_keys=False))
     _atomic_write_csv(pd.concat(effects, ignore_index=True), out_dir / "design_effects.csv")
     _atomic_write_csv(pd.concat(pairs, ignore_index=True), out_dir / "controlled_pairs.csv")
     _atomic_write_csv(pd.concat(moves, ignore_index=True), out_dir / "ranking_moves.csv")

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -25,7 +24,7 @@ import torch
 
 from .datasets import ArraySplit, ImageDataset, ImageSplit
 from .encoders import Encoder, build_encoder, entry_identity, resolve_device
-from .atomic import atomic_write_text
+from .atomic import atomic_open, atomic_write_text
 from .errors import FeatureError, RiskdecompError
 from .zoo import FeaturesEntry
 
@@ -49,17 +48,8 @@ class Features:
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> str:
     """Save ``arr`` as .npy atomically; return the SHA-256 of the array bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
     return array_sha256(arr)
 
 

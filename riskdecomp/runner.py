@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import RiskdecompError
+from .atomic import jsonable
 from .features import Features, atomic_write_text, featurize
 from .zoo import FeaturesEntry, Zoo, load_zoo
 
@@ -107,22 +108,6 @@ def _flatten_metadata(meta: dict) -> dict:
     for k, v in meta.items():
         out[k] = "|".join(map(str, v)) if isinstance(v, (list, tuple)) else v
     return out
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.bool_,)):
-        return bool(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return None if not np.isfinite(x) else float(x)
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -216,8 +201,8 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
                          **_flatten_metadata(entry.metadata)}
         timings["time_total"] = time.perf_counter() - t0
         rec = {"version": RECORD_VERSION, "run_key": key, "model": name, "dataset": feats.dataset,
-               "row": _jsonable(record["row"]), "fewshot": _jsonable(record["fewshot"]),
-               "timings": _jsonable(timings)}
+               "row": jsonable(record["row"]), "fewshot": jsonable(record["fewshot"]),
+               "timings": jsonable(timings)}
         text = json.dumps(rec, indent=1, sort_keys=True, allow_nan=False)
         atomic_write_text(rpath, text)
         return json.loads(text)  # exactly what a rerun reads back: fresh and reused runs give identical tables

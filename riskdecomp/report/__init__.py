@@ -15,17 +15,9 @@ import pandas as pd
 
 from riskdecomp import analysis
 from riskdecomp.errors import RiskdecompError
+from riskdecomp.report.plots import _read
 
 __all__ = ["make_report"]
-
-
-def _read(path: Path) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path)
-    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return None
 
 
 def make_report(results_dir, *, published=None, color_by: str | None = "objective") -> Path:
