@@ -28,9 +28,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from .errors import ZooError
-from .pretrain.recipe import Recipe
+from .pretrain.recipe import Recipe, check_arch
 
 NAME_RE = re.compile(r"^[a-z0-9_-][a-z0-9_.-]*$")
+# torch.hub repositories: 'owner/name' or 'owner/name:ref' (torch.hub names its cache folder after them)
+REPO_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*/[A-Za-z0-9_-][A-Za-z0-9_.-]*(:[A-Za-z0-9_-][A-Za-z0-9_./-]*)?$")
 REPRESENTATIONS = ("pooled", "cls", "avg", "cls+avg", "4xcls")
 
 # Design-choice fields of the published table (hyperparameters and metadata groups of all_results.csv).
@@ -88,6 +90,11 @@ class TimmEntry(_Entry):
     weights: Optional[Path] = None
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("model")
+    @classmethod
+    def _safe_model(cls, v: str) -> str:
+        return check_arch(v, "model")
+
 
 class TorchHubEntry(_Entry):
     """A torch.hub entry point; runs the repository's code, so it needs an explicit ``trust_repo: true``."""
@@ -97,6 +104,20 @@ class TorchHubEntry(_Entry):
     entrypoint: str
     trust_repo: bool = Field(False, validate_default=True)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("repo")
+    @classmethod
+    def _safe_repo(cls, v: str) -> str:
+        if not REPO_RE.match(v) or ".." in v.split(":")[0]:
+            raise ValueError(f"repo {v!r}: expected 'owner/name' or 'owner/name:ref' (GitHub)")
+        return v
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _safe_entrypoint(cls, v: str) -> str:
+        if not v.isidentifier():
+            raise ValueError(f"entrypoint {v!r}: expected a Python function name")
+        return v
 
     @field_validator("trust_repo")
     @classmethod
@@ -113,6 +134,11 @@ class CheckpointEntry(_Entry):
     architecture: str
     weights: Path
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("architecture")
+    @classmethod
+    def _safe_architecture(cls, v: str) -> str:
+        return check_arch(v)
 
     @field_validator("weights")
     @classmethod
@@ -273,20 +299,85 @@ def parse_zoo(data: Any, path: Optional[Path] = None) -> Zoo:
     return Zoo(entries, path)
 
 
-def load_zoo(path) -> Zoo:
-    """Read and validate a zoo YAML file (``yaml.safe_load`` only)."""
-    path = Path(path)
+MAX_YAML_NODES = 200_000  # expanded size cap: a zoo of 1,000 entries x 100 fields is far below it
+
+
+def _expanded_size(root, where: str) -> int:
+    """Number of nodes of the YAML graph once every alias is expanded (shared nodes counted per use), computed in
+    linear time on the un-expanded graph. Raises ZooError above MAX_YAML_NODES ('billion laughs') or on an alias
+    that contains itself."""
+    sizes: dict = {}
+    active: set = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ZooError(f"{where}: malformed YAML: a recursive alias (an anchor used inside itself)")
+        active.add(key)
+        if isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(v) for v in node.value)
+        else:
+            n = 1
+        active.discard(key)
+        if n > MAX_YAML_NODES:
+            raise ZooError(f"{where}: YAML aliases expand to more than {MAX_YAML_NODES:,} values "
+                           "(an alias bomb?); a file is far smaller")
+        sizes[key] = n
+        return n
+
+    return size(root)
+
+
+def _read_text(path: Path) -> str:
+    """The zoo file as text: UTF-8 (a BOM is allowed), anything else is a one-line error naming the file."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise ZooError(f"{path}: zoo file not found") from None
+        raise ZooError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ZooError(f"{path}: is a folder, not a YAML file") from None
     except OSError as exc:
-        raise ZooError(f"{path}: cannot read zoo file ({exc.strerror})") from None
+        raise ZooError(f"{path}: cannot read file ({exc.strerror})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ZooError(f"{path}: file is UTF-16; save it as UTF-8")
+    if b"\x00" in raw:
+        raise ZooError(f"{path}: file is binary (NUL bytes), not YAML text")
     try:
-        data = yaml.safe_load(text)
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ZooError(f"{path}: file is not UTF-8 (byte 0x{raw[exc.start]:02x} at line {line}); "
+                       "save it as UTF-8") from None
+
+
+def load_yaml(text: str, where: str):
+    """``yaml.safe_load`` (no tags executed) with the alias-expansion cap of :func:`_expanded_size`."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, where)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ZooError(f"{path}: malformed YAML{at}: {problem}") from None
-    return parse_zoo(data, path)
+        raise ZooError(f"{where}: malformed YAML{at}: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path):
+    """A YAML file (zoo, recipe) parsed safely: UTF-8 only, no tags executed, alias expansion capped; every problem
+    is a one-line ZooError naming the file."""
+    return load_yaml(_read_text(Path(path)), str(path))
+
+
+def load_zoo(path) -> Zoo:
+    """Read and validate a zoo YAML file (see :func:`read_yaml`)."""
+    return parse_zoo(read_yaml(path), Path(path))

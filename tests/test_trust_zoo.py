@@ -1,0 +1,125 @@
+"""Issue 12 (numbers you can trust), the zoo's share: every bad zoo file or weights file is a one-line error naming
+the culprit, and nothing a zoo entry says can make riskdecomp use weights it did not ask for. Table-driven; which
+test covers which item of the zoo assignment is said in each test's docstring."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from riskdecomp.errors import ZooError
+from riskdecomp.zoo import load_zoo
+
+GOOD_ENTRY = "models:\n  - name: a\n    source: recipe\n    recipe: {objective: init}\n"
+
+# a "billion laughs" inside an entry's metadata: 9 levels of 9 aliases = 9**9 (387 million) strings once expanded
+_LEVELS = ["&a [" + ",".join(["lol"] * 9) + "]"] + [f"&{c} [{','.join(['*' + p] * 9)}]" for p, c in
+                                                     zip("abcdefgh", "bcdefghi")]
+BOMB = ("models:\n  - name: a\n    source: recipe\n    recipe: {objective: init}\n    metadata:\n      notes: [\n"
+        + "".join(f"        {lv},\n" for lv in _LEVELS) + "      ]\n")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "riskdecomp.cli", *args], capture_output=True, text=True)
+
+
+def test_yaml_alias_bomb_is_refused_in_well_under_a_second(tmp_path):
+    """Item 5 (issue 12 #11): the alias bomb is a one-line error, fast, through the CLI too."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    assert len(BOMB.encode()) < 700
+    t0 = time.perf_counter()
+    with pytest.raises(ZooError) as info:
+        load_zoo(path)
+    assert time.perf_counter() - t0 < 2.0
+    assert str(path) in str(info.value) and "alias" in str(info.value)
+    res = _cli("zoo", "list", "--zoo", str(path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().startswith("riskdecomp: error:") and "alias" in res.stderr
+
+
+def test_recursive_alias_is_refused(tmp_path):
+    """Item 5: an anchor used inside itself (infinite expansion) is an error too."""
+    path = tmp_path / "rec.yaml"
+    path.write_text("models: &m\n  - name: a\n    source: recipe\n    recipe: {objective: init}\n    metadata: {notes: *m}\n")
+    with pytest.raises(ZooError, match="recursive alias"):
+        load_zoo(path)
+
+
+def test_ordinary_aliases_still_work(tmp_path):
+    """Item 5: sharing a block with an anchor (how users write zoos) is unaffected by the cap."""
+    path = tmp_path / "ok.yaml"
+    path.write_text("models:\n"
+                    "  - name: a\n    source: recipe\n    recipe: &r {objective: simclr, augment: {flip: true}}\n"
+                    "  - name: b\n    source: recipe\n    recipe: *r\n")
+    zoo = load_zoo(path)
+    assert zoo["b"].recipe == zoo["a"].recipe and zoo["b"].recipe.augment.flip
+
+
+NOT_UTF8 = {
+    # name: (file bytes, substring of the error)
+    "latin1_comment": ("# modèle préféré\n".encode("latin-1") + GOOD_ENTRY.encode(), "not UTF-8"),
+    "utf16": (GOOD_ENTRY.encode("utf-16"), "UTF-16"),
+    "binary": (bytes(range(256)) * 4, "binary"),
+    "gzip": (b"\x1f\x8b\x08\x00" + bytes(40), "binary"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_UTF8))
+def test_non_utf8_zoo_file_is_one_line_error_naming_the_file(tmp_path, kind):
+    """Item 6: non-UTF-8 zoo files (latin-1 comment, UTF-16, binary) -> one line naming the file, exit 2."""
+    data, needle = NOT_UTF8[kind]
+    path = tmp_path / f"{kind}.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ZooError) as info:
+        load_zoo(path)
+    assert needle in str(info.value) and str(path) in str(info.value)
+    res = _cli("zoo", "list", "--zoo", str(path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and str(path) in res.stderr
+
+
+def test_utf8_with_bom_and_non_ascii_text_is_fine(tmp_path):
+    """Item 6: valid UTF-8 (with a BOM, with accents in a comment) still loads."""
+    path = tmp_path / "bom.yaml"
+    path.write_bytes("\ufeff# modèle préféré\n".encode() + GOOD_ENTRY.encode())
+    assert load_zoo(path).names == ["a"]
+
+
+PATHLIKE = {
+    # every zoo string that reaches a file or cache path (ours, timm's or torch.hub's): (entry yaml, field)
+    "name_traversal": ("{name: ../x, source: recipe, recipe: {objective: init}}", "'name'"),
+    "name_slash": ("{name: a/b, source: recipe, recipe: {objective: init}}", "'name'"),
+    "timm_model": ("{name: a, source: timm, model: ../../etc/x, pretrained: false}", "'model'"),
+    "timm_model_abs": ("{name: a, source: timm, model: /etc/x, pretrained: false}", "'model'"),
+    "ckpt_arch": ("{name: a, source: checkpoint, architecture: ../r, weights: w.safetensors}", "'architecture'"),
+    "recipe_backbone": ("{name: a, source: recipe, recipe: {objective: init, backbone: ../../x}}",
+                        "'recipe.backbone'"),
+    "hub_repo": ("{name: a, source: torch_hub, repo: ../../x, entrypoint: e, trust_repo: true}", "'repo'"),
+    "hub_entrypoint": ("{name: a, source: torch_hub, repo: a/b, entrypoint: ../e, trust_repo: true}", "'entrypoint'"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PATHLIKE))
+def test_path_like_zoo_strings_are_validated(tmp_path, kind):
+    """Item 6: every string of an entry that can become part of a path is validated like names."""
+    body, field = PATHLIKE[kind]
+    path = tmp_path / "zoo.yaml"
+    path.write_text(f"models:\n  - {body}\n")
+    with pytest.raises(ZooError) as info:
+        load_zoo(path)
+    assert field in str(info.value) and str(path) in str(info.value)
+
+
+def test_real_model_names_still_validate(tmp_path):
+    """Item 6: the names users really write (timm tags, hf-hub ids, hub repos with a ref) are accepted."""
+    path = tmp_path / "zoo.yaml"
+    path.write_text("models:\n"
+                    "  - {name: a, source: timm, model: vit_small_patch16_224.dino, pretrained: true}\n"
+                    "  - {name: b, source: timm, model: 'hf-hub:timm/resnet18.a1_in1k', pretrained: true}\n"
+                    "  - {name: c, source: torch_hub, repo: 'facebookresearch/swav:main', entrypoint: resnet50,"
+                    " trust_repo: true}\n"
+                    "  - {name: d, source: recipe, recipe: {objective: init, backbone: resnet18}}\n")
+    assert load_zoo(path).names == ["a", "b", "c", "d"]
