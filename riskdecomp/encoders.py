@@ -13,7 +13,6 @@ code is refused.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import RiskdecompError, WeightsError
-from .zoo import CheckpointEntry, RecipeEntry, TimmEntry, TorchHubEntry
+from .zoo import CheckpointEntry, RecipeEntry, TimmEntry, TorchHubEntry, file_sha256  # noqa: F401 (re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,14 +33,6 @@ class Encoder:
     module: nn.Module  # eval mode; forward(batch) -> (N, D) representation
     transform: Callable  # PIL image -> float tensor (3, H, W)
     identity: str  # model identity incl. weights hash and representation (part of the feature-cache key)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_state_dict(path: Path, who: str) -> dict:

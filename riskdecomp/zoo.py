@@ -20,12 +20,14 @@ the zoo file's folder. Every problem is reported as one line naming the file, th
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator)
 
 from .errors import ZooError
 from .pretrain.recipe import Recipe, check_arch
@@ -82,13 +84,27 @@ class _Entry(BaseModel):
 
 
 class TimmEntry(_Entry):
-    """A timm architecture; weights from the hub (``pretrained: true``) or a local file (``weights``)."""
+    """A timm architecture; weights from the hub (``pretrained: true``), a local file (``weights``), or a random
+    initialization, which must be asked for (``pretrained: false``): an entry with neither is an error, since
+    evaluating random weights by accident (``vit_small_patch16_224.dino`` without ``pretrained``) looks like a
+    result."""
 
     source: Literal["timm"]
     model: str
-    pretrained: bool = False
     weights: Optional[Path] = None
+    pretrained: Optional[bool] = Field(None, validate_default=True)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("pretrained")
+    @classmethod
+    def _weights_chosen(cls, v: Optional[bool], info: ValidationInfo) -> Optional[bool]:
+        weights = info.data.get("weights")
+        if weights is None and v is None and "weights" in info.data:
+            raise ValueError("missing: write pretrained: true (the hub's weights) or pretrained: false (a random "
+                             "initialization), or give weights: FILE")
+        if weights is not None and v is False:
+            raise ValueError("pretrained: false contradicts weights: FILE (drop one)")
+        return v
 
     @field_validator("model")
     @classmethod
@@ -209,7 +225,8 @@ class Zoo:
         return Zoo([e for e in self.entries if e.name in wanted], self.path)
 
     def to_frame(self):
-        """One row per entry: name, source, representation, reference, the source's key field, metadata."""
+        """One row per entry: name, source, the source's key field (``what``), ``weights`` (see :func:`weights_label`),
+        representation, reference, metadata."""
         import pandas as pd
 
         rows = []
@@ -219,9 +236,57 @@ class Zoo:
             val = getattr(e, what)
             if e.source == "recipe":
                 val = f"{val.objective}/{val.backbone}"
-            rows.append({"name": e.name, "source": e.source, "what": str(val), "representation": e.representation,
-                         "reference": e.reference or "", **e.metadata})
+            elif e.source == "torch_hub":
+                val = f"{e.repo}:{val}" if ":" not in e.repo else f"{e.repo}/{val}"
+            rows.append({"name": e.name, "source": e.source, "what": str(val), "weights": weights_label(e),
+                         "representation": e.representation, "reference": e.reference or "", **e.metadata})
         return pd.DataFrame(rows).convert_dtypes()
+
+
+def file_sha256(path, chunk: int = 1 << 22) -> str:
+    """SHA-256 (hex) of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_label(entry) -> str:
+    """Where an entry's weights come from, in a few characters: ``hub`` (downloaded by timm / torch.hub),
+    ``file:<sha256[:12]>`` (a local file; ``file:missing`` when absent), ``random`` (a random initialization:
+    ``pretrained: false`` or a recipe with ``objective: init``), ``recipe`` (pretrained by riskdecomp), ``none``
+    (precomputed features)."""
+    weights = getattr(entry, "weights", None)
+    if weights is not None:
+        return "file:" + file_sha256(weights)[:12] if Path(weights).is_file() else "file:missing"
+    if entry.source == "timm":
+        return "hub" if entry.pretrained else "random"
+    if entry.source == "recipe":
+        return "random" if entry.recipe.objective == "init" else "recipe"
+    return {"torch_hub": "hub", "features": "none"}[entry.source]
+
+
+def format_table(df, width: int = 120, max_cell: int = 40) -> str:
+    """A plain-text table of ``df`` no wider than ``width``: cells cut to ``max_cell`` characters (ending in '~'),
+    the leading columns that fit (the rest are dropped and named in a last line; ``--format csv`` has them all)."""
+    cells = df.astype(object).where(df.notna(), "").astype(str)
+    cells = cells.apply(lambda col: col.map(lambda v: v if len(v) <= max_cell else v[:max_cell - 1] + "~"))
+    shown, used = [], 0
+    for c in cells.columns:
+        w = max([len(str(c))] + [len(v) for v in cells[c]])
+        if used + w + (2 if shown else 0) > width:
+            break
+        shown.append((c, w))
+        used += w + (2 if len(shown) > 1 else 0)
+    lines = ["  ".join(str(c).ljust(w) for c, w in shown).rstrip()]
+    for i in range(len(cells)):
+        lines.append("  ".join(cells[c].iloc[i].ljust(w) for c, w in shown).rstrip())
+    hidden = [c for c in cells.columns if c not in dict(shown)]
+    if hidden:
+        more = f"({len(hidden)} more column(s): {', '.join(map(str, hidden))})"
+        lines.append(more if len(more) <= width else more[:width - 4] + "...)")
+    return "\n".join(lines)
 
 
 def _merge(defaults: dict, entry: dict) -> dict:

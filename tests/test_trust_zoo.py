@@ -123,3 +123,50 @@ def test_real_model_names_still_validate(tmp_path):
                     " trust_repo: true}\n"
                     "  - {name: d, source: recipe, recipe: {objective: init, backbone: resnet18}}\n")
     assert load_zoo(path).names == ["a", "b", "c", "d"]
+
+
+def test_timm_entry_must_say_which_weights(tmp_path):
+    """Item 7 (issue 13 §2): a timm entry with neither pretrained nor weights is a one-line error (it used to
+    evaluate a random init silently, even for vit_small_patch16_224.dino); pretrained: false is the explicit way."""
+    path = tmp_path / "zoo.yaml"
+    path.write_text("models:\n  - {name: dino, source: timm, model: vit_small_patch16_224.dino}\n")
+    res = _cli("zoo", "list", "--zoo", str(path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "'dino'" in err and "'pretrained'" in err
+    assert "pretrained: true" in err and "pretrained: false" in err
+    path.write_text("models:\n  - {name: dino, source: timm, model: vit_small_patch16_224.dino, pretrained: false,"
+                    " weights: w.safetensors}\n")
+    with pytest.raises(ZooError, match="contradicts"):
+        load_zoo(path)
+    path.write_text("models:\n  - {name: dino, source: timm, model: vit_small_patch16_224.dino, pretrained: false}\n")
+    assert load_zoo(path)["dino"].pretrained is False
+
+
+def test_zoo_list_has_a_weights_column_and_fits_120_columns(tmp_path):
+    """Item 7: `zoo list` says where each entry's weights come from (hub / file sha / random / recipe) and fits a
+    120-column terminal, also for the 58-entry published zoo."""
+    import hashlib
+
+    (tmp_path / "w.safetensors").write_bytes(b"not really weights")
+    sha = hashlib.sha256(b"not really weights").hexdigest()[:12]
+    path = tmp_path / "zoo.yaml"
+    path.write_text("models:\n"
+                    "  - {name: hubby, source: timm, model: resnet18.a1_in1k, pretrained: true}\n"
+                    "  - {name: filed, source: timm, model: resnet18, weights: w.safetensors}\n"
+                    "  - {name: rand, source: timm, model: resnet18, pretrained: false}\n"
+                    "  - {name: mine, source: recipe, recipe: {objective: simclr}}\n"
+                    "  - {name: init, source: recipe, recipe: {objective: init}}\n"
+                    "  - {name: ck, source: checkpoint, architecture: resnet18, weights: gone.safetensors}\n")
+    frame = load_zoo(path).to_frame()
+    assert dict(zip(frame["name"], frame["weights"])) == {
+        "hubby": "hub", "filed": f"file:{sha}", "rand": "random", "mine": "recipe", "init": "random",
+        "ck": "file:missing"}
+    published = Path(__file__).resolve().parents[1] / "zoos" / "published.yaml"
+    for zoo in (path, published):
+        res = _cli("zoo", "list", "--zoo", str(zoo))
+        assert res.returncode == 0, res.stderr
+        lines = res.stdout.splitlines()
+        assert max(map(len, lines)) <= 120
+        assert lines[0].split()[:4] == ["name", "source", "what", "weights"]
+    assert "vit_small_patch16_224.augreg_in1k" in res.stdout  # real tags are not cut
