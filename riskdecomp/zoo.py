@@ -93,6 +93,7 @@ class TimmEntry(_Entry):
     model: str
     weights: Optional[Path] = None
     pretrained: Optional[bool] = Field(None, validate_default=True)
+    strict: bool = True  # false: a weights file may miss / add tensors (listed in the run record); see encoders
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("pretrained")
@@ -104,6 +105,13 @@ class TimmEntry(_Entry):
                              "initialization), or give weights: FILE")
         if weights is not None and v is False:
             raise ValueError("pretrained: false contradicts weights: FILE (drop one)")
+        return v
+
+    @field_validator("strict")
+    @classmethod
+    def _strict_needs_file(cls, v: bool, info: ValidationInfo) -> bool:
+        if not v and info.data.get("weights") is None:
+            raise ValueError("strict: false applies to a weights: FILE only (hub weights always load strictly)")
         return v
 
     @field_validator("model")
@@ -149,6 +157,7 @@ class CheckpointEntry(_Entry):
     source: Literal["checkpoint"]
     architecture: str
     weights: Path
+    strict: bool = True  # false: the file may miss / add tensors (listed in the run record); see encoders
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("architecture")

@@ -170,3 +170,120 @@ def test_zoo_list_has_a_weights_column_and_fits_120_columns(tmp_path):
         assert max(map(len, lines)) <= 120
         assert lines[0].split()[:4] == ["name", "source", "what", "weights"]
     assert "vit_small_patch16_224.augreg_in1k" in res.stdout  # real tags are not cut
+
+
+# ------------------------------------------------------------------------------------------ item 1: strict weights
+
+
+@pytest.fixture(scope="module")
+def wfiles(tmp_path_factory):
+    """Weights files written by the test (never downloaded): a resnet18 (with classifier, as a real checkpoint
+    has), the same with one extra tensor, timm's tiny test_resnet, and a bare smallcnn state dict."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from riskdecomp.pretrain.backbones import create_backbone
+
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    sd = timm.create_model("resnet18", pretrained=False).state_dict()
+    save_file(sd, str(d / "r18.safetensors"))
+    save_file({**sd, "extra.weight": torch.zeros(3)}, str(d / "r18_extra.safetensors"))
+    save_file(timm.create_model("test_resnet", pretrained=False).state_dict(), str(d / "test_resnet.safetensors"))
+    save_file(create_backbone("smallcnn", width=4, z_dim=8).state_dict(), str(d / "cnn4.safetensors"))
+    return d
+
+
+def _entry(**kw):
+    from riskdecomp.zoo import parse_zoo
+
+    return parse_zoo({"models": [{"name": "victim", **kw}]})["victim"]
+
+
+MISFITS = {
+    # name: (zoo entry fields, substrings of the one-line error); {w} is the weights folder
+    "timm_r34_with_r18": ({"source": "timm", "model": "resnet34", "weights": "{w}/r18.safetensors"},
+                          ["'victim'", "'resnet34'", "missing layer1.2.", "in all"]),
+    "ckpt_r34_with_r18": ({"source": "checkpoint", "architecture": "resnet34", "weights": "{w}/r18.safetensors"},
+                          ["'victim'", "'resnet34'", "missing layer1.2."]),
+    "timm_extra_tensor": ({"source": "timm", "model": "resnet18", "weights": "{w}/r18_extra.safetensors"},
+                          ["'victim'", "unexpected extra.weight"]),
+    "ckpt_extra_tensor": ({"source": "checkpoint", "architecture": "resnet18", "weights": "{w}/r18_extra.safetensors"},
+                          ["'victim'", "unexpected extra.weight"]),
+    "timm_shape": ({"source": "timm", "model": "resnet18", "weights": "{w}/test_resnet.safetensors"},
+                   ["'victim'", "shape mismatch: ", "tensors differ"]),
+    "smallcnn_width": ({"source": "checkpoint", "architecture": "smallcnn", "weights": "{w}/cnn4.safetensors",
+                        "model_kwargs": {"width": 8, "z_dim": 8}}, ["'victim'", "shape mismatch"]),
+    "smallcnn_for_resnet": ({"source": "checkpoint", "architecture": "resnet18", "weights": "{w}/cnn4.safetensors",
+                             "strict": False}, ["'victim'", "no tensor of the file"]),
+    # hub weights (pretrained: true) are loaded by timm strictly too; pretrained_cfg_overlay points the "hub" at a
+    # local file, so this runs offline
+    "hub_r34_with_r18": ({"source": "timm", "model": "resnet34", "pretrained": True,
+                          "model_kwargs": {"pretrained_cfg_overlay": {"file": "{w}/r18.safetensors"}}},
+                         ["'victim'", "'resnet34'", "Missing key"]),
+}
+
+
+def _fill(v, w):
+    if isinstance(v, str):
+        return v.replace("{w}", str(w))
+    if isinstance(v, dict):
+        return {k: _fill(x, w) for k, x in v.items()}
+    return v
+
+
+@pytest.mark.parametrize("case", sorted(MISFITS))
+def test_weights_that_do_not_fit_are_a_one_line_error(wfiles, case):
+    """Item 1 (issue 12 #2): missing / unexpected keys or shape mismatches are an error naming the entry and the
+    first keys, on every load path (timm weights file, hub weights, checkpoint entries, own backbones)."""
+    from riskdecomp.encoders import build_encoder
+    from riskdecomp.errors import WeightsError
+
+    fields, needles = MISFITS[case]
+    with pytest.raises(WeightsError) as info:
+        build_encoder(_entry(**_fill(fields, wfiles)))
+    msg = str(info.value)
+    assert "\n" not in msg
+    for n in needles:
+        assert n in msg, (n, msg)
+
+
+def test_strict_false_loads_the_matching_tensors_and_lists_the_rest(wfiles):
+    """Item 1: ``strict: false`` is the opt-in; Encoder.ignored_keys lists what stayed random / was dropped."""
+    import timm
+    import torch
+    from safetensors.torch import load_file
+
+    from riskdecomp.encoders import build_encoder
+
+    enc = build_encoder(_entry(source="timm", model="resnet34", weights=str(wfiles / "r18.safetensors"),
+                               strict=False))
+    missing, unexpected = enc.ignored_keys["missing"], enc.ignored_keys["unexpected"]
+    own = enc.module.model.state_dict()
+    assert len(own) == 216 and len(missing) == 96 and unexpected == []  # the issue's numbers
+    file = load_file(str(wfiles / "r18.safetensors"))
+    assert all(torch.equal(own[k], file[k]) for k in own if k not in missing)
+    assert all(k.startswith(("layer1.2", "layer2.2", "layer2.3", "layer3.", "layer4.2")) for k in missing)
+    # the same file loads strictly into its own architecture, nothing ignored
+    ok = build_encoder(_entry(source="timm", model="resnet18", weights=str(wfiles / "r18.safetensors")))
+    assert ok.ignored_keys == {"missing": [], "unexpected": []}
+    ref = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    ref.load_state_dict({k: v for k, v in file.items() if not k.startswith("fc.")})
+    assert all(torch.equal(a, b) for a, b in zip(ok.module.model.state_dict().values(), ref.state_dict().values()))
+    with pytest.raises(ZooError, match="strict: false applies to a weights"):
+        _entry(source="timm", model="resnet18", pretrained=True, strict=False)
+
+
+def test_cli_featurize_refuses_weights_of_another_architecture(wfiles, tmp_path):
+    """Item 1 through the CLI: `featurize` of a resnet34 entry with resnet18 weights exits 2 with one line."""
+    from test_datasets import make_folder
+
+    root = make_folder(tmp_path / "imgs", n_train=2, n_test=1, size=16)
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text(f"models:\n  - {{name: rn34, source: timm, model: resnet34, weights: {wfiles}/r18.safetensors}}\n")
+    res = _cli("featurize", "--zoo", str(zoo), "--dataset", f"imagefolder:{root}", "--cache-dir",
+               str(tmp_path / "cache"), "--no-progress")
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and "'rn34'" in res.stderr and "missing layer1.2." in res.stderr
+    assert not list((tmp_path / "cache").rglob("*.npy"))
