@@ -165,6 +165,22 @@ def test_pretrain_is_deterministic_and_seeded(digits):
     assert not torch.equal(a.backbone.fc.weight, c.backbone.fc.weight)
 
 
+@pytest.mark.parametrize("objective", ["simclr", "supervised"])
+def test_checkpoint_is_bit_identical_whatever_the_thread_count(tmp_path, digits, objective):
+    """Issue 12 #4 (zoo item 2): the same recipe pretrained with 1 and with 2 torch threads (what --jobs/--threads
+    change) gives byte-identical safetensors files; the caller's thread count is restored afterwards."""
+    import hashlib
+
+    r = Recipe(objective=objective, **{**TINY, "epochs": 2, "batch_size": 60})
+    digests = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        path = pretrained_checkpoint(r, digits, tmp_path / f"t{threads}", progress=False)
+        assert torch.get_num_threads() == threads
+        digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
 def test_byol_target_is_ema_of_online(digits):
     from riskdecomp.pretrain.backbones import build_encoder
 
