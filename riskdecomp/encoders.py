@@ -37,6 +37,8 @@ class Encoder:
     # weights keys not loaded under ``strict: false``: {"missing": model keys left at their initialization,
     # "unexpected": file keys without a place in the model}; both empty for a strict load (the default)
     ignored_keys: dict = field(default_factory=lambda: {"missing": [], "unexpected": []})
+    # SHA-256 of the weights used (the weights file; a recipe's cached checkpoint); None for hub weights / random init
+    weights_sha256: Optional[str] = None
 
 
 def load_state_dict(path: Path, who: str) -> dict:
@@ -272,21 +274,29 @@ def _build_checkpoint(entry: CheckpointEntry, dataset):
     return rep, transform, ignored
 
 
-def _build_recipe(entry: RecipeEntry, dataset, cache_dir, device, progress):
+def _recipe_checkpoint(entry: RecipeEntry, dataset, cache_dir, device, progress, force) -> Path:
     from . import pretrain
 
     if dataset is None:
         raise RiskdecompError(f"model {entry.name!r}: a recipe entry needs a dataset to pretrain on")
-    path = pretrain.pretrained_checkpoint(entry.recipe, dataset, Path(cache_dir), device=device, progress=progress)
+    return pretrain.pretrained_checkpoint(entry.recipe, dataset, Path(cache_dir or default_cache_dir()),
+                                          device=device, progress=progress, force=force)
+
+
+def _build_recipe(path: Path, dataset):
+    from . import pretrain
+
     encoder, recipe = pretrain.load_checkpoint(path)
     native = dataset.train.load_image(0).size[0] if len(dataset.train) else 32
     transform = pretrain.eval_transform(recipe, native)
     return encoder, transform, {"missing": [], "unexpected": []}
 
 
-def build_encoder(entry, *, dataset=None, cache_dir=None, device: str = "cpu", progress: bool = True) -> Encoder:
-    """Build the frozen encoder of a zoo entry (``features`` entries have none: see :mod:`riskdecomp.features`)."""
-    ignored = {"missing": [], "unexpected": []}
+def build_encoder(entry, *, dataset=None, cache_dir=None, device: str = "cpu", progress: bool = True,
+                  force: bool = False) -> Encoder:
+    """Build the frozen encoder of a zoo entry (``features`` entries have none: see :mod:`riskdecomp.features`).
+    ``force``: a recipe entry is pretrained again even when its checkpoint is cached (once per process)."""
+    ignored, sha = {"missing": [], "unexpected": []}, None
     if isinstance(entry, TimmEntry):
         module, transform, ignored = _build_timm(entry)
     elif isinstance(entry, TorchHubEntry):
@@ -294,39 +304,62 @@ def build_encoder(entry, *, dataset=None, cache_dir=None, device: str = "cpu", p
     elif isinstance(entry, CheckpointEntry):
         module, transform, ignored = _build_checkpoint(entry, dataset)
     elif isinstance(entry, RecipeEntry):
-        module, transform, ignored = _build_recipe(entry, dataset, cache_dir or default_cache_dir(), device, progress)
+        path = _recipe_checkpoint(entry, dataset, cache_dir, device, progress, force)
+        module, transform, ignored = _build_recipe(path, dataset)
+        sha = _checkpoint_sha256(path)
     else:
         raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder to build")
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    return Encoder(entry.name, module, transform, entry_identity(entry, dataset), ignored_keys=ignored)
+    sha = sha or _file_weights_sha256(entry)
+    return Encoder(entry.name, module, transform, _identity(entry, dataset, sha), ignored_keys=ignored,
+                   weights_sha256=sha)
 
 
-def entry_identity(entry, dataset=None) -> str:
-    """What determines an entry's features, computed without building the model (so a fully cached rerun builds
-    nothing): source, architecture, weights (file SHA-256 or hub tag), representation, options, the library version
-    that defines the preprocessing, and for recipes the recipe hash + the dataset it is pretrained on."""
+def _file_weights_sha256(entry) -> Optional[str]:
+    weights = getattr(entry, "weights", None)
+    if weights is None:
+        return None
+    if not Path(weights).is_file():
+        raise WeightsError(f"model {entry.name!r}: weights file {weights} not found")
+    return file_sha256(weights)
+
+
+def _checkpoint_sha256(path: Path) -> str:
+    """The weights checksum a (verified) recipe checkpoint's sidecar records."""
+    from .pretrain.checkpoint import read_sidecar
+
+    return read_sidecar(path)["sha256"]
+
+
+def entry_identity(entry, dataset=None, *, cache_dir=None, device: str = "cpu", progress: bool = False,
+                   force: bool = False) -> str:
+    """What determines an entry's features, without building the model (a fully cached rerun builds nothing):
+    source, architecture, the SHA-256 of the weights used (file entries: the file; recipe entries: the cached
+    checkpoint, pretrained first when it is not in ``cache_dir`` -- with ``force``, pretrained again), the hub tag
+    or random init, representation, options, and the library version that defines the preprocessing. Part of the
+    feature-cache key and of the run key, so both change when the weights do."""
+    if isinstance(entry, RecipeEntry):
+        sha = _checkpoint_sha256(_recipe_checkpoint(entry, dataset, cache_dir, device, progress, force))
+    else:
+        sha = _file_weights_sha256(entry)
+    return _identity(entry, dataset, sha)
+
+
+def _identity(entry, dataset, sha: Optional[str]) -> str:
     import timm
 
     rep, tv = entry.representation, f"timm{timm.__version__}"
     if isinstance(entry, TimmEntry):
-        if entry.weights is not None:
-            if not Path(entry.weights).is_file():
-                raise WeightsError(f"model {entry.name!r}: weights file {entry.weights} not found")
-            w = "file:" + file_sha256(entry.weights)
-        else:
-            w = f"hub:{entry.model}" if entry.pretrained else "random-init"
+        w = f"file:{sha}" if sha else (f"hub:{entry.model}" if entry.pretrained else "random-init")
         return f"timm|{entry.model}|{w}|{rep}|{sorted(entry.model_kwargs.items())}|{tv}"
     if isinstance(entry, TorchHubEntry):
         return f"hub|{entry.repo}|{entry.entrypoint}|{sorted(entry.kwargs.items())}|{rep}|imagenet224"
     if isinstance(entry, CheckpointEntry):
-        if not Path(entry.weights).is_file():
-            raise WeightsError(f"model {entry.name!r}: weights file {entry.weights} not found")
-        return f"ckpt|{entry.architecture}|{file_sha256(entry.weights)}|{rep}|{sorted(entry.model_kwargs.items())}|{tv}"
+        return f"ckpt|{entry.architecture}|{sha}|{rep}|{sorted(entry.model_kwargs.items())}|{tv}"
     if isinstance(entry, RecipeEntry):
-        fp = dataset.fingerprint if dataset is not None else "?"
-        return f"recipe|{entry.recipe.key()}|{fp}|{rep}"
+        return f"recipe|{entry.recipe.key()}|{dataset.fingerprint}|{sha}|{rep}"
     raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder")
 
 
