@@ -139,11 +139,14 @@ def load_checkpoint(path, device: str = "cpu", require_checksum: bool = False) -
     return encoder.to(device).eval(), recipe
 
 
-def eval_transform(recipe_or_sidecar: Union[Recipe, dict, str, Path, None], native_size: Optional[int] = None) -> Callable:
+def eval_transform(recipe_or_sidecar: Union[Recipe, dict, str, Path, None], native_size: Optional[int] = None,
+                   size: Optional[int] = None) -> Callable:
     """PIL image -> normalized float tensor (3, S, S) as the encoder saw during pretraining: resized (bilinear)
-    to the recipe's ``image_size`` (``None``: ``native_size``, or left as is), scaled to [0, 1], then
-    (x - mean) / std with the checkpoint's normalization. Accepts a Recipe, a sidecar dict, a checkpoint path, or
-    ``None`` (riskdecomp's default normalization at ``native_size``: a bare ``smallcnn`` checkpoint)."""
+    to ``size`` (the zoo entry's ``image_size:`` override), else the recipe's ``image_size`` (``None``:
+    ``native_size``, or left as is), scaled to [0, 1], then (x - mean) / std with the checkpoint's normalization.
+    Accepts a Recipe, a sidecar dict, a checkpoint path, or ``None`` (riskdecomp's default normalization at
+    ``native_size``: a bare ``smallcnn`` checkpoint). The returned function's ``input_size`` is S (None: as is)."""
+    override = size
     import numpy as np
     from PIL import Image
 
@@ -157,7 +160,7 @@ def eval_transform(recipe_or_sidecar: Union[Recipe, dict, str, Path, None], nati
         norm = recipe_or_sidecar.get("normalization") or {"mean": MEAN, "std": STD}
         size = recipe_or_sidecar.get("image_size", recipe_or_sidecar.get("recipe", {}).get("image_size"))
         mean, std = norm["mean"], norm["std"]
-    size = size or native_size
+    size = override or size or native_size
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
 
@@ -168,6 +171,7 @@ def eval_transform(recipe_or_sidecar: Union[Recipe, dict, str, Path, None], nati
         x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
         return (x - mean_t) / std_t
 
+    transform.input_size = size
     return transform
 
 
