@@ -45,7 +45,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from riskdecomp.errors import FeatureError
-from riskdecomp.probes import LinearProbe, PathFitter, _as_grid, fit_path, refit_from, stratified_split
+from riskdecomp.probes import (DEFAULT_STANDARDIZE, LinearProbe, PathFitter, _as_grid, fit_path, refit_from,
+                               stratified_split)
 
 COMPONENTS = ("approx", "usability", "probe_gen", "enc_gen")
 ALT_COMPONENTS = ("probe_gen_alt", "enc_gen_alt")
@@ -158,7 +159,7 @@ def decompose(
     n_boot: int = 1000,
     alternative: bool = False,
     device: str = "auto",
-    standardize: bool = False,
+    standardize: bool = DEFAULT_STANDARDIZE,
     val_fraction: float = 0.2,
     patience: int = 2,
     probe: BaseEstimator | None = None,

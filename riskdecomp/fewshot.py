@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator
 
 from riskdecomp.decomposition import check_features
 from riskdecomp.errors import FeatureError
-from riskdecomp.probes import LinearProbe, PathFitter, _as_grid, fit_path
+from riskdecomp.probes import DEFAULT_STANDARDIZE, LinearProbe, PathFitter, _as_grid, fit_path
 
 
 def _pct_name(p: float) -> str:
@@ -58,7 +58,7 @@ def fewshot_errors(
     seed: int = 0,
     grid: Sequence[float] | None = None,
     device: str = "auto",
-    standardize: bool = False,
+    standardize: bool = DEFAULT_STANDARDIZE,
     patience: int = 2,
     probe: BaseEstimator | None = None,
 ) -> tuple[dict, pd.DataFrame]:

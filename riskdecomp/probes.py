@@ -52,6 +52,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 #: with a few-shot set of n = 10 it spans 1e3 .. 1e-3.
 DEFAULT_GRID: np.ndarray = np.logspace(-4, 2, 10)
 
+#: The one default for feature standardization, used by :class:`LinearProbe`, :func:`tune_probe`,
+#: ``decompose``, ``fewshot_errors`` and the CLI: z-score features with the mean/std of the probe's own fitting
+#: set. Encoders emit features on wildly different scales (a random-init CNN's are ~1e-3), and a fixed C grid only
+#: means the same thing across encoders on a common scale. The model class is unchanged (an affine map of the
+#: features is folded into ``coef_``/``intercept_``).
+DEFAULT_STANDARDIZE: bool = True
+
 
 #: below this many n * d * classes, ``device="auto"`` fits on the CPU: each L-BFGS iteration on a GPU costs
 #: ~20 kernel launches and a host sync (~0.3 ms), which is what 2 CPU cores need for a 4M-multiply-add fit
@@ -421,7 +428,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     ----------
     C : inverse regularization strength, exactly as ``sklearn.linear_model.LogisticRegression``:
         objective ``0.5 ||W||^2 + C * sum_i CE_i``, intercept not penalized.
-    standardize : z-score features with mean/std of the training data (folded into ``coef_``).
+    standardize : z-score features with mean/std of the training data (folded into ``coef_``); default
+        ``DEFAULT_STANDARDIZE`` (True), the same as the CLI's.
     max_iter : maximum L-BFGS iterations.
     tol : stop when max |gradient| of the mean-scaled objective <= tol (scikit-learn's rule).
     device : "auto" (cuda > mps > cpu, but the CPU for problems with n * d * classes below
@@ -437,7 +445,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         C: float = 1.0,
-        standardize: bool = False,
+        standardize: bool = DEFAULT_STANDARDIZE,
         max_iter: int = 500,
         tol: float = 1e-4,
         device: str = "auto",

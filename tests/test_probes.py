@@ -1,4 +1,4 @@
-"""LinearProbe: parity with sklearn's LogisticRegression, sklearn API compliance, determinism, tuning."""
+"""LinearProbe: parity with sklearn's LogisticRegression (``standardize=False``: sklearn's model on raw features), sklearn API compliance, determinism, tuning."""
 
 import numpy as np
 import pytest
@@ -22,7 +22,7 @@ def _digits():
 @pytest.mark.parametrize("C", [0.1])
 def test_accuracy_matches_sklearn_on_digits(C):
     Xtr, ytr, Xte, yte = _digits()
-    ours = LinearProbe(C=C, device="cpu").fit(Xtr, ytr)
+    ours = LinearProbe(C=C, device="cpu", standardize=False).fit(Xtr, ytr)
     ref = LogisticRegression(C=C, max_iter=2000).fit(Xtr, ytr)
     assert abs(ours.score(Xte, yte) - ref.score(Xte, yte)) * 100 <= 0.3
     # same objective -> close to the same optimum, not just the same accuracy
@@ -32,7 +32,7 @@ def test_accuracy_matches_sklearn_on_digits(C):
 def test_accuracy_matches_sklearn_binary_and_synthetic():
     X, y = make_classification(n_samples=1500, n_features=30, n_informative=10, n_classes=2,
                                flip_y=0.1, random_state=0)
-    ours = LinearProbe(C=0.05, device="cpu").fit(X[:1000], y[:1000])
+    ours = LinearProbe(C=0.05, device="cpu", standardize=False).fit(X[:1000], y[:1000])
     ref = LogisticRegression(C=0.05, max_iter=2000).fit(X[:1000], y[:1000])
     assert ours.coef_.shape == ref.coef_.shape == (1, 30)  # binary: one weight vector, like sklearn
     assert abs(ours.score(X[1000:], y[1000:]) - ref.score(X[1000:], y[1000:])) * 100 <= 0.3
@@ -40,7 +40,7 @@ def test_accuracy_matches_sklearn_binary_and_synthetic():
 
     X, y = make_classification(n_samples=1500, n_features=40, n_informative=12, n_classes=5,
                                n_clusters_per_class=1, flip_y=0.05, random_state=1)
-    ours = LinearProbe(C=1.0, device="cpu").fit(X[:1000], y[:1000])
+    ours = LinearProbe(C=1.0, device="cpu", standardize=False).fit(X[:1000], y[:1000])
     ref = LogisticRegression(C=1.0, max_iter=2000).fit(X[:1000], y[:1000])
     assert abs(ours.score(X[1000:], y[1000:]) - ref.score(X[1000:], y[1000:])) * 100 <= 0.3
     np.testing.assert_allclose(ours.predict_proba(X[1000:]), ref.predict_proba(X[1000:]), atol=0.01)
@@ -136,7 +136,7 @@ def test_correlated_features_reach_sklearns_optimum():
     y = r.integers(0, k, n)
     X = (r.normal(size=(n, d)) + 0.8 * r.normal(size=(k, d))[y]) @ mix + 3.0
     for C in (1e-3, 10.0):
-        ours = LinearProbe(C=C, device="cpu", tol=1e-6, max_iter=2000).fit(X, y)
+        ours = LinearProbe(C=C, device="cpu", standardize=False, tol=1e-6, max_iter=2000).fit(X, y)
         ref = LogisticRegression(C=C, solver="newton-cholesky", max_iter=500, tol=1e-10).fit(X, y)  # exact Newton
         f_ours = _sk_objective(ours.coef_, ours.intercept_, X, y, C)
         f_ref = _sk_objective(ref.coef_, ref.intercept_, X, y, C)
@@ -165,10 +165,10 @@ def test_warm_path_with_carried_curvature_reaches_each_optimum():
     X, y = make_classification(n_samples=800, n_features=30, n_informative=10, n_redundant=10, n_classes=3,
                                random_state=6)
     grid = np.logspace(-3, 2, 6)
-    path = PathFitter(LinearProbe(device="cpu", tol=1e-6, max_iter=2000), X, y, grid)
+    path = PathFitter(LinearProbe(device="cpu", standardize=False, tol=1e-6, max_iter=2000), X, y, grid)
     for C in grid:
         warm = path.get(C)
-        cold = LinearProbe(C=C, device="cpu", tol=1e-6, max_iter=2000).fit(X, y)
+        cold = LinearProbe(C=C, device="cpu", standardize=False, tol=1e-6, max_iter=2000).fit(X, y)
         f_warm = _sk_objective(warm.coef_, warm.intercept_, X, y, C)
         f_cold = _sk_objective(cold.coef_, cold.intercept_, X, y, C)
         assert abs(f_warm - f_cold) <= 1e-5 * abs(f_cold) + 1e-6, (C, f_warm, f_cold)
