@@ -253,6 +253,17 @@ def _whitening(X32: np.ndarray, mean: np.ndarray, dscale: np.ndarray) -> tuple[n
 
 _WHITENING = _WhiteningCache()
 
+#: center features (a float32 copy) when max_j |mean_j| / std_j exceeds this: the logits ``X @ W`` are formed in
+#: float32 from uncentered X, and an offset of ``r`` standard deviations cancels ~log2(r) of float32's 24 bits (at
+#: r = 5,000, e.g. features ``7 + 1e-3 x``, the optimum is only resolved to ~3e-4 and a fit stops short of its
+#: tolerance on some CPUs and not on others). Below it (typical encoder features), X is used as given, no copy.
+_CENTER_ABOVE = 16.0
+
+
+def _needs_centering(mean: np.ndarray, std: np.ndarray) -> bool:
+    ratio = np.abs(mean) / np.where(std > 0, std, np.inf)
+    return bool(ratio.size and float(ratio.max()) > _CENTER_ABOVE)
+
 
 def _solve_whitened(
     X: np.ndarray,
@@ -269,6 +280,7 @@ def _solve_whitened(
     tol: float,
     history: int = 10,
     memory: tuple[list, list, float] | None = None,
+    standardized: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, int, bool, tuple[list, list, float]]:
     """Minimize ``mean CE(X W + b) + lam/2 ||diag(dscale) W||^2`` over (W, b), from (W0, b0).
 
@@ -285,8 +297,11 @@ def _solve_whitened(
     ``X`` (float32, n x d) is never transformed: the logits are ``X @ W + b`` with W = P U formed per
     evaluation (a d x d x K product, negligible next to the two n x d x K ones).
 
-    Stopping rule: scikit-learn's, on the gradient in the *original* coordinates of the standardized
-    model, max(|grad_W| / dscale, |grad_b|) <= tol. L-BFGS with an Armijo backtracking line search
+    Stopping rule: scikit-learn's, max |gradient| <= tol, on the gradient of the model the user fits:
+    raw features (``standardized=False``: grad wrt (W, b), ``X^T G + lam W`` and ``1^T G``), or z-scored
+    features (``standardized=True``: grad wrt (diag(dscale) W, b + mean W), ``((X - mean)^T G + lam
+    diag(dscale^2) W) / dscale`` and ``1^T G``: the centering term ``outer(mean, 1^T G)`` belongs to it).
+    ``converged`` is that rule at the returned point. L-BFGS with an Armijo backtracking line search
     (the objective is strictly convex, so every step gives a positive curvature pair).
     ``n_out == 1`` is the binary (sigmoid) model with y in {0, 1}.
 
@@ -344,10 +359,11 @@ def _solve_whitened(
         sG = G.sum(axis=0, dtype=np.float64)
         pen = U * inv_s2
         loss += 0.5 * lam * float(np.sum(U * pen))
-        gU = (PT32 @ (XtG - np.outer(mean64, sG)).astype(np.float32)).astype(np.float64) + lam * pen
+        XctG = XtG - np.outer(mean64, sG)  # (X - mean)^T G
+        gU = (PT32 @ XctG.astype(np.float32)).astype(np.float64) + lam * pen
         g = np.concatenate([gU.ravel(), sG])
-        # scikit-learn's gradient (standardized-model coordinates) for the stopping rule
-        g_sk = (XtG + lam * (dscale * dscale)[:, None] * W) / dscale[:, None]
+        # the fitted model's own gradient (raw or z-scored coordinates) for the stopping rule
+        g_sk = ((XctG if standardized else XtG) + lam * (dscale * dscale)[:, None] * W) / dscale[:, None]
         gmax = max(float(np.abs(g_sk).max()), float(np.abs(sG).max()))
         return loss, g, gmax
 
@@ -418,7 +434,7 @@ def _solve_whitened(
     # curvature pairs back to (W, c) coordinates: s_W = P s_U, y_W = P^{-T} y_U
     mem = ([np.concatenate([(P @ s_[:dK].reshape(d, K)).ravel(), s_[dK:]]) for s_ in S],
            [np.concatenate([(Pinv.T @ y_[:dK].reshape(d, K)).ravel(), y_[dK:]]) for y_ in Y], lam)
-    return W, b, evals_n, gmax <= tol * 10, mem
+    return W, b, evals_n, gmax <= tol, mem
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
@@ -495,15 +511,18 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def _fit_cpu(self, X, y_idx, n_out, lam, prev):
         """numpy float32 BLAS, whitened coordinates, hand-written L-BFGS (see :func:`_solve_whitened`)."""
-        X32 = np.ascontiguousarray(X, dtype=np.float32)
-        n, d = X32.shape
-        mean = X32.mean(axis=0, dtype=np.float64)
-        if self.standardize:
-            std = X32.std(axis=0, dtype=np.float64)
-            dscale = np.where(std > 0, std, 1.0)
-        else:
-            dscale = np.ones(d)
-        evals, V = _WHITENING.get(X, X32, mean, dscale)
+        n, d = X.shape
+        mean = X.mean(axis=0, dtype=np.float64)
+        std = X.std(axis=0, dtype=np.float64)
+        dscale = np.where(std > 0, std, 1.0) if self.standardize else np.ones(d)
+        offset = mean if _needs_centering(mean, std) else None
+        if offset is None:
+            X32 = np.ascontiguousarray(X, dtype=np.float32)
+            sol_mean = mean
+        else:  # a centered float32 copy, made in X's own precision (see _needs_centering)
+            X32 = np.ascontiguousarray(X - offset.astype(X.dtype), dtype=np.float32)
+            sol_mean = X32.mean(axis=0, dtype=np.float64)
+        evals, V = _WHITENING.get(X, X32, sol_mean, dscale)
         if prev is not None:
             W0, b0 = np.asarray(prev[0], dtype=np.float64).T, np.asarray(prev[1], dtype=np.float64)
         else:
@@ -514,8 +533,13 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             saved = getattr(self, "_lbfgs_memory", None)
             if prev is not None and saved is not None and saved[0]() is X and saved[1] == (X.shape, n_out):
                 memory = saved[2]  # same data, warm start: reuse the curvature pairs (see _solve_whitened)
-            W, b, n_evals, conv, mem = _solve_whitened(X32, y_idx, n_out, lam, W0, b0, mean, dscale, evals, V,
-                                                       int(self.max_iter), float(self.tol), memory=memory)
+            if offset is not None:
+                b0 = b0 + offset @ W0  # the same model on centered features
+            W, b, n_evals, conv, mem = _solve_whitened(X32, y_idx, n_out, lam, W0, b0, sol_mean, dscale, evals, V,
+                                                       int(self.max_iter), float(self.tol), memory=memory,
+                                                       standardized=bool(self.standardize))
+            if offset is not None:
+                b = b - offset @ W
         import weakref
 
         self._lbfgs_memory = (weakref.ref(X), (X.shape, n_out), mem)
