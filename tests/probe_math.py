@@ -39,14 +39,9 @@ def gradient(Xm, y, W, b, C):
     return G.T @ Xm + W / (n * C), G.sum(0)
 
 
-def prob_distance_to_optimum(Xm, y, W, b, C):
-    """Second-order estimate of max_i,k |p_ik - p*_ik| between this fit and the exact optimum.
-
-    The Newton step delta = H^{-1} g (H the Hessian at the fit, its null direction -- one shift of every class's
-    intercept, which changes no probability -- removed) is the distance to the optimum of the local quadratic model;
-    it moves the logits by dz_i = [x_i, 1] delta_k, and a softmax moves by |dp_k| <= p_k (1 - p_k) range(dz) <=
-    range(dz) / 4.
-    """
+def _newton_step(Xm, y, W, b, C):
+    """(Newton step delta = H^{-1} g as (K, d+1) rows [W_k, b_k], gradient g likewise) at the fit. H's null
+    direction -- one shift of every class's intercept, which changes no probability -- is removed."""
     n, d = Xm.shape
     K = W.shape[0]
     Xt = np.hstack([Xm, np.ones((n, 1))])
@@ -63,5 +58,21 @@ def prob_distance_to_optimum(Xm, y, W, b, C):
     ev, Q = np.linalg.eigh(H)
     keep = ev > 1e-10 * ev.max()
     delta = (Q[:, keep] / ev[keep]) @ (Q[:, keep].T @ g)
-    dz = Xt @ delta.reshape(K, m).T
+    return delta.reshape(K, m), g.reshape(K, m)
+
+
+def suboptimality(Xm, y, W, b, C):
+    """Second-order estimate of objective(fit) - objective(optimum) = g^T H^{-1} g / 2."""
+    delta, g = _newton_step(Xm, y, W, b, C)
+    return float(np.sum(delta * g) / 2)
+
+
+def prob_distance_to_optimum(Xm, y, W, b, C):
+    """Second-order estimate of max_i,k |p_ik - p*_ik| between this fit and the exact optimum.
+
+    The Newton step delta = H^{-1} g is the distance to the optimum of the local quadratic model; it moves the
+    logits by dz_i = [x_i, 1] delta_k, and a softmax moves by |dp_k| <= p_k (1 - p_k) range(dz) <= range(dz) / 4.
+    """
+    delta, _ = _newton_step(Xm, y, W, b, C)
+    dz = np.hstack([Xm, np.ones((len(Xm), 1))]) @ delta.T
     return float((dz.max(1) - dz.min(1)).max() / 4)
