@@ -21,8 +21,8 @@ Components::
 
 Regularization (never looks at D_te labels except for the alternative err_union fit):
 
-- train_train fits (SSL, reference, union): C minimizing *training* error along the warm-started path
-  (strong -> weak), stopping once the training error has not improved for ``patience`` grid points;
+- train_train fits (SSL, reference, union): C minimizing *training* error (ties: lower training loss) over the
+  whole warm-started path (strong -> weak): training error need not fall monotonically in C, so no early stop;
 - err_heldout: C chosen on a stratified validation part of the complement, refit on the whole complement
   (warm-started from the validation-path solution at that C);
 - err_test: C chosen on a stratified validation part of D_tr, refit on all of D_tr (the train_train
@@ -210,7 +210,7 @@ def decompose(
 
     # err_train_train: best training error along the path on D_tr
     tr_path = PathFitter(est, x_train, y_train, g)
-    C_tt, _ = fit_path(tr_path, x_train, y_train, patience=patience)
+    C_tt, _ = fit_path(tr_path, x_train, y_train, patience=None)
     losses["err_train_train"] = _errors(tr_path.get(C_tt), x_train, y_train)
     res["C_train_train"] = C_tt
 
@@ -237,14 +237,14 @@ def decompose(
     if reference is not None:
         x_ref = np.ascontiguousarray(x_ref, dtype=np.float32) if probe is None else x_ref
         ref_path = PathFitter(est, x_ref, y_train, g)
-        C_ref, _ = fit_path(ref_path, x_ref, y_train, patience=patience)
+        C_ref, _ = fit_path(ref_path, x_ref, y_train, patience=None)
         losses["err_ref_train_train"] = _errors(ref_path.get(C_ref), x_ref, y_train)
         res["C_ref_train_train"] = C_ref
     if alternative:
         x_u = np.concatenate([x_train, x_test])
         y_u = np.concatenate([y_train, y_test])
         un_path = PathFitter(est, x_u, y_u, g)
-        C_un, _ = fit_path(un_path, x_u, y_u, patience=patience)
+        C_un, _ = fit_path(un_path, x_u, y_u, patience=None)
         losses["err_union"] = _errors(un_path.get(C_un), x_test, y_test)
         res["C_union"] = C_un
 

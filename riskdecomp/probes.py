@@ -27,8 +27,9 @@ Binary problems use one weight vector (logit ``z = w.x + b``, sigmoid), as sciki
 ``C`` keeps the same meaning there too.
 
 Regularization selection (:func:`tune_probe`, :func:`fit_path`): a log grid of ``C`` walked from
-strong to weak regularization with warm starts, evaluating each fit on held-out data and stopping
-once the held-out error has not improved for ``patience`` consecutive grid points.
+strong to weak regularization with warm starts, evaluating each fit on held-out data (0-1 error, ties broken
+by the lower log-loss) and stopping once the error has been strictly worse than the best for ``patience``
+consecutive grid points (never on a plateau of equal errors).
 """
 
 from __future__ import annotations
@@ -647,31 +648,51 @@ class PathFitter:
         return self.models[C]
 
 
+def eval_loss(model: BaseEstimator, x: np.ndarray, y: np.ndarray) -> float:
+    """Mean log-loss (nats) of ``model`` on (x, y); NaN for a model without ``predict_proba``. A label the model
+    never saw counts as probability 1e-300."""
+    if not hasattr(model, "predict_proba"):
+        return float("nan")
+    proba = model.predict_proba(x)
+    col = {c: i for i, c in enumerate(np.asarray(model.classes_).tolist())}
+    idx = np.array([col.get(v, -1) for v in np.asarray(y).tolist()])
+    p = np.where(idx >= 0, proba[np.arange(len(idx)), np.maximum(idx, 0)], 0.0)
+    return float(-np.mean(np.log(np.clip(p, 1e-300, None))))
+
+
 def fit_path(
     fitter: PathFitter,
     x_eval: np.ndarray,
     y_eval: np.ndarray,
-    patience: int = 2,
+    patience: int | None = 2,
 ) -> tuple[float, pd.DataFrame]:
-    """Walk ``fitter``'s grid from strong to weak regularization, scoring each fit's 0-1 error on
-    (x_eval, y_eval); stop after ``patience`` grid points without a strict improvement.
+    """Walk ``fitter``'s grid from strong to weak regularization, scoring each fit's 0-1 error and mean log-loss
+    on (x_eval, y_eval); return the C with the lowest error, ties broken by the lower loss.
 
-    Returns (best_C, path table with columns C, error (fraction), n_iter). Ties go to the stronger
-    regularization (the first C reaching the minimum).
+    Early stopping: the walk ends after ``patience`` consecutive grid points whose error is strictly *worse* than
+    the best so far. A plateau of equal errors never stops it (0-1 error is flat over long stretches of C when
+    the evaluation set is small or the classes many: the fits still improve, and the loss shows it), and the
+    best point on a plateau is the one with the lower loss, not the first one reached. ``patience=None`` walks
+    the whole grid (used where the curve need not be unimodal, e.g. training error).
+
+    Returns (best_C, path table with columns C, error (fraction), loss, n_iter).
     """
+    if patience is not None and int(patience) < 1:
+        raise ValueError(f"patience must be >= 1 or None, got {patience!r}")
     rows = []
-    best_err, best_C, since = np.inf, None, 0
+    best, best_C, worse = (np.inf, np.inf), None, 0
     for c in fitter.grid:
         model = fitter.get(c)
         err = float(np.mean(model.predict(x_eval) != y_eval))
+        loss = eval_loss(model, x_eval, y_eval)
         n_iter = int(np.max(getattr(model, "n_iter_", [-1])))
-        rows.append({"C": float(c), "error": err, "n_iter": n_iter})
-        if err < best_err:
-            best_err, best_C, since = err, float(c), 0
-        else:
-            since += 1
-            if since >= patience:
-                break
+        rows.append({"C": float(c), "error": err, "loss": loss, "n_iter": n_iter})
+        key = (err, loss if np.isfinite(loss) else np.inf)
+        if key < best:
+            best, best_C = key, float(c)
+        worse = worse + 1 if err > best[0] else 0
+        if patience is not None and worse >= patience:
+            break
     return best_C, pd.DataFrame(rows)
 
 

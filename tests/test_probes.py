@@ -121,13 +121,28 @@ def test_tune_probe_picks_from_grid_and_refits_on_all():
     assert C2 == C and np.array_equal(probe.coef_, probe2.coef_)
 
 
-def test_tune_probe_stops_early_on_a_flat_curve():
+def test_tune_probe_walks_on_over_a_flat_error_curve():
+    """Separable classes: the validation error is 0 from the first grid point on. A plateau of equal errors
+    does not stop the walk (issue 12 #1), and the tie goes to the lower validation loss (a weaker penalty here)."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 4)) + 5 * np.repeat(np.eye(2, 4), 150, axis=0)
     y = np.repeat([0, 1], 150)
     C, _, table = tune_probe(X, y, grid=DEFAULT_GRID, patience=2, device="cpu")
-    assert len(table) < len(DEFAULT_GRID)  # error hits its floor at once and the path stops
-    assert C == DEFAULT_GRID[0]
+    assert len(table) == len(DEFAULT_GRID) and (table["error"] == table["error"].iloc[0]).all()
+    assert C == table.loc[table["loss"].idxmin(), "C"] and C > DEFAULT_GRID[0]
+
+
+def test_tune_probe_stops_after_patience_strictly_worse_points():
+    """Pure-noise labels in 40 dims: the validation error rises as the penalty weakens (overfitting); the walk
+    stops ``patience`` points after the best one, and never returns a point with a higher error."""
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(200, 40)), rng.integers(0, 2, 200)
+    C, _, table = tune_probe(X, y, grid=DEFAULT_GRID, patience=2, device="cpu")
+    best = table["error"].min()
+    assert table.loc[table["C"] == C, "error"].item() == best
+    after = table[table["C"] > table.loc[table["error"] == best, "C"].max()]
+    if len(table) < len(DEFAULT_GRID):  # stopped early: only because of strictly worse points
+        assert len(after) >= 2 and (after["error"].iloc[-2:] > best).all()
 
 
 def test_stratified_split_sizes_and_balance():
