@@ -148,3 +148,140 @@ def test_fewshot_search_does_not_stop_on_a_plateau():
     summary, table = fewshot_errors(x, y, xt, yt, shots=(1, 3), fractions=(), n_seeds=2, device="cpu",
                                     standardize=True)
     assert summary["fewshot_1shot"] <= 2.0 and summary["fewshot_3shot"] <= 2.0, table
+
+
+# ----------------------------------------------------------------------------------------------- #6
+def _feature_file(root, case):
+    """Write the features file of one bad-input case (the valid base: 40 train / 10 test points, 3 dims)."""
+    from test_bad_input import npz
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    if case == "complex":
+        npz(root / "f.npz", x_tr=x + 1j * rng.normal(size=x.shape))
+    elif case == "subnormal":
+        npz(root / "f.npz", x_tr=(x * 1e-40).astype(np.float32))
+    elif case == "beyond_float32":
+        npz(root / "f.npz", x_te=np.full((10, 3), 1e300))
+    elif case == "string_labels":
+        npz(root / "f.npz", y_tr=np.array(["cat", "dog"])[np.arange(40) % 2])
+    elif case == "npy_named_npz":
+        with open(root / "f.npz", "wb") as fh:
+            np.save(fh, x)
+    else:
+        npz(root / "f.npz")
+
+
+# case -> (extra CLI options, words the one-line error must contain)
+CLI_CASES = {
+    "complex": ([], ["'m'", "x_train", "complex"]),
+    "subnormal": ([], ["'m'", "x_train", "subnormal"]),
+    "beyond_float32": ([], ["'m'", "x_test", "1e+300", "float32 range"]),
+    "string_labels": ([], ["'m'", "y_train", "integer class labels", "strings"]),
+    "npy_named_npz": ([], ["'m'", "f.npz", ".npy"]),
+    "negative_shots": (["--shots", "-1"], ["shots", "-1"]),
+    "zero_fraction": (["--fractions", "0"], ["fractions", "(0, 1]", "0"]),
+    "negative_fraction": (["--fractions", "-0.1"], ["fractions", "-0.1"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_coerced_inputs_are_one_line_errors_in_the_cli(case, tmp_path, capsys):
+    """#6: inputs that were silently coerced (imaginary part dropped, subnormals -> chance, 1e300 -> "NaN or inf",
+    strings -> "x_train must be float", a .npy read as an .npz, -1 shots / fraction 0 run as other settings) are a
+    one-line error naming the culprit (exit 2 when the run cannot start, 1 when the model's job fails: the
+    CLI's contract for per-model errors), and no leaderboard row is written for it."""
+    from riskdecomp.cli import main
+    from test_bad_input import FAST, feat_zoo
+
+    _feature_file(tmp_path, case)
+    (tmp_path / "zoo.yaml").write_text(feat_zoo())
+    extra, needles = CLI_CASES[case]
+    fast = list(FAST)
+    for opt in extra[::2]:  # the case's option replaces FAST's
+        i = fast.index(opt)
+        del fast[i:i + 2]
+    argv = ["evaluate", "--zoo", str(tmp_path / "zoo.yaml"), "--out", str(tmp_path / "out"), "--cache-dir",
+            str(tmp_path / "cache"), *fast, *extra]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert info.value.code in (1, 2), err
+    assert err and all(line.startswith("riskdecomp:") for line in err) and "Traceback" not in "\n".join(err), err
+    for needle in needles:
+        assert needle in err[0], (needle, err[0])
+    board = tmp_path / "out" / "leaderboard.csv"
+    assert not board.exists() or len(board.read_text().strip().splitlines()) <= 1
+
+
+def _api_case(case):
+    x, y, xt, yt = class_means(3, 20, 5, d=4)
+    kw = {}
+    if case == "complex":
+        x = x + 1j
+    elif case == "subnormal":
+        x = (x * 1e-40).astype(np.float32)
+    elif case == "beyond_float32":
+        xt = xt * 1e300
+    elif case == "negative_shots":
+        kw = {"shots": (-1,)}
+    elif case == "zero_fraction":
+        kw = {"fractions": (0.0,)}
+    elif case == "negative_fraction":
+        kw = {"fractions": (-0.1,)}
+    elif case == "fractional_shots":
+        kw = {"shots": (2.5,)}
+    return (x, y, xt, yt), kw
+
+
+API_CASES = {"complex": "complex", "subnormal": "subnormal", "beyond_float32": "float32 range",
+             "negative_shots": "shots", "zero_fraction": "fractions", "negative_fraction": "fractions",
+             "fractional_shots": "shots"}
+
+
+@pytest.mark.parametrize("case", sorted(API_CASES))
+@pytest.mark.parametrize("fn", ["decompose", "fewshot_errors"])
+def test_coerced_inputs_are_one_line_errors_in_the_api(case, fn):
+    """#6, Python API: the same inputs raise a one-line RiskdecompError from the estimator entry points."""
+    from riskdecomp.errors import RiskdecompError
+
+    arrays, kw = _api_case(case)
+    if kw and fn == "decompose":
+        pytest.skip("few-shot settings are fewshot_errors' parameters")
+    func = {"decompose": decompose, "fewshot_errors": fewshot_errors}[fn]
+    with pytest.raises(RiskdecompError, match=API_CASES[case]) as info:
+        func(*arrays, device="cpu", **({"n_boot": 0} if fn == "decompose" else {"n_seeds": 1}), **kw)
+    assert "\n" not in str(info.value)
+
+
+def test_a_lone_tiny_value_in_a_normal_column_is_kept():
+    """#6's subnormal rule rejects columns that are *all* subnormal, not a single value that is ~0 anyway."""
+    x, y, xt, yt = class_means(3, 20, 5, d=4)
+    x[0, 0] = 1e-40
+    d = decompose(x.astype(np.float32), y, xt, yt, n_boot=0, device="cpu", grid=[1.0])
+    assert d["err_test"] <= 10
+
+
+def test_knn_score_with_k_above_the_reference_set_is_skipped_not_fatal(tmp_path, caplog):
+    """#6 (k-NN): 40 train points and the default k = 1, 10, 100: knn_100_* is skipped with one warning naming
+    it; the model's row and its other uncertainty scores are complete (it used to fail the whole model)."""
+    import logging
+
+    import pandas as pd
+
+    from riskdecomp.cli import main
+    from test_bad_input import FAST, feat_zoo, npz
+
+    npz(tmp_path / "f.npz")
+    (tmp_path / "zoo.yaml").write_text(feat_zoo())
+    fast = [a for a in FAST if a != "--no-uncertainty"]
+    with caplog.at_level(logging.WARNING, logger="riskdecomp"):
+        main(["evaluate", "--zoo", str(tmp_path / "zoo.yaml"), "--out", str(tmp_path / "out"), "--cache-dir",
+              str(tmp_path / "cache"), *fast])
+    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert len(board) == 1 and np.isfinite(board.loc[0, "agg_risk"])
+    per_sample = pd.concat(pd.read_csv(p) for p in (tmp_path / "out" / "per_sample").glob("*.csv"))
+    assert {"knn_1_cos", "knn_10_cos", "knn_1_euc", "knn_10_euc"} <= set(per_sample.columns)
+    assert not any(c.startswith("knn_100") for c in per_sample.columns)
+    lines = [r.getMessage() for r in caplog.records if "knn_100" in r.getMessage()]
+    assert len(lines) == 1 and "knn_100_cos, knn_100_euc skipped" in lines[0] and "40" in lines[0], lines
