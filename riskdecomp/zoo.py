@@ -248,8 +248,6 @@ class Zoo:
             val = getattr(e, what)
             if e.source == "recipe":
                 val = f"{val.objective}/{val.backbone}"
-            elif e.source == "torch_hub":
-                val = f"{e.repo}:{val}" if ":" not in e.repo else f"{e.repo}/{val}"
             rows.append({"name": e.name, "source": e.source, "what": str(val), "weights": weights_label(e),
                          "representation": e.representation, "reference": e.reference or "", **e.metadata})
         return pd.DataFrame(rows).convert_dtypes()
@@ -402,7 +400,7 @@ def _expanded_size(root, where: str) -> int:
         active.discard(key)
         if n > MAX_YAML_NODES:
             raise ZooError(f"{where}: YAML aliases expand to more than {MAX_YAML_NODES:,} values "
-                           "(an alias bomb?); a file is far smaller")
+                           "(an alias bomb?); real zoo files are far smaller")
         sizes[key] = n
         return n
 
