@@ -391,3 +391,95 @@ def test_training_size_gap_is_its_own_column(n_folds, lo):
     xt, yt = _gauss(200, 5, sep=30.0, seed=1)
     sep = decompose(x, y, xt, yt, n_boot=200, device="cpu")
     assert sep["enc_gen_size_gap"] == 0.0 and sep["err_test"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------- #16
+_README_NUMBER = r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)(k?)(%?)"
+
+
+def _readme_performance_figures():
+    """(token, value, half-unit) of every figure in the README's Performance section, leaving out what is not a
+    measurement: the benchmark and target columns of its table, and `code` spans (commands, options, files)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Performance"):]
+    section = section[:section.index("\n## ", 3)]
+    kept = []
+    for line in section.splitlines():
+        if line.startswith("|"):
+            cells = line.strip().strip("|").split("|")
+            if set("".join(cells)) <= set("-: "):
+                continue
+            line = " | ".join(c for i, c in enumerate(cells) if i not in (0, 2))
+        kept.append(re.sub(r"`[^`]*`", " ", line))
+    out = []
+    for m in re.finditer(_README_NUMBER, "\n".join(kept)):
+        tok, kilo, pct = m.groups()
+        value = float(tok.replace(",", ""))
+        if "." in tok:
+            unit = 10.0 ** -len(tok.split(".")[1])
+        elif "," in tok:  # 11,200: trailing zeros are not significant
+            digits = tok.replace(",", "")
+            unit = 10.0 ** (len(digits) - len(digits.rstrip("0")))
+        else:
+            unit = 1.0
+        scale = 1000.0 if kilo else 1.0
+        out.append((m.group(0), value * scale, unit * scale / 2, bool(pct)))
+    return out
+
+
+def _benchmark_numbers():
+    """Every number in the committed results JSONs: numeric values and numbers inside their strings."""
+    import json
+    import re
+    from pathlib import Path
+
+    pool = []
+
+    def walk(v):
+        if isinstance(v, bool) or v is None:
+            return
+        if isinstance(v, (int, float)):
+            pool.append(float(v))
+        elif isinstance(v, str):
+            pool.extend(float(t) for t in re.findall(r"\d+(?:\.\d+)?", v))
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    for name in ("results.json", "results-nvidia-h200.json"):
+        walk(json.loads((bench / name).read_text()))
+    return np.array(pool)
+
+
+def test_every_readme_performance_figure_is_a_committed_measurement():
+    """#16: every figure in the README's Performance section is in benchmarks/results.json or
+    results-nvidia-h200.json (written by benchmarks/run.py) at the precision shown (a percentage may be a ratio
+    x 100); what was never measured says so, and the H200 run's misses are reported as misses."""
+    import re
+    from pathlib import Path
+
+    pool = _benchmark_numbers()
+    figures = _readme_performance_figures()
+    assert len(figures) > 40  # the section really was parsed
+    missing = []
+    for tok, value, half, pct in figures:
+        cands = [value] + ([value / 100] if pct else [])
+        halves = [half] + ([half / 100] if pct else [])
+        if not any(np.any(np.abs(pool - c) <= h + 1e-9) for c, h in zip(cands, halves)):
+            missing.append(tok)
+    assert not missing, f"README Performance figures with no measurement behind them: {missing}"
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Performance"):text.index("## Scaling out")]
+    assert "125 s" not in section and "not measured" in section
+    h200_misses = [r for r in __import__("json").loads(
+        (Path(__file__).resolve().parents[1] / "benchmarks" / "results-nvidia-h200.json").read_text())["results"]
+        if r["met"] is False]
+    assert {r["name"] for r in h200_misses} >= {"e2e_cold", "scale_n200000"}
+    assert re.search(r"missed\*\*: peak memory 4\.25x", section) and re.search(r"missed\*\*: did not finish", section)
