@@ -32,7 +32,7 @@ class NumberList(click.ParamType):
         self.cast, self.low, self.high, self.what = cast, low, high, what
         self.name = f"{cast.__name__}s"
 
-    def get_metavar(self, param, *args):
+    def get_metavar(self, param, *args, **kwargs):
         return f"{self.cast.__name__.upper()}[,...]"
 
     def convert(self, value, param, ctx):
@@ -57,7 +57,7 @@ class Jobs(click.ParamType):
 
     name = "jobs"
 
-    def get_metavar(self, param, *args):
+    def get_metavar(self, param, *args, **kwargs):
         return "INTEGER|auto"
 
     def convert(self, value, param, ctx):
