@@ -119,7 +119,8 @@ def _zoo_options(f):
     f = click.option("--zoo", "zoo_path", required=True, type=click.Path(dir_okay=False), help="Zoo YAML file.")(f)
     f = click.option("--dataset", default="digits", show_default=True,
                      help="digits | imagefolder:PATH | cifar10:PATH")(f)
-    f = click.option("--models", default=None, help="Comma-separated subset of model names (references are added).")(f)
+    f = click.option("--models", default=None,
+                     help="Comma-separated subset of model names (their references are added, transitively).")(f)
     f = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                      help="Feature/checkpoint cache [default: $RISKDECOMP_CACHE or ~/.cache/riskdecomp].")(f)
     f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")(f)
@@ -287,9 +288,12 @@ def analyze(leaderboard, published, out):
     from .analysis import read_leaderboard
     from .published import load_published
 
+    from .atomic import check_writable_dir
+
     if not leaderboard and not published:
         raise RiskdecompError("analyze: give --leaderboard and/or --published")
     board = read_leaderboard(leaderboard) if leaderboard else None
+    check_writable_dir(out, "--out")
     pub = load_published(published) if published else None
     run(leaderboard=board, published=pub, out_dir=out)
     for name in ("summary.json", "design_effects.csv", "controlled_pairs.csv"):
