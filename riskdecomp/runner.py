@@ -145,23 +145,38 @@ def _file_digest(path) -> str:
     return file_sha256(p) if p.is_file() else "missing"
 
 
-def entry_key(entry, ds=None) -> dict:
+def _supported(fn, kw: dict) -> dict:
+    # TODO(merge): pass these directly once the zoo helper's force / cache_dir arguments are on main
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in kw.items() if k in params}
+
+
+def entry_key(entry, ds=None, cache_dir=None, settings: Optional[Settings] = None, force: bool = False) -> dict:
     """What of an entry changes its numbers: its fields (not ``metadata``, which only labels the row and is
     refreshed on reuse) and its weights -- :func:`riskdecomp.encoders.entry_identity` (file hashes, the recipe
     checkpoint) or, for a ``features`` entry, the SHA-256 of its file."""
+    from . import encoders
+
     d = entry.model_dump(mode="json", exclude={"metadata"})
     if isinstance(entry, FeaturesEntry):
         d["path_sha256"] = _file_digest(entry.path)
     else:
-        from .encoders import entry_identity
-
-        d["identity"] = entry_identity(entry, ds)
+        kw = {"cache_dir": cache_dir, "force": force}
+        if settings is not None:
+            kw.update(device=settings.device, progress=settings.progress)
+        d["identity"] = encoders.entry_identity(entry, ds, **_supported(encoders.entry_identity, kw))
     return d
 
 
-def run_key(entry, reference, ds, dataset_fingerprint: str, settings: Settings) -> str:
-    return _digest([RECORD_VERSION, PROTOCOL_VERSION, __version__, entry_key(entry, ds),
-                    entry_key(reference, ds) if reference else None, dataset_fingerprint, settings.run_key_dict()])
+def run_key(entry, reference, ds, dataset_fingerprint: str, settings: Settings, cache_dir=None,
+            force: bool = False) -> str:
+    """The key a reusable record must carry (see the module docstring). With ``force``, a recipe entry's
+    checkpoint is pretrained again before its identity is taken."""
+    return _digest([RECORD_VERSION, PROTOCOL_VERSION, __version__, entry_key(entry, ds, cache_dir, settings, force),
+                    entry_key(reference, ds, cache_dir, settings) if reference else None, dataset_fingerprint,
+                    settings.run_key_dict()])
 
 
 def dataset_name(entry, ds) -> str:
@@ -282,10 +297,7 @@ def _dataset_for(entry, dataset_spec: str, seed: int, cache: Optional[dict] = No
 
 def _force_kw(force: bool) -> dict:
     # ``force`` reaches featurize -> build_encoder -> pretrained_checkpoint (recompute features and checkpoints)
-    # TODO(merge): pass force=force unconditionally once features.featurize takes ``force`` (zoo helper's change)
-    import inspect
-
-    return {"force": True} if force and "force" in inspect.signature(featurize).parameters else {}
+    return _supported(featurize, {"force": True}) if force else {}
 
 
 def _load(entry, dataset_spec, settings, cache_dir, ds_cache, force: bool = False) -> Features:
@@ -334,7 +346,7 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         dname = dataset_name(entry, ds)
         rpath = result_path(out, "runs", name, dname)
         fingerprint = ds.fingerprint if ds is not None else "npz"
-        key = run_key(entry, reference, ds, fingerprint, settings)
+        key = run_key(entry, reference, ds, fingerprint, settings, cache_dir, force)
         meta = jsonable(_flatten_metadata(entry.metadata))
         if not force:
             rec, why = read_record(rpath, name, dname)
@@ -680,7 +692,6 @@ def evaluate(zoo, dataset: str = "digits", out="results", *, models: Optional[Se
     res = build(out, settings=settings, computed=computed, redo_uncertainty=redo)
     if settings.uncertainty and redo:
         _write_state(stages_path, {**stages, "uncertainty": zoo_key})
-    res.records = [r for r in res.records if r["model"] in names] if models is not None else res.records
     return res
 
 
@@ -744,10 +755,8 @@ def build(results, *, settings: Optional[Settings] = None, computed=(), redo_unc
     }
     if settings.uncertainty and redo_uncertainty:
         tables["uncertainty"] = (zoo_uncertainty_metrics(recs, out, settings), False)
-    elif settings.uncertainty:
-        from .report.plots import _read
-
-        tables["uncertainty"] = (_read(out / "uncertainty.csv"), False)
+    elif settings.uncertainty:  # unchanged since it was written (evaluate checked its key)
+        tables["uncertainty"] = (pd.read_csv(out / "uncertainty.csv"), False)
     else:
         tables["uncertainty"] = (pd.DataFrame(), False)
     curves, effs = zoo_active(recs, out) if settings.active else (pd.DataFrame(), pd.DataFrame())
