@@ -155,11 +155,11 @@ def _supported(fn, kw: dict) -> dict:
 
 def entry_key(entry, ds=None, cache_dir=None, settings: Optional[Settings] = None, force: bool = False) -> dict:
     """What of an entry changes its numbers: its fields (not ``metadata``, which only labels the row and is
-    refreshed on reuse) and its weights -- :func:`riskdecomp.encoders.entry_identity` (file hashes, the recipe
+    refreshed on reuse, nor where its files are) and its weights -- :func:`riskdecomp.encoders.entry_identity` (file hashes, the recipe
     checkpoint) or, for a ``features`` entry, the SHA-256 of its file."""
     from . import encoders
 
-    d = entry.model_dump(mode="json", exclude={"metadata"})
+    d = entry.model_dump(mode="json", exclude={"metadata", "path", "weights"})  # files: by content, not location
     if isinstance(entry, FeaturesEntry):
         d["path_sha256"] = _file_digest(entry.path)
     else:

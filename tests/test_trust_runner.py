@@ -506,3 +506,52 @@ def test_cli_subprocess_bad_seed_is_one_line_without_usage(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and p.stderr.startswith("riskdecomp: error: ")
+
+
+def _featurize_takes_force() -> bool:
+    import inspect
+
+    from riskdecomp.features import featurize
+
+    return "force" in inspect.signature(featurize).parameters
+
+
+@pytest.mark.skipif(not _featurize_takes_force(), reason="needs features.featurize(force=...) (zoo helper's change)")
+def test_5_force_recomputes_features_and_recipe_checkpoints(tmp_path):
+    """--force recomputes the features of every entry and pretrains a recipe again, not only the records."""
+    tiny = "backbone: smallcnn, width: 4, z_dim: 4, epochs: 1, batch_size: 256, image_size: 16"
+    (tmp_path / "zoo.yaml").write_text(f"models:\n  - {{name: r, source: recipe, recipe: {{objective: simclr, {tiny}}}}}\n")
+    args = ["evaluate", "--zoo", tmp_path / "zoo.yaml", "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache",
+            "--jobs", "1", *LIGHT, "--no-uncertainty", "--aug-views", "0"]
+    assert cli(*args) == 0
+    cache = tmp_path / "cache"
+    stamp = lambda: {p: p.stat().st_mtime_ns for p in cache.rglob("*")  # noqa: E731
+                     if p.suffix in (".npy", ".safetensors")}
+    first = stamp()
+    assert any(p.suffix == ".npy" for p in first) and any(p.suffix == ".safetensors" for p in first)
+    assert cli(*args) == 0 and stamp() == first  # a plain rerun reuses all
+    time.sleep(0.01)
+    assert cli(*args, "--force") == 0
+    again = stamp()
+    assert set(again) == set(first) and all(again[p] > first[p] for p in first)
+    assert not pd.read_csv(tmp_path / "out" / "timings.csv")["reused"].any()
+
+
+def test_8_editing_metadata_relabels_rows_without_recomputing(good_run, zoo, tmp_path):
+    """Metadata only labels a row: it is not in the run key; a rerun reuses the records and shows the new labels."""
+    out = good_run
+    work = tmp_path / "z2"
+    shutil.copytree(zoo.parent, work)
+    text = (work / "zoo.yaml").read_text()
+    (work / "zoo.yaml").write_text(text.replace("objective: simclr", "objective: simclr_v2"))
+    assert evaluate_cli(work / "zoo.yaml", out, tmp_path / "cache") == 0
+    assert pd.read_csv(out / "timings.csv")["reused"].all()
+    board = pd.read_csv(out / "leaderboard.csv").set_index("model")
+    assert board.loc["good", "objective"] == "simclr_v2" and board.loc["weak", "objective"] == "vicreg"
+
+
+def test_focused_uncertainty_command_writes_only_its_analysis(zoo, tmp_path):
+    assert cli("uncertainty", "--zoo", zoo, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache",
+               "--jobs", "1", "--n-boot", "20", "--no-progress") == 0
+    assert (tmp_path / "out" / "uncertainty.csv").exists() and not (tmp_path / "out" / "active_learning.csv").exists()
+    assert len(pd.read_csv(tmp_path / "out" / "leaderboard.csv")) == 3
