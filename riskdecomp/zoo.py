@@ -182,6 +182,16 @@ class FeaturesEntry(_Entry):
     path: Path
     dataset: Optional[str] = None  # the name of the dataset the features come from (default: the file's stem)
 
+    @field_validator("dataset")
+    @classmethod
+    def _safe_dataset(cls, v: Optional[str]) -> Optional[str]:
+        from .names import name_problem
+
+        problem = None if v is None else name_problem(v)
+        if problem:
+            raise ValueError(f"dataset {problem}")
+        return v
+
 
 class RecipeEntry(_Entry):
     """An encoder pretrained by riskdecomp itself on the dataset's train split (cached by recipe hash)."""
