@@ -30,9 +30,9 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
                       field_validator)
 
 from .errors import ZooError
+from .names import name_problem
 from .pretrain.recipe import Recipe, check_arch
 
-NAME_RE = re.compile(r"^[a-z0-9_-][a-z0-9_.-]*$")
 # torch.hub repositories: 'owner/name' or 'owner/name:ref' (torch.hub names its cache folder after them)
 REPO_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*/[A-Za-z0-9_-][A-Za-z0-9_.-]*(:[A-Za-z0-9_-][A-Za-z0-9_./-]*)?$")
 REPRESENTATIONS = ("pooled", "cls", "avg", "cls+avg", "4xcls")
@@ -63,8 +63,9 @@ class _Entry(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(f"name {v!r} must match [a-z0-9_.-]+ and not start with '.' (it names cache files)")
+        problem = name_problem(v)
+        if problem:
+            raise ValueError(f"name {problem}")
         return v
 
     @field_validator("representation")
@@ -185,8 +186,6 @@ class FeaturesEntry(_Entry):
     @field_validator("dataset")
     @classmethod
     def _safe_dataset(cls, v: Optional[str]) -> Optional[str]:
-        from .names import name_problem
-
         problem = None if v is None else name_problem(v)
         if problem:
             raise ValueError(f"dataset {problem}")
