@@ -43,7 +43,8 @@ def test_yaml_alias_bomb_is_refused_in_well_under_a_second(tmp_path):
 def test_recursive_alias_is_refused(tmp_path):
     """Item 5: an anchor used inside itself (infinite expansion) is an error too."""
     path = tmp_path / "rec.yaml"
-    path.write_text("models: &m\n  - name: a\n    source: recipe\n    recipe: {objective: init}\n    metadata: {notes: *m}\n")
+    path.write_text("models: &m\n  - name: a\n    source: recipe\n    recipe: {objective: init}\n"
+                    "    metadata: {notes: *m}\n")
     with pytest.raises(ZooError, match="recursive alias"):
         load_zoo(path)
 
