@@ -48,17 +48,13 @@ def zoo():
 @click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
 def zoo_list(zoo_path, fmt):
     """List the zoo's entries with their metadata (offline: nothing is downloaded)."""
-    from .zoo import load_zoo
+    from .zoo import format_table, load_zoo
 
     df = load_zoo(zoo_path).to_frame()
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
     else:
-        import pandas as pd
-
-        with pd.option_context("display.max_rows", None, "display.max_columns", 12, "display.width", 200,
-                               "display.max_colwidth", 40):
-            click.echo(df.astype(object).where(df.notna(), "").to_string(index=False))
+        click.echo(format_table(df))  # fits 120 columns
         click.echo(f"{len(df)} models")
 
 

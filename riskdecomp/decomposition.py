@@ -21,8 +21,8 @@ Components::
 
 Regularization (never looks at D_te labels except for the alternative err_union fit):
 
-- train_train fits (SSL, reference, union): C minimizing *training* error along the warm-started path
-  (strong -> weak), stopping once the training error has not improved for ``patience`` grid points;
+- train_train fits (SSL, reference, union): C minimizing *training* error (ties: lower training loss) over the
+  whole warm-started path (strong -> weak): training error need not fall monotonically in C, so no early stop;
 - err_heldout: C chosen on a stratified validation part of the complement, refit on the whole complement
   (warm-started from the validation-path solution at that C);
 - err_test: C chosen on a stratified validation part of D_tr, refit on all of D_tr (the train_train
@@ -44,8 +44,9 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from riskdecomp.errors import FeatureError
-from riskdecomp.probes import LinearProbe, PathFitter, _as_grid, fit_path, refit_from, stratified_split
+from riskdecomp.errors import FeatureError, RiskdecompError
+from riskdecomp.probes import (DEFAULT_STANDARDIZE, LinearProbe, PathFitter, _as_grid, fit_path, refit_from,
+                               stratified_split)
 
 COMPONENTS = ("approx", "usability", "probe_gen", "enc_gen")
 ALT_COMPONENTS = ("probe_gen_alt", "enc_gen_alt")
@@ -67,8 +68,39 @@ class Decomposition(dict):
         return pd.DataFrame([dict(self)])
 
 
+_F32 = np.finfo(np.float32)
+
+
+def check_feature_values(x: np.ndarray, name: str) -> None:
+    """Reject feature values the float32 probes cannot honour (one-line FeatureError naming ``name``):
+    complex or non-numeric dtypes, NaN/inf, finite values beyond float32's range (they would become inf), and
+    feature columns whose non-zero values are all float32-subnormal (below 1.2e-38: they lose their precision,
+    and a probe on them is at chance). A lone tiny value in a normal column is kept (it is just ~0)."""
+    if np.iscomplexobj(x):
+        raise FeatureError(f"{name}: features are complex numbers (dtype {x.dtype}); give real-valued features")
+    if x.dtype == bool or not np.issubdtype(x.dtype, np.number):
+        raise FeatureError(f"{name}: features must be real numbers, got dtype {x.dtype}")
+    if not np.issubdtype(x.dtype, np.floating):
+        return  # integers: finite and (for any realistic feature) within float32 range
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = int((~finite).any(axis=1).sum())
+        raise FeatureError(f"{name}: {bad} row(s) contain NaN or inf")
+    big = float(np.abs(x).max())
+    if big > float(_F32.max):
+        raise FeatureError(f"{name}: values up to {big:.3g} exceed the float32 range (|x| <= {_F32.max:.3g}) the "
+                           "probes compute in; rescale the features")
+    ax = np.abs(x)
+    tiny = (ax > 0).any(axis=0) & ~(ax >= float(_F32.tiny)).any(axis=0)
+    if tiny.any():
+        raise FeatureError(f"{name}: {int(tiny.sum())} feature column(s) hold only float32-subnormal values "
+                           f"(0 < |x| < {_F32.tiny:.3g}, e.g. column {int(np.argmax(tiny))}): they cannot be "
+                           "represented at float32 precision; rescale the features")
+
+
 def check_features(x: np.ndarray, y: np.ndarray | None, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validate one feature array (2-D, non-empty, finite) and its labels; one-line FeatureError otherwise."""
+    """Validate one feature array (2-D, non-empty, values a float32 probe can honour: see
+    :func:`check_feature_values`) and its labels; one-line FeatureError otherwise."""
     try:
         x = np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic inputs
@@ -77,16 +109,20 @@ def check_features(x: np.ndarray, y: np.ndarray | None, name: str) -> tuple[np.n
         raise FeatureError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise FeatureError(f"{name}: empty array of shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
-        raise FeatureError(f"{name}: features must be real numbers, got dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        bad = int((~np.isfinite(x)).any(axis=1).sum())
-        raise FeatureError(f"{name}: {bad} row(s) contain NaN or inf")
+    check_feature_values(x, name)
     if y is not None:
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != x.shape[0]:
             raise FeatureError(f"{name}: {x.shape[0]} feature rows but labels of shape {y.shape}")
     return x, y
+
+
+def check_int(value, name: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (bools and non-integral numbers rejected), else a one-line error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)) \
+            or not float(value).is_integer() or value < minimum:
+        raise RiskdecompError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def _default_n_sub(n_train: int, n_test: int) -> int:
@@ -158,7 +194,7 @@ def decompose(
     n_boot: int = 1000,
     alternative: bool = False,
     device: str = "auto",
-    standardize: bool = False,
+    standardize: bool = DEFAULT_STANDARDIZE,
     val_fraction: float = 0.2,
     patience: int = 2,
     probe: BaseEstimator | None = None,
@@ -172,6 +208,10 @@ def decompose(
     """
     x_train, y_train = check_features(x_train, y_train, "x_train")
     x_test, y_test = check_features(x_test, y_test, "x_test")
+    seed, n_boot = check_int(seed, "seed", 0), check_int(n_boot, "n_boot", 0)
+    patience = check_int(patience, "patience", 1)
+    if not 0 < float(val_fraction) < 1:
+        raise RiskdecompError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     if x_train.shape[1] != x_test.shape[1]:
         raise FeatureError(
             f"x_test has {x_test.shape[1]} features but x_train has {x_train.shape[1]}"
@@ -209,7 +249,7 @@ def decompose(
 
     # err_train_train: best training error along the path on D_tr
     tr_path = PathFitter(est, x_train, y_train, g)
-    C_tt, _ = fit_path(tr_path, x_train, y_train, patience=patience)
+    C_tt, _ = fit_path(tr_path, x_train, y_train, patience=None)
     losses["err_train_train"] = _errors(tr_path.get(C_tt), x_train, y_train)
     res["C_train_train"] = C_tt
 
@@ -236,14 +276,14 @@ def decompose(
     if reference is not None:
         x_ref = np.ascontiguousarray(x_ref, dtype=np.float32) if probe is None else x_ref
         ref_path = PathFitter(est, x_ref, y_train, g)
-        C_ref, _ = fit_path(ref_path, x_ref, y_train, patience=patience)
+        C_ref, _ = fit_path(ref_path, x_ref, y_train, patience=None)
         losses["err_ref_train_train"] = _errors(ref_path.get(C_ref), x_ref, y_train)
         res["C_ref_train_train"] = C_ref
     if alternative:
         x_u = np.concatenate([x_train, x_test])
         y_u = np.concatenate([y_train, y_test])
         un_path = PathFitter(est, x_u, y_u, g)
-        C_un, _ = fit_path(un_path, x_u, y_u, patience=patience)
+        C_un, _ = fit_path(un_path, x_u, y_u, patience=None)
         losses["err_union"] = _errors(un_path.get(C_un), x_test, y_test)
         res["C_union"] = C_un
 

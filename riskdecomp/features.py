@@ -271,11 +271,23 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
 
 
 def load_features_npz(entry: FeaturesEntry) -> Features:
-    """Read a precomputed-features entry and check its arrays."""
+    """Read a precomputed-features entry and check its arrays: an ``.npz`` archive (never unpickled) holding
+    ``x_train``/``x_test`` (n, d) real numbers a float32 probe can honour and ``y_train``/``y_test`` (n,) integer
+    class labels. Anything else is a one-line FeatureError naming the file and the array (see
+    :func:`riskdecomp.decomposition.check_feature_values`)."""
+    from .decomposition import check_feature_values
+
     who = f"model {entry.name!r}"
     path = Path(entry.path)
     if not path.is_file():
         raise FeatureError(f"{who}: features file {path} not found")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic == b"\x93NUMPY":
+        raise FeatureError(f"{who}: {path} is a single .npy array, not an .npz archive of x_train, y_train, x_test, "
+                           "y_test (write it with numpy.savez)")
+    if magic[:2] != b"PK":
+        raise FeatureError(f"{who}: {path} is not an .npz archive (numpy.savez) of plain arrays")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
@@ -291,12 +303,12 @@ def load_features_npz(entry: FeaturesEntry) -> Features:
         if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
             raise FeatureError(f"{who}: {path}: x_{split} must be (n, d) and y_{split} (n,) with n > 0, "
                                f"got {x.shape} and {y.shape}")
-        if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
-            raise FeatureError(f"{who}: {path}: x_{split} must be float and y_{split} integer")
+        if not np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
+            kind = "strings" if y.dtype.kind in "US" else f"dtype {y.dtype}"
+            raise FeatureError(f"{who}: {path}: y_{split} must hold integer class labels, got {kind}")
+        check_feature_values(x, f"{who} ({path.name}, x_{split})")
     if arr["x_train"].shape[1] != arr["x_test"].shape[1]:
         raise FeatureError(f"{who}: {path}: x_train and x_test have different widths")
     xtr, xte = arr["x_train"].astype(np.float32), arr["x_test"].astype(np.float32)
-    _check_finite(xtr, f"{who} ({path.name}, train)")
-    _check_finite(xte, f"{who} ({path.name}, test)")
     return Features(entry.name, entry.dataset or path.stem, xtr, arr["y_train"].astype(np.int64), xte,
                     arr["y_test"].astype(np.int64))
