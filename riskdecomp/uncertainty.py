@@ -1,4 +1,5 @@
-"""Per-sample uncertainty scores of embeddings (spec-uncertainty.md). Higher = less reliable.
+"""Per-sample uncertainty scores of embeddings (each score's definition in its function's docstring). Higher =
+less reliable.
 
 All functions take numpy feature arrays (rows = samples) and return numpy arrays or tidy
 pandas tables. The reference set R is a fixed random subset of the *train* embeddings, chosen

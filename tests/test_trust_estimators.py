@@ -285,3 +285,201 @@ def test_knn_score_with_k_above_the_reference_set_is_skipped_not_fatal(tmp_path,
     assert not any(c.startswith("knn_100") for c in per_sample.columns)
     lines = [r.getMessage() for r in caplog.records if "knn_100" in r.getMessage()]
     assert len(lines) == 1 and "knn_100_cos, knn_100_euc skipped" in lines[0] and "40" in lines[0], lines
+
+
+# ----------------------------------------------------------------------------------------------- #19
+def _flipped_corners(n, seed):
+    """4 far-apart classes in 2-D, 10% of labels moved to the next class: every probe, whatever its training
+    set, misclassifies exactly the flipped points, so a point's train and held-out losses coincide."""
+    r = np.random.default_rng(seed)
+    mu = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], float)
+    y = r.integers(0, 4, n)
+    x = mu[y] + r.normal(size=(n, 2))
+    return x, np.where(r.random(n) < 0.1, (y + 1) % 4, y)
+
+
+def test_heldout_error_is_resampled_with_the_train_set():
+    """#19: S is a subset of D_tr, so the bootstrap resamples err_heldout with the same D_tr indices as
+    err_train_train (it used to draw them independently). When both losses coincide point by point, cross-fitted
+    probe_gen is 0 with the CI [0, 0]; with one S its CI is narrower than the independent resampling's."""
+    x, y = _flipped_corners(600, 0)
+    xt, yt = _flipped_corners(300, 1)
+    cf = decompose(x, y, xt, yt, holdout="crossfit", n_boot=500, device="cpu")
+    assert cf["err_heldout"] == cf["err_train_train"] > 5
+    assert cf["probe_gen_lo"] == cf["probe_gen"] == cf["probe_gen_hi"] == 0.0
+    assert cf["enc_gen_size_gap_lo"] == cf["enc_gen_size_gap_hi"] == 0.0  # same on the test side
+    single = decompose(x, y, xt, yt, holdout="single", n_boot=2000, device="cpu")
+    n_s = single["n_sub"]
+    p_tt, p_ho = single["err_train_train"] / 100, single["err_heldout"] / 100
+    sd_independent = 100 * np.sqrt(p_tt * (1 - p_tt) / 600 + p_ho * (1 - p_ho) / n_s)
+    assert single["probe_gen_hi"] - single["probe_gen_lo"] < 0.9 * 2 * 1.96 * sd_independent
+
+
+def test_protocol_is_documented_in_the_repository():
+    """#19 and issue 12 #18: the protocol, the four components' formulas and what the CIs cover live in the
+    repository's own docs/protocol.md; the estimator modules cite it, not ../shared/docs/spec-*.md."""
+    from pathlib import Path
+
+    import riskdecomp.decomposition as dec
+
+    root = Path(__file__).resolve().parents[1]
+    text = " ".join((root / "docs" / "protocol.md").read_text().split())
+    for formula in ("approx = err_ref_train_train", "usability = err_train_train - err_ref_train_train",
+                    "probe_gen = err_heldout - err_train_train", "enc_gen = err_test - err_heldout",
+                    "enc_gen_size_gap = err_sub_test - err_test"):
+        assert formula in text, formula
+    for covered in ("test-point", "probe refits", "choice of C", "pretraining seed"):
+        assert covered in text, covered
+    assert "docs/protocol.md" in dec.__doc__ and "NOT the randomness of the probe fits" in dec.__doc__
+    for mod in ("decomposition", "fewshot", "probes", "uncertainty", "neighbors"):
+        assert "spec-" not in (root / "riskdecomp" / f"{mod}.py").read_text(), mod
+
+
+# ------------------------------------------------------------------------------------ issue 14 #5
+def _gauss(n, d, sep=3.0, k=4, seed=0):
+    r = np.random.default_rng(seed)
+    mu = np.random.default_rng(123).normal(size=(k, d)) * sep / np.sqrt(d)
+    y = r.integers(0, k, n)
+    return mu[y] + r.normal(size=(n, d)), y
+
+
+def test_crossfit_is_the_small_data_default_and_holds_out_every_point_once(monkeypatch):
+    """issue 14 #5: below CROSSFIT_MAX_TRAIN train points err_heldout is cross-fitted (n_folds folds, every point
+    held out once); above, one S (the paper's protocol); both can be asked for explicitly."""
+    import riskdecomp.decomposition as dec
+
+    x, y = _gauss(300, 10, sep=2.0)
+    xt, yt = _gauss(200, 10, sep=2.0, seed=1)
+    auto = decompose(x, y, xt, yt, n_boot=0, device="cpu")
+    assert (auto["holdout"], auto["holdout_folds"], auto["n_sub"]) == ("crossfit", dec.DEFAULT_FOLDS, 300)
+    assert inspect.signature(decompose).parameters["holdout"].default == "auto"
+    monkeypatch.setattr(dec, "CROSSFIT_MAX_TRAIN", 299)
+    big = decompose(x, y, xt, yt, n_boot=0, device="cpu")
+    assert (big["holdout"], big["holdout_folds"], big["n_sub"]) == ("single", 1, 60)
+    three = decompose(x, y, xt, yt, n_boot=0, device="cpu", holdout="crossfit", n_folds=3)
+    assert (three["holdout"], three["holdout_folds"], three["n_sub"]) == ("crossfit", 3, 300)
+    from riskdecomp.errors import RiskdecompError
+
+    with pytest.raises(RiskdecompError, match="holdout"):
+        decompose(x, y, xt, yt, n_boot=0, device="cpu", holdout="kfold")
+
+
+def test_crossfit_narrows_the_cis_of_probe_gen_and_enc_gen():
+    """issue 14 #5: scoring all of D_tr instead of one S of 20% narrows the CIs of the components that use
+    err_heldout (Gaussian classes at ~20% error, 1,000 train points)."""
+    x, y = _gauss(1000, 10, sep=1.0 * np.sqrt(10) / np.sqrt(2))
+    xt, yt = _gauss(2000, 10, sep=1.0 * np.sqrt(10) / np.sqrt(2), seed=1)
+    w = {}
+    for h in ("single", "crossfit"):
+        d = decompose(x, y, xt, yt, holdout=h, n_boot=1000, device="cpu")
+        w[h] = {c: d[f"{c}_hi"] - d[f"{c}_lo"] for c in ("probe_gen", "enc_gen")}
+    for c in ("probe_gen", "enc_gen"):
+        assert w["crossfit"][c] < 0.75 * w["single"][c], (c, w)
+
+
+@pytest.mark.parametrize("n_folds, lo", [(2, 3.0), (5, 1.0)])
+def test_training_size_gap_is_its_own_column(n_folds, lo):
+    """issue 14 #5: enc_gen_size_gap = err(train \\ S -> test) - err(train -> test). With 100 points in 50 dims the
+    learning curve is steep: probes on half (n_folds=2) or 80% of the points are clearly worse on D_te, and less so
+    with more points; separable data have no gap."""
+    x, y = _gauss(100, 50)
+    xt, yt = _gauss(2000, 50, seed=1)
+    d = decompose(x, y, xt, yt, holdout="crossfit", n_folds=n_folds, n_boot=500, device="cpu")
+    assert d["enc_gen_size_gap"] == d["err_sub_test"] - d["err_test"]
+    assert d["enc_gen_size_gap_lo"] > lo
+    x, y = _gauss(200, 5, sep=30.0)
+    xt, yt = _gauss(200, 5, sep=30.0, seed=1)
+    sep = decompose(x, y, xt, yt, n_boot=200, device="cpu")
+    assert sep["enc_gen_size_gap"] == 0.0 and sep["err_test"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------- #16
+_README_NUMBER = r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)(k?)(%?)"
+
+
+def _readme_performance_figures():
+    """(token, value, half-unit) of every figure in the README's Performance section, leaving out what is not a
+    measurement: the benchmark and target columns of its table, and `code` spans (commands, options, files)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Performance"):]
+    section = section[:section.index("\n## ", 3)]
+    kept = []
+    for line in section.splitlines():
+        if line.startswith("|"):
+            cells = line.strip().strip("|").split("|")
+            if set("".join(cells)) <= set("-: "):
+                continue
+            line = " | ".join(c for i, c in enumerate(cells) if i not in (0, 2))
+        kept.append(re.sub(r"`[^`]*`", " ", line))
+    out = []
+    for m in re.finditer(_README_NUMBER, "\n".join(kept)):
+        tok, kilo, pct = m.groups()
+        value = float(tok.replace(",", ""))
+        if "." in tok:
+            unit = 10.0 ** -len(tok.split(".")[1])
+        elif "," in tok:  # 11,200: trailing zeros are not significant
+            digits = tok.replace(",", "")
+            unit = 10.0 ** (len(digits) - len(digits.rstrip("0")))
+        else:
+            unit = 1.0
+        scale = 1000.0 if kilo else 1.0
+        out.append((m.group(0), value * scale, unit * scale / 2, bool(pct)))
+    return out
+
+
+def _benchmark_numbers():
+    """Every number in the committed results JSONs: numeric values and numbers inside their strings."""
+    import json
+    import re
+    from pathlib import Path
+
+    pool = []
+
+    def walk(v):
+        if isinstance(v, bool) or v is None:
+            return
+        if isinstance(v, (int, float)):
+            pool.append(float(v))
+        elif isinstance(v, str):
+            pool.extend(float(t) for t in re.findall(r"\d+(?:\.\d+)?", v))
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    for name in ("results.json", "results-nvidia-h200.json"):
+        walk(json.loads((bench / name).read_text()))
+    return np.array(pool)
+
+
+def test_every_readme_performance_figure_is_a_committed_measurement():
+    """#16: every figure in the README's Performance section is in benchmarks/results.json or
+    results-nvidia-h200.json (written by benchmarks/run.py) at the precision shown (a percentage may be a ratio
+    x 100); what was never measured says so, and the H200 run's misses are reported as misses."""
+    import re
+    from pathlib import Path
+
+    pool = _benchmark_numbers()
+    figures = _readme_performance_figures()
+    assert len(figures) > 40  # the section really was parsed
+    missing = []
+    for tok, value, half, pct in figures:
+        cands = [value] + ([value / 100] if pct else [])
+        halves = [half] + ([half / 100] if pct else [])
+        if not any(np.any(np.abs(pool - c) <= h + 1e-9) for c, h in zip(cands, halves)):
+            missing.append(tok)
+    assert not missing, f"README Performance figures with no measurement behind them: {missing}"
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Performance"):text.index("## Scaling out")]
+    assert "125 s" not in section and "not measured" in section
+    h200_misses = [r for r in __import__("json").loads(
+        (Path(__file__).resolve().parents[1] / "benchmarks" / "results-nvidia-h200.json").read_text())["results"]
+        if r["met"] is False]
+    assert {r["name"] for r in h200_misses} >= {"e2e_cold", "scale_n200000"}
+    assert re.search(r"missed\*\*: peak memory 4\.25x", section) and re.search(r"missed\*\*: did not finish", section)
