@@ -221,3 +221,7 @@ def mixed_run(riskdecomp, mixed_zoo, cifar, tmp_path_factory):
     run = riskdecomp("evaluate", "--zoo", mixed_zoo, "--dataset", f"imagefolder:{cifar}", "--out", out,
                      label="evaluate: 3 timm + checkpoint + features + recipe on 120/40 CIFAR JPEGs, --jobs auto")
     return run, out
+
+
+# 'Not drawn' notes that a 2-model zoo justifies: effects of design choices with confounder controls need more models
+FEW_MODELS = ("design effects: nothing estimable",)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import assert_journey_ok, save_timm_weights, timm_entries, write_zoo
+from conftest import FEW_MODELS, assert_journey_ok, save_timm_weights, timm_entries, write_zoo
 
 pytestmark = [pytest.mark.journey, pytest.mark.shared, pytest.mark.slow]
 
@@ -16,4 +16,4 @@ def test_imagenette_224(riskdecomp, imagenette, weights, tmp_path):
     out = tmp_path / "results"
     run = riskdecomp("evaluate", "--zoo", zoo, "--dataset", f"imagefolder:{imagenette}", "--out", out,
                      label="evaluate: vit_tiny_patch16_224 + test_convnext on 100/40 Imagenette 224 px JPEGs")
-    assert_journey_ok(run, out, ["convnext_t", "vit_tiny"])
+    assert_journey_ok(run, out, ["convnext_t", "vit_tiny"], justified_notes=FEW_MODELS)
