@@ -112,8 +112,8 @@ def summarize(df: pd.DataFrame) -> dict:
 
     Keys: ``n_models`` (distinct models), ``mean`` / ``median`` (component and agg_risk -> value,
     over rows where present), ``largest_component_counts`` (component -> number of rows where it is
-    the largest of the four; only rows with all four components), ``kendall_tau`` (setting -> tau vs
-    full shot, see :func:`ranking_stability`), ``scaling_law`` (alpha, B, r2, rmse of
+    the largest of the four; only rows with all four components, a merged approx counting as 0),
+    ``kendall_tau`` (setting -> tau vs full shot, see :func:`ranking_stability`), ``scaling_law`` (alpha, B, r2, rmse of
     :func:`fit_scaling_law`, NaN if not estimable). With several datasets, ``per_dataset`` holds the
     same numbers per dataset.
     """
@@ -127,7 +127,9 @@ def summarize(df: pd.DataFrame) -> dict:
     }
     counts = {c: 0 for c in comps}
     if len(comps) == 4:
-        full = t[comps].dropna()
+        # approx NaN with usability present = merged into usability (no reference): it counts as 0, like in
+        # _scaling_long; otherwise such zoos count no model at all
+        full = t[comps].assign(approx=t["approx"].where(t["approx"].notna() | t["usability"].isna(), 0.0)).dropna()
         if len(full):
             for c, n in full.idxmax(axis=1).value_counts().items():
                 counts[c] = int(n)

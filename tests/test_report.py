@@ -2,6 +2,7 @@
 flags on a precomputed-features zoo), never by hand-built tables restating the report's own column names."""
 
 import base64
+import json
 import re
 import shutil
 from html.parser import HTMLParser
@@ -86,7 +87,8 @@ def test_evaluate_report_draws_every_figure(evaluated):
     text = report.read_text()
     for model in pd.read_csv(evaluated / "leaderboard.csv")["model"]:
         assert f">{model}<" in text  # leaderboard table
-    assert (evaluated / "analysis" / "summary.json").is_file()
+    summary = json.loads((evaluated / "analysis" / "summary.json").read_text())
+    assert sum(summary["largest_component_counts"].values()) == 3  # every model, the reference's merged approx too
     assert (evaluated / "analysis" / "design_effects.csv").is_file()
 
 

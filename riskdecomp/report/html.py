@@ -67,7 +67,7 @@ def _summary_html(summary: dict) -> str:
     mean, median = summary.get("mean", {}), summary.get("median", {})
     counts = summary.get("largest_component_counts", {})
     comp = pd.DataFrame({"mean": pd.Series(mean, dtype=float), "median": pd.Series(median, dtype=float),
-                         "largest in # models": pd.Series(counts, dtype=float)})
+                         "largest in # models": pd.Series(counts, dtype="Int64")})
     comp.index.name = "component"
     rows.append(f"<p>Models: <b>{summary.get('n_models')}</b>"
                 f" (source: {html.escape(str(summary.get('primary_source', '')))})</p>")

@@ -105,7 +105,8 @@ def plot_components(lb: pd.DataFrame, out_dir: Path, name: str = "components") -
         ax.set_xlabel("test error (%)")
         ax.set_title(f"Risk decomposition — {ds}")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=True)
-        merged = g["approx_merged"].astype(str).str.lower().eq("true") if "approx_merged" in g else g["model"] != g["model"]
+        merged = (g["approx_merged"] if "approx_merged" in g else pd.Series(False, index=g.index))
+        merged = merged.astype(str).str.lower().eq("true")
         missing = int((g[comps].isna() & ~pd.DataFrame({c: merged & (c == "approx") for c in comps})).any(axis=1).sum())
         note = f" {missing} model(s) lack some component (drawn as 0)." if missing else ""
         if merged.any():

@@ -164,7 +164,7 @@ def pixel_features(folder: Path, npz: Path) -> Path:
     return npz
 
 
-# ------------------------------------------------------------------------------------------------ what every journey checks
+# ------------------------------------------------------------------------------------------------ journey checks
 def report_notes(html: Path) -> list[str]:
     import re
 

@@ -19,22 +19,26 @@ def test_mixed_zoo_on_jpegs(mixed_run):
     assert_journey_ok(run, out, MIXED_MODELS, justified_notes=JUSTIFIED)
 
 
+def _records(out):
+    """Bytes and modification time of every run record (``runs/_*.json`` is the folder's bookkeeping)."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "runs").glob("*.json")
+            if not p.name.startswith("_")}
+
+
 def test_rerun_reuses_every_record(mixed_run, riskdecomp, mixed_zoo, cifar):
     """The same command again: every record is reused (untouched), the leaderboard is byte-identical."""
     run, out = mixed_run
     assert run.rc == 0, run
-    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "runs").glob("*.json")}
+    before = _records(out)
     board = (out / "leaderboard.csv").read_bytes()
     again = riskdecomp("evaluate", "--zoo", mixed_zoo, "--dataset", f"imagefolder:{cifar}", "--out", out,
                        label="rerun of the same evaluate (records reused)")
     assert_journey_ok(again, out, MIXED_MODELS, justified_notes=JUSTIFIED)
     assert (out / "leaderboard.csv").read_bytes() == board
-    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "runs").glob("*.json")}
-    assert after == before and len(before) == len(MIXED_MODELS)
+    assert _records(out) == before and len(before) == len(MIXED_MODELS)
     assert again.seconds < run.seconds
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 #9 — runner helper fixes it")
 def test_models_subset_adds_to_existing_results(mixed_run, riskdecomp, mixed_zoo, cifar, tmp_path):
     """``--models a,b`` into an existing --out: the two are (re)used and the other models' rows stay."""
     run, out = mixed_run
