@@ -227,12 +227,13 @@ def _check_finite(x: np.ndarray, who: str) -> None:
 
 def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto", batch_size: int = 256,
               num_workers="auto", dtype: str = "float32", progress: bool = True, encoder: Optional[Encoder] = None,
-              mmap: bool = False) -> Features:
+              mmap: bool = False, force: bool = False) -> Features:
     """Train and test features of one zoo entry on ``dataset``, from the cache when possible.
 
     ``features`` entries read their ``.npz`` (``allow_pickle=False``). For the others the encoder is built (a
     ``recipe`` entry is pretrained on first use), the cache consulted and missing splits encoded.
     ``dtype="float16"`` halves storage for very large feature sets (arrays come back float32 unless ``mmap``).
+    ``force``: cached features are not read (recomputed and rewritten), and a recipe entry is pretrained again.
     """
     from filelock import FileLock
 
@@ -242,21 +243,22 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
         raise RiskdecompError(f"model {entry.name!r}: needs a dataset")
     device = resolve_device(device)
     cache_dir = Path(cache_dir)
-    identity = encoder.identity if encoder is not None else entry_identity(entry, dataset)
+    identity = encoder.identity if encoder is not None else entry_identity(
+        entry, dataset, cache_dir=cache_dir, device=device, progress=progress, force=force)
     counter: list = []
     arrays = {}
     for split in ("train", "test"):
         key = cache_key(identity, dataset.fingerprint, split, dtype)
         path = cache_path(cache_dir, entry.name, dataset.name, split, key)
-        arr = read_cached(path, mmap=mmap)
+        arr = None if force else read_cached(path, mmap=mmap)
         if arr is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(path) + ".lock"):
-                arr = read_cached(path, mmap=mmap)  # another process may have written it meanwhile
+                arr = None if force else read_cached(path, mmap=mmap)  # another process may have written it
                 if arr is None:
                     if encoder is None:  # built only when something is missing: a cached rerun builds nothing
                         encoder = build_encoder(entry, dataset=dataset, cache_dir=cache_dir, device=device,
-                                                progress=progress)
+                                                progress=progress, force=force)
                     z = encode_split(encoder, dataset.split(split), device=device, batch_size=batch_size,
                                      num_workers=num_workers, progress=progress, counter=counter)
                     _check_finite(z, f"model {entry.name!r} ({split} split)")

@@ -94,6 +94,7 @@ class TimmEntry(_Entry):
     weights: Optional[Path] = None
     pretrained: Optional[bool] = Field(None, validate_default=True)
     strict: bool = True  # false: a weights file may miss / add tensors (listed in the run record); see encoders
+    image_size: Optional[int] = Field(None, ge=8, le=4096)  # input side in px (default: the model's own)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("pretrained")
@@ -158,6 +159,7 @@ class CheckpointEntry(_Entry):
     architecture: str
     weights: Path
     strict: bool = True  # false: the file may miss / add tensors (listed in the run record); see encoders
+    image_size: Optional[int] = Field(None, ge=8, le=4096)  # input side in px (default: the model's / sidecar's)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("architecture")
@@ -180,12 +182,23 @@ class FeaturesEntry(_Entry):
     path: Path
     dataset: Optional[str] = None  # the name of the dataset the features come from (default: the file's stem)
 
+    @field_validator("dataset")
+    @classmethod
+    def _safe_dataset(cls, v: Optional[str]) -> Optional[str]:
+        from .names import name_problem
+
+        problem = None if v is None else name_problem(v)
+        if problem:
+            raise ValueError(f"dataset {problem}")
+        return v
+
 
 class RecipeEntry(_Entry):
     """An encoder pretrained by riskdecomp itself on the dataset's train split (cached by recipe hash)."""
 
     source: Literal["recipe"]
     recipe: Recipe
+    image_size: Optional[int] = Field(None, ge=8, le=4096)  # evaluation input side (default: recipe.image_size)
 
 
 ZooEntry = Annotated[

@@ -287,3 +287,67 @@ def test_cli_featurize_refuses_weights_of_another_architecture(wfiles, tmp_path)
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and "'rn34'" in res.stderr and "missing layer1.2." in res.stderr
     assert not list((tmp_path / "cache").rglob("*.npy"))
+
+
+# ------------------------------------------------------------------------------------------ item 8: input size
+
+
+@pytest.fixture(scope="module")
+def px32(tmp_path_factory):
+    """An image folder of 32 px images (CIFAR-sized)."""
+    from riskdecomp.datasets import load_dataset
+    from test_datasets import make_folder
+
+    root = make_folder(tmp_path_factory.mktemp("px32") / "d", n_train=2, n_test=1, size=32)
+    return load_dataset(f"imagefolder:{root}")
+
+
+def test_encoder_reports_its_input_size_and_upscaling(px32, wfiles):
+    """Item 8 (issue 13 §2): a 32 px dataset fed to a 224 px model is upscaled -- the Encoder says so
+    (input_size, upscaled); `image_size:` feeds the model at the size asked for, and changes the cache identity."""
+    from riskdecomp.encoders import build_encoder
+
+    default = build_encoder(_entry(source="timm", model="resnet18", weights=str(wfiles / "r18.safetensors")),
+                            dataset=px32)
+    assert default.input_size == 224 and default.upscaled is True
+    assert default.transform(px32.train.load_image(0)).shape == (3, 224, 224)
+    small = build_encoder(_entry(source="timm", model="resnet18", weights=str(wfiles / "r18.safetensors"),
+                                 image_size=32), dataset=px32)
+    assert small.input_size == 32 and small.upscaled is False
+    assert small.transform(px32.train.load_image(0)).shape == (3, 32, 32)
+    assert small.identity != default.identity and small.weights_sha256 == default.weights_sha256
+    ck = build_encoder(_entry(source="checkpoint", architecture="smallcnn", weights=str(wfiles / "cnn4.safetensors"),
+                              model_kwargs={"width": 4, "z_dim": 8}, image_size=64), dataset=px32)
+    assert ck.input_size == 64 and ck.upscaled is True
+    assert ck.transform(px32.train.load_image(0)).shape == (3, 64, 64)
+    assert build_encoder(_entry(source="recipe", recipe={"objective": "init", "width": 4, "z_dim": 8}),
+                         dataset=px32, cache_dir=wfiles / "cache").input_size == 32
+
+
+def test_vit_weights_load_at_another_image_size(px32, tmp_path):
+    """Item 8: a ViT's weights saved at its native size load into `image_size: 32` (position embeddings resampled
+    by the architecture's own checkpoint filter, as timm does for hub weights), and featurize gives finite features
+    of the right width from 32 px input."""
+    import numpy as np
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from riskdecomp.encoders import build_encoder
+    from riskdecomp.features import featurize
+
+    torch.manual_seed(0)
+    native = timm.create_model("test_vit", pretrained=False)
+    save_file(native.state_dict(), str(tmp_path / "vit.safetensors"))
+    e = _entry(source="timm", model="test_vit", weights=str(tmp_path / "vit.safetensors"), image_size=32,
+               representation="cls")
+    enc = build_encoder(e, dataset=px32)
+    assert enc.input_size == 32 and enc.upscaled is False
+    own = enc.module.model.state_dict()
+    assert own["pos_embed"].shape[1] == native.state_dict()["pos_embed"].shape[1] - 100 + 4  # 10x10 -> 2x2 patches
+    assert torch.equal(own["blocks.0.attn.qkv.weight"], native.state_dict()["blocks.0.attn.qkv.weight"])
+    f = featurize(e, px32, cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    assert f.x_train.shape == (4, native.num_features) and np.isfinite(f.x_train).all()
+    with pytest.raises(Exception, match="disagree"):
+        build_encoder(_entry(source="timm", model="test_vit", pretrained=False, image_size=32,
+                             model_kwargs={"img_size": 64}))
