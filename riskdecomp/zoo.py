@@ -2,7 +2,7 @@
 
 File shape::
 
-    defaults:          # optional: fields merged into every entry (the entry wins; metadata merged key by key)
+    defaults:          # optional: deep-merged into every entry (the entry wins); base: NAME, sweep: see zoo_expand
       metadata: {pretraining_data: digits}
     models:
       - name: dino_vits16                   # unique, [a-z0-9_.-]+, not starting with '.'
@@ -32,6 +32,7 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from .errors import ZooError
 from .names import name_problem
 from .pretrain.recipe import Recipe, check_arch
+from .zoo_expand import expand, with_recipe_metadata
 
 # torch.hub repositories: 'owner/name' or 'owner/name:ref' (torch.hub names its cache folder after them)
 REPO_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*/[A-Za-z0-9_-][A-Za-z0-9_.-]*(:[A-Za-z0-9_-][A-Za-z0-9_./-]*)?$")
@@ -308,17 +309,6 @@ def format_table(df, width: int = 120, max_cell: int = 40) -> str:
     return "\n".join(lines)
 
 
-def _merge(defaults: dict, entry: dict) -> dict:
-    """Entry fields win; a default applies only to entries whose source has that field."""
-    cls = _SOURCE_CLASSES.get(entry.get("source"))
-    if cls is not None:
-        defaults = {k: v for k, v in defaults.items() if k in cls.model_fields}
-    out = {**defaults, **entry}
-    if isinstance(defaults.get("metadata"), dict) and isinstance(entry.get("metadata"), dict):
-        out["metadata"] = {**defaults["metadata"], **entry["metadata"]}
-    return out
-
-
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
@@ -354,17 +344,17 @@ def parse_zoo(data: Any, path: Optional[Path] = None) -> Zoo:
     models = data["models"]
     if not isinstance(models, list) or not models:
         raise ZooError(f"{where}: 'models' must be a non-empty list")
-    entries, seen = [], set()
-    for i, raw in enumerate(models):
-        label = f"models[{i}]"
-        if not isinstance(raw, dict):
-            raise ZooError(f"{where}: {label}: expected a mapping, got {type(raw).__name__}")
-        if "name" in raw:
-            label += f" ({raw['name']!r})"
+    entries, labels, seen = [], [], set()
+    for label, raw in expand(models, defaults, where, _SOURCE_CLASSES, Recipe):
         try:
-            entry = _ENTRY.validate_python(_merge(defaults, raw))
+            entry = _ENTRY.validate_python(raw)
         except ValidationError as err:
             raise ZooError(f"{where}: {label}: {_describe(err)}") from None
+        if entry.source == "recipe":
+            try:
+                entry = entry.model_copy(update={"metadata": with_recipe_metadata(entry.metadata, entry.recipe)})
+            except ValueError as exc:
+                raise ZooError(f"{where}: {label}: {exc}") from None
         if entry.name in seen:
             raise ZooError(f"{where}: {label}: field 'name': duplicate name {entry.name!r}")
         seen.add(entry.name)
@@ -374,12 +364,13 @@ def parse_zoo(data: Any, path: Optional[Path] = None) -> Zoo:
             if p is not None and not p.is_absolute():
                 updates[fld] = (base / p).resolve()
         entries.append(entry.model_copy(update=updates) if updates else entry)
+        labels.append(label)
     by_name = {e.name: e for e in entries}
-    for i, e in enumerate(entries):
+    for label, e in zip(labels, entries):
         if e.reference is not None and e.reference not in by_name:
-            raise ZooError(f"{where}: models[{i}] ({e.name!r}): field 'reference': unknown model {e.reference!r}")
+            raise ZooError(f"{where}: {label}: field 'reference': unknown model {e.reference!r}")
         if e.reference == e.name:
-            raise ZooError(f"{where}: models[{i}] ({e.name!r}): field 'reference': an entry cannot be its own reference")
+            raise ZooError(f"{where}: {label}: field 'reference': an entry cannot be its own reference")
     return Zoo(entries, path)
 
 

@@ -1,0 +1,233 @@
+"""Expansion of a zoo file's shorthand into plain entries: ``defaults:``, ``base:`` and ``sweep:``.
+
+Decisions (README "The zoo file"):
+
+- **Deep merge** (:func:`deep_merge`): mappings are merged key by key, recursively; the more specific side wins
+  (the entry over its base, the entry over ``defaults``); lists and scalars are replaced whole; an explicit ``null``
+  wins too. A top-level default applies only to entries whose source has that field.
+- **base: NAME** extends another entry of the same file (any field but ``name``, ``sweep`` and ``sweep_mode``); the
+  base may itself have a base. Bases are resolved on the written entries, before sweeps and defaults.
+- **sweep: {KEY: VALUES}** adds controlled variants after the entry (which stays). ``VALUES`` is a non-empty list
+  (variant ``<name>_<key><value>``, dots of the key as ``_``) or a mapping ``{label: value}`` (variant
+  ``<name>_<label>``). A key is a dotted path: for recipe entries it is read inside ``recipe`` when its first part
+  is a recipe field (``z_dim``, ``head.kind``, ``augment.crop``), otherwise inside the entry (``representation``,
+  ``metadata.notes``). By default each variant changes one key (one design choice at a time);
+  ``sweep_mode: grid`` gives the full product of all keys (names join the parts).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pydantic import BaseModel
+
+from .errors import ZooError
+
+SWEEP_MODES = ("one_at_a_time", "grid")
+_NOT_INHERITED = ("name", "sweep", "sweep_mode", "base")
+
+
+def deep_merge(low: dict, high: dict) -> dict:
+    """``high`` over ``low``, mappings merged key by key recursively (a new dict; inputs untouched)."""
+    out = dict(low)
+    for k, v in high.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _label(i: int, raw: dict) -> str:
+    return f"models[{i}]" + (f" ({raw['name']!r})" if "name" in raw else "")
+
+
+def _resolve_bases(models: list, where: str) -> list:
+    """Each raw entry with its ``base:`` chain merged in (the entry wins; ``name``/``sweep`` not inherited)."""
+    index = {}
+    for i, raw in enumerate(models):
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            index.setdefault(raw["name"], i)
+    resolved: dict = {}
+
+    def resolve(i: int, chain: tuple) -> dict:
+        if i in resolved:
+            return resolved[i]
+        raw = models[i]
+        b = raw.get("base")
+        if b is None:
+            out = dict(raw)
+        else:
+            if not isinstance(b, str) or b not in index:
+                raise ZooError(f"{where}: {_label(i, raw)}: field 'base': unknown model {b!r}")
+            j = index[b]
+            if j in chain or j == i:
+                loop = " -> ".join([models[k]["name"] for k in chain + (i,)] + [b])
+                raise ZooError(f"{where}: {_label(i, raw)}: field 'base': cycle {loop}")
+            parent = {k: v for k, v in resolve(j, chain + (i,)).items() if k not in _NOT_INHERITED}
+            out = deep_merge(parent, {k: v for k, v in raw.items() if k != "base"})
+        resolved[i] = out
+        return out
+
+    out = []
+    for i, raw in enumerate(models):
+        if not isinstance(raw, dict):
+            raise ZooError(f"{where}: models[{i}]: expected a mapping, got {type(raw).__name__}")
+        out.append(resolve(i, ()))
+    return out
+
+
+def _path_in(key: str, entry_cls, recipe_cls) -> list:
+    """The path (list of keys from the entry's root) a sweep key addresses; ValueError when no such field."""
+    parts = key.split(".")
+    if recipe_cls is not None and parts[0] in recipe_cls.model_fields:
+        parts, cls = ["recipe"] + parts, entry_cls
+    else:
+        cls = entry_cls
+    for depth, p in enumerate(parts):
+        if cls is None:  # inside a free mapping (metadata, kwargs): checked when the entry is validated
+            break
+        if p not in cls.model_fields:
+            raise ValueError(f"unknown field {'.'.join(parts[:depth + 1])!r}")
+        ann = cls.model_fields[p].annotation
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return parts
+
+
+def _set(d: dict, path: list, value) -> dict:
+    if len(path) == 1:
+        return {**d, path[0]: value}
+    inner = d.get(path[0])
+    return {**d, path[0]: _set(inner if isinstance(inner, dict) else {}, path[1:], value)}
+
+
+def _value_name(v) -> str:
+    return str(v).lower() if isinstance(v, bool) or v is None else str(v)
+
+
+def _expand_sweep(entry: dict, label: str, where: str, source_classes: dict, recipe_cls) -> list:
+    """The entry and its sweep variants (plain entries, without ``sweep`` / ``sweep_mode``)."""
+    sweep = entry.get("sweep")
+    mode = entry.get("sweep_mode", "one_at_a_time")
+    base = {k: v for k, v in entry.items() if k not in ("sweep", "sweep_mode")}
+    if sweep is None:
+        if "sweep_mode" in entry:
+            raise ZooError(f"{where}: {label}: field 'sweep_mode': given without a sweep")
+        return [base]
+    if mode not in SWEEP_MODES:
+        raise ZooError(f"{where}: {label}: field 'sweep_mode': {mode!r} (expected one of {', '.join(SWEEP_MODES)})")
+    if not isinstance(sweep, dict) or not sweep:
+        raise ZooError(f"{where}: {label}: field 'sweep': expected a non-empty mapping {{field: [values]}}")
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise ZooError(f"{where}: {label}: field 'sweep': a swept entry needs a name")
+    cls = source_classes.get(entry.get("source"))
+    if cls is None:
+        raise ZooError(f"{where}: {label}: field 'sweep': needs a known source")
+    axes = []
+    for key, values in sweep.items():
+        at = f"{where}: {label}: field 'sweep.{key}'"
+        try:
+            path = _path_in(str(key), cls, recipe_cls if entry.get("source") == "recipe" else None)
+        except ValueError as exc:
+            raise ZooError(f"{at}: {exc}") from None
+        if path[0] in _NOT_INHERITED or path[0] == "source":
+            raise ZooError(f"{at}: cannot sweep {path[0]!r}")
+        if isinstance(values, list):
+            opts = [(f"{str(key).replace('.', '_')}{_value_name(v)}", v) for v in values]
+        elif isinstance(values, dict):
+            opts = [(str(lbl), v) for lbl, v in values.items()]
+        else:
+            raise ZooError(f"{at}: expected a list of values (or a mapping label: value), "
+                           f"got {type(values).__name__}")
+        if not opts:
+            raise ZooError(f"{at}: empty list of values")
+        axes.append([(lbl, path, v) for lbl, v in opts])
+    combos = itertools.product(*axes) if mode == "grid" else ((opt,) for axis in axes for opt in axis)
+    out = [base]
+    for combo in combos:
+        variant = dict(base, name="_".join([name] + [lbl for lbl, _, _ in combo]))
+        for _, path, v in combo:
+            variant = _set(variant, path, v)
+        out.append(variant)
+    return out
+
+
+def _apply_defaults(defaults: dict, entry: dict, source_classes: dict) -> dict:
+    """Deep merge of ``defaults`` under ``entry``; a default applies only to entries whose source has that field."""
+    cls = source_classes.get(entry.get("source", defaults.get("source")))
+    if cls is not None:
+        defaults = {k: v for k, v in defaults.items() if k in cls.model_fields}
+    return deep_merge(defaults, entry)
+
+
+def expand(models: list, defaults: dict, where: str, source_classes: dict, recipe_cls) -> list:
+    """``[(label, entry dict)]``: the final entries, before validation (``label`` names the written entry in
+    errors). Raises ZooError (one line) for an unknown base, a cycle, a bad sweep or a name collision."""
+    out = []
+    for i, entry in enumerate(_resolve_bases(models, where)):
+        label = _label(i, models[i])
+        variants = _expand_sweep(_apply_defaults(defaults, entry, source_classes), label, where, source_classes,
+                                 recipe_cls)
+        out.append((label, variants[0]))
+        out.extend((f"{label} sweep variant {v['name']!r}", v) for v in variants[1:])
+    return out
+
+
+SSL_MODES = {"simclr": "contrastive", "stochastic": "contrastive", "byol": "siamese", "simsiam": "siamese",
+             "vicreg": "siamese", "barlow_twins": "siamese", "supervised": "supervised", "init": "initialized"}
+_FAMILIES = {"smallcnn": "cnn"}  # riskdecomp's own backbones; a timm backbone's family is the user's to write
+# (recipe field, augmentation name in the published table's `augmentations` list / is_aug_<name>)
+_AUGS = (("crop", "crop"), ("flip", "flip"), ("color_jitter", "color"), ("grayscale", "gray"), ("blur", "blur"))
+
+
+def recipe_metadata(recipe) -> dict:
+    """The metadata (published table's names) that a recipe determines: the zoo never asks the user for them.
+
+    ``init`` is a random initialization: no training (``epochs`` 0, no batch size) and no augmentations but the
+    input normalization. Projection fields describe the SSL head (None for supervised / init); ``n_negatives``
+    counts the other views of a batch for contrastive objectives. ``scheduler`` is ``constant``: riskdecomp's
+    pretraining uses no learning-rate schedule."""
+    from .pretrain.backbones import build_encoder, count_parameters
+
+    obj, head = recipe.objective, recipe.head
+    ssl = obj not in ("supervised", "init")
+    trained = obj != "init"
+    used = [short for fld, short in _AUGS if trained and getattr(recipe.augment, fld)] + ["normalize"]
+    try:
+        import torch
+
+        with torch.device("meta"):  # counts parameters without allocating them
+            n_params = count_parameters(build_encoder(recipe).backbone)
+    except Exception:  # noqa: BLE001 - a backbone that cannot be built on 'meta': build it for real
+        n_params = count_parameters(build_encoder(recipe).backbone)
+    meta = {
+        "objective": obj, "ssl_mode": SSL_MODES[obj], "architecture": recipe.backbone,
+        "architecture_exact": recipe.backbone, "z_dim": recipe.z_dim, "epochs": recipe.epochs if trained else 0,
+        "batch_size": recipe.batch_size if trained else None, "nviews": recipe.n_views if ssl else 1,
+        "optimizer": recipe.optimizer, "learning_rate": recipe.lr, "weight_decay": recipe.weight_decay,
+        "scheduler": "constant", "augmentations": used, "n_augmentations": len(used),
+        **{f"is_aug_{short}": short in used for _, short in _AUGS}, "is_aug_normalize": True,
+        "projection2_arch": ({"none": "identity"}.get(head.kind, head.kind) if ssl else None),
+        "projection_hid_depth": (head.depth - 1 if head.kind == "mlp" else 0) if ssl else None,
+        "projection_hid_width": head.width if ssl and head.kind == "mlp" else None,
+        "pred_dim": head.out_dim if ssl else None,
+        "is_stopgrad": obj in ("byol", "simsiam"), "is_ema": obj == "byol",
+        "n_negatives": 2 * recipe.batch_size - 2 if obj in ("simclr", "stochastic") else None,
+        "n_parameters": n_params,
+    }
+    if recipe.backbone in _FAMILIES:
+        meta["family"] = _FAMILIES[recipe.backbone]
+    if recipe.image_size is not None:
+        meta["img_size"] = recipe.image_size
+    return meta
+
+
+def with_recipe_metadata(metadata: dict, recipe) -> dict:
+    """``metadata`` completed with :func:`recipe_metadata`; ValueError naming the first field the user wrote that
+    contradicts the recipe."""
+    derived = recipe_metadata(recipe)
+    for k, v in metadata.items():
+        if k in derived and (v != derived[k] or isinstance(v, bool) != isinstance(derived[k], bool)):
+            raise ValueError(f"field 'metadata.{k}': {v!r} contradicts the recipe ({derived[k]!r}); drop it: "
+                             "the recipe determines it")
+    return {**metadata, **derived}
