@@ -97,17 +97,37 @@ def zoo():
 
 @zoo.command("list")
 @click.option("--zoo", "zoo_path", required=True, type=click.Path(dir_okay=False), help="Zoo YAML file.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
-def zoo_list(zoo_path, fmt):
+@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default=None,
+              help="Table (default) or CSV of the entries.")
+@click.option("--expanded", is_flag=True,
+              help="Print the final entries as an explicit zoo YAML (defaults, base, sweep applied; full recipes; "
+                   "metadata incl. what the recipes determine).")
+def zoo_list(zoo_path, fmt, expanded):
     """List the zoo's entries with their metadata (offline: nothing is downloaded)."""
     from .zoo import format_table, load_zoo
 
+    if expanded:
+        if fmt is not None:
+            raise RiskdecompError("zoo list: --expanded prints YAML; drop --format")
+        import yaml
+
+        click.echo(yaml.safe_dump(load_zoo(zoo_path).expanded(), sort_keys=False, width=120), nl=False)
+        return
     df = load_zoo(zoo_path).to_frame()
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
     else:
         click.echo(format_table(df))  # fits 120 columns
         click.echo(f"{len(df)} models")
+
+
+@zoo.command("check")
+@click.option("--zoo", "zoo_path", required=True, type=click.Path(dir_okay=False), help="Zoo YAML file.")
+def zoo_check(zoo_path):
+    """Validate a zoo file without running anything: 'ok: N entries', or the one-line error (exit 2)."""
+    from .zoo import load_zoo
+
+    click.echo(f"ok: {len(load_zoo(zoo_path))} entries")
 
 
 # ------------------------------------------------------------------------------------------------ common options

@@ -246,6 +246,19 @@ class Zoo:
                 wanted.add(e.reference)
         return Zoo([e for e in self.entries if e.name in wanted], self.path)
 
+    def expanded(self) -> dict:
+        """The explicit form of the zoo: ``{'models': [...]}``, one mapping per final entry (after defaults, bases,
+        sweeps), recipes in full (every field), other fields only where they differ from the default, metadata
+        including what the recipe determines. Loading it back gives the same entries."""
+        models = []
+        for e in self.entries:
+            d = {"name": e.name, "source": e.source, **e.model_dump(mode="json", exclude_defaults=True)}
+            if e.source == "recipe":
+                d["recipe"] = e.recipe.model_dump(mode="json")
+            d["metadata"] = d.pop("metadata", {})
+            models.append(d)
+        return {"models": models}
+
     def to_frame(self):
         """One row per entry: name, source, the source's key field (``what``), ``weights`` (see :func:`weights_label`),
         representation, reference, metadata."""
