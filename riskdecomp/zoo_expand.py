@@ -18,6 +18,7 @@ Decisions (README "The zoo file"):
 from __future__ import annotations
 
 import itertools
+
 from pydantic import BaseModel
 
 from .errors import ZooError
@@ -133,6 +134,8 @@ def _expand_sweep(entry: dict, label: str, where: str, source_classes: dict, rec
         if path[0] in _NOT_INHERITED or path[0] == "source":
             raise ZooError(f"{at}: cannot sweep {path[0]!r}")
         if isinstance(values, list):
+            if any(isinstance(v, (dict, list)) for v in values):
+                raise ZooError(f"{at}: a mapping or list value needs a name: write {{label: value}} instead of a list")
             opts = [(f"{str(key).replace('.', '_')}{_value_name(v)}", v) for v in values]
         elif isinstance(values, dict):
             opts = [(str(lbl), v) for lbl, v in values.items()]

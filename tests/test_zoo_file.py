@@ -130,6 +130,8 @@ BAD = [
     ("- {name: a, source: recipe, recipe: {objective: simclr}, sweep: {}}", ["('a')", "'sweep'", "non-empty"]),
     ("- {name: a, source: recipe, recipe: {objective: simclr}, sweep: {z_dim: []}}", ["'sweep.z_dim'", "empty"]),
     ("- {name: a, source: recipe, recipe: {objective: simclr}, sweep: {z_dim: 16}}", ["'sweep.z_dim'", "list"]),
+    ("- {name: a, source: recipe, recipe: {objective: simclr}, sweep: {head: [{kind: none}]}}",
+     ["'sweep.head'", "{label: value}"]),
     ("- {name: a, source: recipe, recipe: {objective: simclr}, sweep: {zdim: [16]}}", ["'sweep.zdim'", "unknown field"]),
     ("- {name: a, source: recipe, recipe: {objective: simclr}, sweep: {head.colour: [1]}}",
      ["'sweep.head.colour'", "unknown field 'recipe.head.colour'"]),
@@ -183,9 +185,18 @@ def test_zoo_check_ok_and_expanded_reloads_identically(tmp_path, capsys):
     main(["zoo", "check", "--zoo", str(ROOT / "model_zoo.yaml")])
     n = len(load_zoo(ROOT / "model_zoo.yaml"))
     assert capsys.readouterr().out.strip() == f"ok: {n} entries"
-    out = tmp_path / "explicit.yaml"
-    out.write_text(yaml.safe_dump({"models": expanded(ROOT / "model_zoo.yaml", capsys)}))
-    assert load_zoo(out).entries == load_zoo(ROOT / "model_zoo.yaml").entries
+    mixed = write(tmp_path, """
+        defaults: {metadata: {year: 2020}}
+        models:
+          - {name: t, source: timm, model: resnet18, pretrained: false, representation: avg}
+          - {name: c, source: checkpoint, architecture: resnet18, weights: w/c.safetensors, strict: false, reference: t}
+          - {name: h, source: torch_hub, repo: a/b, entrypoint: e, trust_repo: true}
+          - {name: f, source: features, path: f.npz}
+    """, "mixed.yaml")
+    for zoo in (ROOT / "model_zoo.yaml", mixed):
+        out = tmp_path / "explicit.yaml"
+        out.write_text(yaml.safe_dump({"models": expanded(zoo, capsys)}))
+        assert load_zoo(out).entries == load_zoo(zoo).entries
     with pytest.raises(SystemExit) as info:
         main(["zoo", "list", "--zoo", str(out), "--expanded", "--format", "csv"])
     assert info.value.code == 2 and "--expanded" in capsys.readouterr().err
