@@ -210,10 +210,8 @@ def _scaling_long(t: pd.DataFrame) -> pd.DataFrame:
     if any(c not in t for c in need):
         return pd.DataFrame()
     rows = []
-    # N: the train points the held-out probe saw. n_sub held-out points are scored over holdout_folds folds (1 =
-    # the paper's single subset S; K = cross-fitted, n_sub = n_train), so each fit held out n_sub / folds points
-    folds = pd.to_numeric(t["holdout_folds"], errors="coerce") if "holdout_folds" in t else 1
-    big_n = pd.to_numeric(t["n_train"], errors="coerce") - pd.to_numeric(t["n_sub"], errors="coerce") / folds
+    # N: the train points a held-out probe saw (n_sub = points per held-out set, single S or a cross-fit fold)
+    big_n = pd.to_numeric(t["n_train"], errors="coerce") - pd.to_numeric(t["n_sub"], errors="coerce")
     for col in settings:
         if col not in t:
             continue
@@ -243,7 +241,7 @@ def fit_scaling_law(df: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
 
     Uses every (model, setting) pair with complete data: settings are full shot (agg_risk, n =
     n_train) and each few-shot column (k-shot n = k * n_classes, p% n = floor(p/100 * n_train));
-    N = n_train - n_sub / holdout_folds. Bounds: alpha in [0, 5], B in [0, 1] (B is the share of approx+usability
+    N = n_train - n_sub. Bounds: alpha in [0, 5], B in [0, 1] (B is the share of approx+usability
     that shrinks with more labels; outside [0, 1] a coefficient would turn negative).
 
     Also fits, for comparison, a standard scaling law that ignores the components:
