@@ -414,7 +414,7 @@ CLI_CASES = {
     "seed -1 image dataset": (["--seed", "-1", "--dataset", "digits"], ["--seed"]),
     "shots -1": (["--shots", "-1"], ["--shots", "'-1'"]),
     "shots 1,x": (["--shots", "1,x"], ["--shots", "'x'"]),
-    "fractions 0": (["--fractions", "0"], ["--fractions", "'0'", "(0, 1)"]),
+    "fractions 0": (["--fractions", "0"], ["--fractions", "'0'", "(0, 1]"]),
     "fractions 0,-0.1": (["--fractions", "0.1,-0.1"], ["--fractions", "'-0.1'"]),
     "fractions 1.5": (["--fractions", "1.5"], ["--fractions", "'1.5'"]),
     "models ,": (["--models", ","], ["--models", "no model names"]),
