@@ -6,8 +6,10 @@ the features and writes one run record ``<out>/runs/<model>__<dataset>.json`` (a
 work. Zoo-level outputs (the leaderboard, ensemble uncertainty, active learning tables) are rebuilt from the
 records and the feature cache. Only small records travel back from workers.
 
-Outputs in ``out``: ``leaderboard.csv`` (one row per model x dataset; byte-identical for the same seed and inputs
-on CPU), ``timings.csv`` (wall-clock seconds per stage: kept out of the leaderboard so it stays reproducible),
+Outputs in ``out``: ``leaderboard.csv`` (one row per model x dataset, pooled over pretraining seeds; byte-identical
+for the same seed and inputs on CPU), ``leaderboard_seeds.csv`` (one row per pretraining seed, when the zoo has
+seeds: see :mod:`riskdecomp.seeds`), ``timings.csv`` (wall-clock seconds per stage: kept out of the leaderboard so
+it stays reproducible),
 ``fewshot.csv``, ``uncertainty.csv``, ``per_sample/``, ``active_learning.csv``, ``label_efficiency.csv``,
 ``failures.csv`` (when a model failed: the others still complete and the exit status is non-zero).
 """
@@ -30,6 +32,7 @@ import pandas as pd
 
 from .errors import RiskdecompError
 from .atomic import jsonable
+from .datasets import DEFAULT_DATASET
 from .features import Features, atomic_write_text, featurize
 from .zoo import FeaturesEntry, Zoo, load_zoo
 
@@ -364,7 +367,7 @@ def _parallel_map(fn, args: list, jobs: int, backend: str, scheduler: Optional[s
     return Parallel(n_jobs=jobs, backend="loky")(delayed(fn)(*a) for a in args)
 
 
-def evaluate(zoo, dataset: str = "digits", out="results", *, models: Optional[Sequence[str]] = None,
+def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Optional[Sequence[str]] = None,
              cache_dir=None, settings: Optional[Settings] = None, jobs: Optional[int] = 1, backend: str = "loky",
              scheduler: Optional[str] = None, force: bool = False) -> EvaluationResult:
     """Evaluate every zoo entry (or ``models`` and their references) on ``dataset``; write all outputs to ``out``.
@@ -400,9 +403,15 @@ def evaluate(zoo, dataset: str = "digits", out="results", *, models: Optional[Se
     failed = [r for r in records if "error" in r]
     order = {n: i for i, n in enumerate(zoo.names)}
     ok.sort(key=lambda r: order[r["model"]])
-    board = build_leaderboard(ok)
     out.mkdir(parents=True, exist_ok=True)
+    from .seeds import aggregate_seeds
+
+    board, per_seed = aggregate_seeds(build_leaderboard(ok))  # one row per model, pooled over pretraining seeds
     write_csv(board, out / "leaderboard.csv")
+    if per_seed is not None:
+        write_csv(per_seed, out / "leaderboard_seeds.csv")
+    else:
+        (out / "leaderboard_seeds.csv").unlink(missing_ok=True)
     for r in ok:  # a few-shot setting the data cannot support is skipped, not fatal: say so, one line each
         for key, why in sorted(r["row"].items()):
             if key.endswith("_skipped") and isinstance(why, str):
