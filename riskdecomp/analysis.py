@@ -538,6 +538,42 @@ def controlled_pairs(df: pd.DataFrame, fields: list[str] | None = None,
     return out
 
 
+def baseline_contrasts(df: pd.DataFrame, seeds: pd.DataFrame | None, baseline: str | None = None) -> pd.DataFrame:
+    """Every model against one baseline model (default: the model whose ``objective`` is ``init``, random
+    weights): the question every SSL result answers first. For each outcome: ``delta_<outcome>`` = model -
+    baseline (seed means), ``delta_<outcome>_lo``/``_hi``, ``p_<outcome>`` (:func:`seed_difference`),
+    ``p_holm_<outcome>`` (Holm over the models of the table, one family per outcome), ``significant_<outcome>``.
+    Empty without per-seed rows or without a baseline."""
+    t = _table(df)
+    outs = [c for c in OUTCOMES if c in t]
+    cols = ["dataset", "model", "baseline", "n_seeds"] + [x for c in outs for x in (
+        f"delta_{c}", f"delta_{c}_lo", f"delta_{c}_hi", f"p_{c}", f"p_holm_{c}", f"significant_{c}")]
+    per_seed = _per_seed_values(seeds)
+    rows = []
+    for ds, g in t.groupby("dataset", sort=True):
+        base = baseline
+        if base is None and "objective" in g:
+            hits = g.loc[g["objective"].astype("string") == "init", "model"]
+            base = hits.iloc[0] if len(hits) == 1 else None
+        if base is None or base not in set(g["model"]) or (ds, base) not in per_seed:
+            continue
+        b = g.set_index("model").loc[base]
+        for _, r in g.iterrows():
+            if r["model"] == base or (ds, r["model"]) not in per_seed:
+                continue
+            row = {"dataset": ds, "model": r["model"], "baseline": base, "n_seeds": 0}
+            for c in outs:
+                lo, hi, p, n = seed_difference(per_seed[(ds, base)][c], per_seed[(ds, r["model"])][c])
+                row.update({f"delta_{c}": r[c] - b[c], f"delta_{c}_lo": lo, f"delta_{c}_hi": hi, f"p_{c}": p})
+                row["n_seeds"] = max(row["n_seeds"], n)
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=cols)
+    for c in outs:
+        out[f"p_holm_{c}"] = holm(out[f"p_{c}"].to_numpy(float))
+        out[f"significant_{c}"] = out[f"p_holm_{c}"] < ALPHA
+    return out
+
+
 def seed_ranking_stability(seeds: pd.DataFrame | None, outcome: str = "agg_risk",
                            max_splits: int = 200) -> tuple[dict, pd.DataFrame]:
     """How reproducible the model ranking is across pretraining seeds: Kendall tau (tau-b) between the rankings
@@ -600,7 +636,8 @@ def analyze(leaderboard=None, published=None, out_dir=None, seeds=None) -> dict:
     ``controlled_pairs.csv`` (+ ``ranking_moves.csv``, ``scaling_predictions.csv``) into out_dir.
 
     ``seeds``: our per-seed table (``leaderboard_seeds.csv``, DataFrame or path) when the zoo has pretraining
-    seeds: controlled pairs then carry CIs and Holm-corrected p-values over seeds, and ``summary.json`` gets
+    seeds: controlled pairs then carry CIs and Holm-corrected p-values over seeds, ``baseline_contrasts.csv``
+    compares every model with random init (:func:`baseline_contrasts`), and ``summary.json`` gets
     ``seed_ranking_stability`` (:func:`seed_ranking_stability`; its splits in ``seed_ranking_stability.csv``).
 
     ``leaderboard`` / ``published``: DataFrame or path (a file named all_results.csv is read with
@@ -642,6 +679,11 @@ def analyze(leaderboard=None, published=None, out_dir=None, seeds=None) -> dict:
     summary["primary_source"] = primary
     if len(summaries) > 1:
         summary["per_source"] = summaries
+    contrasts = baseline_contrasts(sources["ours"], seed_table) if "ours" in sources else pd.DataFrame()
+    if len(contrasts):
+        _atomic_write_csv(contrasts, out_dir / "baseline_contrasts.csv")
+    else:
+        (out_dir / "baseline_contrasts.csv").unlink(missing_ok=True)
     stability, splits = seed_ranking_stability(seed_table)
     if stability:
         summary["seed_ranking_stability"] = stability

@@ -112,6 +112,12 @@ def expand_seeds(models: list, defaults: dict, where: str) -> tuple[list, dict]:
                                    f"(its seeds: {seeded[ref]})")
                 e["reference"] = seed_name(ref, s)
             out.append(e)
+    names = {e.get("name") for e in out if isinstance(e, dict)}
+    for n in sorted(x for x in names if isinstance(x, str)):
+        base, seed = split_seed(n)
+        if seed is not None and base in names:  # the leaderboard would pool "base" with the seeds of "base"
+            raise ZooError(f"{where}: model {n!r} is a seed of {base!r}, which is also an entry of its own: "
+                           "rename one of them")
     return out, defaults
 
 
