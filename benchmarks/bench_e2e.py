@@ -101,7 +101,7 @@ def bench_e2e(quick: bool = False, timeout=None, threads: int = 0) -> list:
                 continue
             limit = cap if left() is None else min(cap, left())
             runs[name] = run_child(_cli([*base_args, "--out", str(tmp / out)]), timeout=limit, env=env, cwd=REPO)
-            records[name] = len(list((tmp / out / "runs").glob("*.json")))  # models done, even after a timeout
+            records[name] = len(list((tmp / out / "runs").glob("*@*.json")))  # models done, even after a timeout
         rows = []
         cold = runs["e2e_cold"]
         for name, res in runs.items():

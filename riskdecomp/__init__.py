@@ -3,6 +3,7 @@
 The public API (imported lazily, so ``riskdecomp --help`` stays fast)::
 
     evaluate, Settings          the whole pipeline (riskdecomp.runner)
+    build                       rebuild a results folder's summaries from its run records (riskdecomp.runner)
     load_zoo                    the zoo registry (riskdecomp.zoo)
     load_dataset                datasets (riskdecomp.datasets)
     featurize                   cached features (riskdecomp.features)
@@ -17,7 +18,7 @@ import importlib
 __version__ = "0.1.0"
 
 _API = {
-    "evaluate": "runner", "Settings": "runner", "load_zoo": "zoo", "load_dataset": "datasets",
+    "evaluate": "runner", "Settings": "runner", "build": "runner", "load_zoo": "zoo", "load_dataset": "datasets",
     "featurize": "features", "LinearProbe": "probes", "tune_probe": "probes", "decompose": "decomposition",
     "fewshot_errors": "fewshot", "make_report": "report", "RiskdecompError": "errors",
 }
@@ -28,3 +29,7 @@ def __getattr__(name):
     if name in _API:
         return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
     raise AttributeError(f"module 'riskdecomp' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -619,6 +619,29 @@ def seed_ranking_stability(seeds: pd.DataFrame | None, outcome: str = "agg_risk"
 
 
 # ----------------------------------------------------------------------------- orchestration
+LEADERBOARD_COLUMNS = ("model", "dataset", "agg_risk")
+
+
+def read_leaderboard(path) -> pd.DataFrame:
+    """A ``leaderboard.csv`` of riskdecomp evaluate, or a one-line :class:`RiskdecompError` naming the file: missing,
+    empty, binary or junk, without the columns the analyses need, or without rows (never an empty analysis)."""
+    from riskdecomp.errors import RiskdecompError
+
+    path = Path(path)
+    if not path.is_file():
+        raise RiskdecompError(f"{path}: not found (expected the leaderboard.csv of riskdecomp evaluate)")
+    try:
+        df = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise RiskdecompError(f"{path}: not a readable CSV ({type(exc).__name__})") from None
+    missing = [c for c in LEADERBOARD_COLUMNS if c not in df.columns]
+    if missing:
+        raise RiskdecompError(f"{path}: not a riskdecomp leaderboard (no column(s) {', '.join(missing)})")
+    if df.empty:
+        raise RiskdecompError(f"{path}: the leaderboard has no rows")
+    return df
+
+
 def _load(x) -> pd.DataFrame | None:
     if x is None:
         return None
@@ -628,7 +651,7 @@ def _load(x) -> pd.DataFrame | None:
     if path.suffix == ".csv" and path.name == "all_results.csv":
         from riskdecomp.published import load_published
         return load_published(path)
-    return pd.read_csv(path)
+    return read_leaderboard(path)
 
 
 def analyze(leaderboard=None, published=None, out_dir=None, seeds=None) -> dict:

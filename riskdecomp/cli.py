@@ -16,12 +16,64 @@ from .errors import RiskdecompError
 
 
 def _csv_list(value, cast=str):
-    if value is None or value == "":
+    """``None`` for an absent option; else the tuple of its comma-separated items (possibly empty)."""
+    if value is None:
         return None
     try:
         return tuple(cast(v.strip()) for v in str(value).split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of {cast.__name__}") from None
+
+
+class NumberList(click.ParamType):
+    """A comma-separated list of numbers in a range, checked when the command line is parsed."""
+
+    def __init__(self, cast, low, high=None, what=""):
+        self.cast, self.low, self.high, self.what = cast, low, high, what
+        self.name = f"{cast.__name__}s"
+
+    def get_metavar(self, param, *args, **kwargs):
+        return f"{self.cast.__name__.upper()}[,...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        items = []
+        for v in str(value).split(","):
+            if not v.strip():
+                continue
+            try:
+                x = self.cast(v.strip())
+            except ValueError:
+                self.fail(f"{v.strip()!r} is not {'an integer' if self.cast is int else 'a number'}", param, ctx)
+            if x < self.low or (self.high is not None and x >= self.high) or (self.cast is float and x <= self.low):
+                self.fail(f"{v.strip()!r}: {self.what}", param, ctx)
+            items.append(x)
+        return tuple(items)
+
+
+class Jobs(click.ParamType):
+    """A positive integer or ``auto``."""
+
+    name = "jobs"
+
+    def get_metavar(self, param, *args, **kwargs):
+        return "INTEGER|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "auto":
+            return None
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:
+            self.fail(f"{value!r}: expected a positive integer or 'auto'", param, ctx)
+        return n
+
+
+SHOTS = NumberList(int, 1, what="a shot count is a number of examples per class >= 1")
+FRACTIONS = NumberList(float, 0.0, 1.0, what="a fraction of the train split must be in (0, 1)")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,17 +100,13 @@ def zoo():
 @click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
 def zoo_list(zoo_path, fmt):
     """List the zoo's entries with their metadata (offline: nothing is downloaded)."""
-    from .zoo import load_zoo
+    from .zoo import format_table, load_zoo
 
     df = load_zoo(zoo_path).to_frame()
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
     else:
-        import pandas as pd
-
-        with pd.option_context("display.max_rows", None, "display.max_columns", 12, "display.width", 200,
-                               "display.max_colwidth", 40):
-            click.echo(df.astype(object).where(df.notna(), "").to_string(index=False))
+        click.echo(format_table(df))  # fits 120 columns
         click.echo(f"{len(df)} models")
 
 
@@ -67,25 +115,16 @@ def _zoo_options(f):
     f = click.option("--zoo", "zoo_path", required=True, type=click.Path(dir_okay=False), help="Zoo YAML file.")(f)
     f = click.option("--dataset", default="cifar10-mini", show_default=True,  # = datasets.DEFAULT_DATASET (tested)
                      help="cifar10-mini (embedded) | digits | imagefolder:PATH | cifar10:PATH")(f)
-    f = click.option("--models", default=None, help="Comma-separated subset of model names (references are added).")(f)
+    f = click.option("--models", default=None,
+                     help="Comma-separated subset of model names (their references are added, transitively).")(f)
     f = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                      help="Feature/checkpoint cache [default: $RISKDECOMP_CACHE or ~/.cache/riskdecomp].")(f)
     f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")(f)
     f = click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))(f)
     f = click.option("--num-workers", default="auto", show_default=True, help="Data-loading processes (or auto).")(f)
-    f = click.option("--seed", default=0, show_default=True, type=int)(f)
+    f = click.option("--seed", default=0, show_default=True, type=click.IntRange(0))(f)
     f = click.option("--no-progress", is_flag=True, help="Hide progress bars.")(f)
     return f
-
-
-def _positive_int(v, name):
-    try:
-        n = int(v)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise click.BadParameter(f"{name} {v!r}: expected a positive integer or 'auto'")
-    return n
 
 
 def _workers(v):
@@ -102,18 +141,21 @@ def _workers(v):
 @click.option("--download", is_flag=True, help="Let torchvision download CIFAR-10 (online users).")
 def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_workers, seed, no_progress, download):
     """Compute (or reuse) the cached features of every zoo entry on a dataset."""
+    from .atomic import check_writable_dir
     from .datasets import load_dataset
     from .encoders import default_cache_dir
     from .features import featurize as run
+    from .runner import with_references
     from .zoo import FeaturesEntry, load_zoo
 
+    cache = check_writable_dir(cache_dir or default_cache_dir(), "--cache-dir")  # before any compute
     z = load_zoo(zoo_path)
-    z = z.select(_csv_list(models)) if models else z
+    entries = [z[n] for n in with_references(z, _csv_list(models))]
     ds = None
-    if any(not isinstance(e, FeaturesEntry) for e in z):
+    if any(not isinstance(e, FeaturesEntry) for e in entries):
         ds = load_dataset(dataset, download=download, seed=seed)
-    for e in z:
-        f = run(e, ds, cache_dir=cache_dir or default_cache_dir(), device=device, batch_size=batch_size,
+    for e in entries:
+        f = run(e, ds, cache_dir=cache, device=device, batch_size=batch_size,
                 num_workers=_workers(num_workers), progress=not no_progress)
         click.echo(f"{e.name}: train {f.x_train.shape}, test {f.x_test.shape}, "
                    f"{'computed' if f.forward_passes else 'cached'}")
@@ -122,15 +164,18 @@ def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_work
 @cli.command()
 @_zoo_options
 @click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False))
-@click.option("--jobs", default="auto", show_default=True,
-              help="Parallel jobs (joblib processes); auto = one per CPU core (1 on a GPU).")
+@click.option("--jobs", default="auto", show_default=True, type=Jobs(),
+              help="Parallel jobs (joblib processes); auto = one per CPU core (1 on a GPU); capped at the number of "
+                   "models.")
 @click.option("--threads", default=None, type=click.IntRange(1), help="Threads per job [default: cores / jobs].")
 @click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True)
 @click.option("--dask-scheduler", default=None, help="Address of a dask.distributed scheduler (implies --backend dask).")
-@click.option("--force", is_flag=True, help="Recompute runs even when a matching record exists.")
+@click.option("--force", is_flag=True, help="Recompute everything (records, features, recipe checkpoints), also "
+              "into an --out that holds results of other settings (they are replaced).")
 @click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(0), help="Bootstrap resamples for CIs.")
-@click.option("--shots", default="1,3,5,10", show_default=True, help="Few-shot k per class.")
-@click.option("--fractions", default="0.01,0.1", show_default=True, help="Few-shot fractions of the train split.")
+@click.option("--shots", default="1,3,5,10", show_default=True, type=SHOTS, help="Few-shot k per class (>= 1).")
+@click.option("--fractions", default="0.01,0.1", show_default=True, type=FRACTIONS,
+              help="Few-shot fractions of the train split, each in (0, 1).")
 @click.option("--fewshot-seeds", default=5, show_default=True, type=click.IntRange(1))
 @click.option("--uncertainty/--no-uncertainty", default=True, show_default=True)
 @click.option("--aug-views", default=4, show_default=True, type=click.IntRange(0),
@@ -146,13 +191,13 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
     from .runner import Settings
     from .runner import evaluate as run
 
-    settings = Settings(seed=seed, n_boot=n_boot, shots=_csv_list(shots, int) or (), fractions=_csv_list(fractions, float) or (),
+    settings = Settings(seed=seed, n_boot=n_boot, shots=shots, fractions=fractions,
                         fewshot_seeds=fewshot_seeds, uncertainty=uncertainty, aug_views=aug_views, active=active,
                         statistics=statistics,
                         alternative=alternative, device=device, batch_size=batch_size,
                         num_workers=_workers(num_workers), progress=not no_progress, threads=threads)
     res = run(zoo_path, dataset, out, models=_csv_list(models), cache_dir=cache_dir, settings=settings,
-              jobs=None if str(jobs) == "auto" else _positive_int(jobs, "--jobs"),
+              jobs=jobs,
               backend="dask" if dask_scheduler else backend, scheduler=dask_scheduler, force=force)
     board = res.leaderboard
     if len(board):
@@ -177,13 +222,13 @@ def _focused(name, keep):
     @cli.command(name, help=f"Run the evaluation with only the {name} analysis (writes the same files as evaluate).")
     @_zoo_options
     @click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False))
-    @click.option("--jobs", default="auto", show_default=True)
+    @click.option("--jobs", default="auto", show_default=True, type=Jobs())
     @click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(0))
     @click.pass_context
     def command(ctx, **kw):
         flags = {"uncertainty": keep == "uncertainty", "active": keep == "active", "statistics": False,
                  "report": False}
-        ctx.invoke(evaluate, **{**{p.name: p.default for p in evaluate.params}, **kw, **flags})
+        ctx.invoke(evaluate, **kw, **flags)  # click fills in (and converts) evaluate's other defaults
 
     return command
 
@@ -235,14 +280,16 @@ def pretrain(recipe_path, zoo_path, model, dataset, out, device):
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def analyze(leaderboard, published, out):
     """Summaries, ranking stability, the component scaling law, design-choice effects, controlled pairs."""
-    import pandas as pd
-
     from .analysis import analyze as run
+    from .analysis import read_leaderboard
     from .published import load_published
+
+    from .atomic import check_writable_dir
 
     if not leaderboard and not published:
         raise RiskdecompError("analyze: give --leaderboard and/or --published")
-    board = pd.read_csv(leaderboard) if leaderboard else None
+    board = read_leaderboard(leaderboard) if leaderboard else None
+    check_writable_dir(out, "--out")
     pub = load_published(published) if published else None
     seeds = Path(leaderboard).with_name("leaderboard_seeds.csv") if leaderboard else None  # per-seed rows
     run(leaderboard=board, published=pub, out_dir=out, seeds=seeds if seeds and seeds.is_file() else None)
@@ -257,19 +304,47 @@ def analyze(leaderboard, published, out):
 @click.option("--color-by", default="objective", show_default=True, help="Design choice that colors scatter plots.")
 def report(results, published, color_by):
     """Plots (PNG + SVG) and a self-contained report.html from a results folder."""
+    from .analysis import read_leaderboard
     from .report import make_report
 
+    if (Path(results) / "leaderboard.csv").exists() or not published:  # junk or empty: an error, not an empty report
+        read_leaderboard(Path(results) / "leaderboard.csv")
     click.echo(f"wrote {make_report(results, published=published, color_by=color_by)}")
+
+
+@cli.command()
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False, exists=True),
+              help="An output folder of evaluate.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Also write plots and report.html.")
+def build(results, report):
+    """Rebuild every summary CSV (and the report) of a results folder from its run records (runs/)."""
+    from .runner import build as run
+
+    res = run(results)
+    for name, path in res.paths.items():
+        rows = len(getattr(res, name))
+        click.echo(f"wrote {path} ({rows} rows)")
+    if report and len(res.leaderboard):
+        from .report import make_report
+
+        click.echo(f"wrote {make_report(results)}")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    if debug:  # a global flag, accepted after the subcommand too
+        argv = ["--debug"] + [a for a in argv if a != "--debug"]
     try:
         return cli.main(args=argv, prog_name="riskdecomp", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("riskdecomp: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # a bad option: one line, like every other input error
+        if debug:
+            raise
+        click.echo(f"riskdecomp: error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -1,12 +1,17 @@
 """The SSL risk decomposition (Dubois et al., ICML 2023) on feature arrays, with bootstrap CIs.
 
-Raw errors (0-1 error in percent), each from one probe fit (see docs/spec-decomposition.md):
+The protocol, the formulas and what the CIs cover are written down in ``docs/protocol.md``; in short:
+
+Raw errors (0-1 error in percent), each from probe fits:
 
 - ``err_ref_train_train``: probe fitted on D_tr with the supervised reference's features, scored on D_tr;
 - ``err_train_train``: probe fitted on D_tr, scored on D_tr;
-- ``err_heldout``: D_tr split into a stratified subset S (``n_sub`` points) and its complement;
-  fitted on the complement, scored on S;
+- ``err_heldout``: train points scored by a probe that did not see them. ``holdout="crossfit"`` (the default
+  below ``CROSSFIT_MAX_TRAIN`` train points): D_tr cut into ``n_folds`` stratified folds, each fold S_k scored
+  by a probe fitted on D_tr \\ S_k, so every train point is held out once and the errors are averaged;
+  ``holdout="single"`` (the paper's protocol, the default above): one stratified subset S of ``n_sub`` points;
 - ``err_test``: fitted on D_tr, scored on D_te;
+- ``err_sub_test``: the held-out probes (fitted on D_tr \\ S_k) scored on D_te, averaged over folds;
 - (alternative) ``err_union``: fitted on D_tr u D_te, scored on D_te.
 
 Components::
@@ -17,23 +22,35 @@ Components::
     enc_gen   = err_test - err_heldout
     agg_risk  = approx + usability + probe_gen + enc_gen (computed as this sum, so the identity is exact;
                 it equals err_test up to float rounding)
+    enc_gen_size_gap = err_sub_test - err_test   (the part of enc_gen that is only the smaller training set of
+                the held-out probes: not a component, a diagnostic; enc_gen - enc_gen_size_gap is the
+                encoder's generalization at equal probe training size)
     alternative: enc_gen_alt = err_union - err_train_train, probe_gen_alt = err_test - err_union
 
 Regularization (never looks at D_te labels except for the alternative err_union fit):
 
-- train_train fits (SSL, reference, union): C minimizing *training* error along the warm-started path
-  (strong -> weak), stopping once the training error has not improved for ``patience`` grid points;
-- err_heldout: C chosen on a stratified validation part of the complement, refit on the whole complement
+- train_train fits (SSL, reference, union): C minimizing *training* error (ties: lower training loss) over the
+  whole warm-started path (strong -> weak): training error need not fall monotonically in C, so no early stop;
+- err_heldout: per fold, C chosen on a stratified validation part of D_tr \\ S_k, refit on all of D_tr \\ S_k
   (warm-started from the validation-path solution at that C);
 - err_test: C chosen on a stratified validation part of D_tr, refit on all of D_tr (the train_train
   path already holds that fit: it is reused).
 
-Bootstrap: every raw error is a mean of per-point 0/1 losses on its evaluation set. Resampling n
-points with replacement gives counts per loss pattern ~ Multinomial(n, pattern frequencies), so the
-bootstrap is drawn exactly and in O(B) from those counts: Binomial for a lone error, a 4-cell
-Multinomial for two errors sharing one evaluation set (err_train_train & err_ref_train_train on D_tr;
-err_test & err_union on D_te). Different evaluation sets are resampled independently. The 2.5 / 97.5
-percentiles of each raw error, component and agg_risk over the B replicates are ``<name>_lo/_hi``.
+Bootstrap CIs (``<name>_lo``/``_hi``: 2.5 / 97.5 percentiles over ``n_boot`` replicates). **They cover the
+resampling of the evaluation points only** -- the finite train and test sets that the errors are averaged over --
+and NOT the randomness of the probe fits (they are not refitted per replicate), the choice of S / the folds,
+the choice of C, nor the encoder's pretraining seed (run several seeds for that). Two resampling units:
+
+- D_tr: each train point carries its losses under err_train_train, err_ref_train_train and err_heldout (S is a
+  subset of D_tr: with a single S the other points carry no held-out loss), so one resample of D_tr moves all
+  three together, as it should (their differences, usability and probe_gen, get the narrower CIs of paired
+  errors);
+- D_te: each test point carries err_test, err_sub_test and err_union.
+
+D_tr and D_te are resampled independently. Resampling n points with replacement gives counts per distinct loss
+pattern ~ Multinomial(n, pattern frequencies), so the bootstrap is drawn exactly in O(B x patterns) from those
+counts (:func:`boot_means`); a mean over a subset (S) is the resampled sum over its points divided by the
+resampled number of its points.
 """
 
 from __future__ import annotations
@@ -44,12 +61,20 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from riskdecomp.errors import FeatureError
-from riskdecomp.probes import LinearProbe, PathFitter, _as_grid, fit_path, refit_from, stratified_split
+from riskdecomp.errors import FeatureError, RiskdecompError
+from riskdecomp.probes import (DEFAULT_STANDARDIZE, LinearProbe, PathFitter, _as_grid, fit_path, refit_from,
+                               stratified_split)
 
 COMPONENTS = ("approx", "usability", "probe_gen", "enc_gen")
 ALT_COMPONENTS = ("probe_gen_alt", "enc_gen_alt")
-RAW_ERRORS = ("err_train_train", "err_heldout", "err_test", "err_ref_train_train")
+RAW_ERRORS = ("err_train_train", "err_heldout", "err_test", "err_ref_train_train", "err_sub_test")
+HOLDOUTS = ("auto", "crossfit", "single")
+#: ``holdout="auto"`` cross-fits below this many train points and holds out one S above. Below it one S of
+#: n_sub <= 20% of D_tr (<= 2,000 points) gives err_heldout a binomial standard error of ~1 point or more at 20-50%
+#: error, plus the luck of which points form S; cross-fitting scores all of D_tr at n_folds x the held-out cost.
+#: Above it one S already has >= 2,000 points and the extra fits cost more than they bring.
+CROSSFIT_MAX_TRAIN = 10_000
+DEFAULT_FOLDS = 5
 
 
 class Decomposition(dict):
@@ -67,8 +92,39 @@ class Decomposition(dict):
         return pd.DataFrame([dict(self)])
 
 
+_F32 = np.finfo(np.float32)
+
+
+def check_feature_values(x: np.ndarray, name: str) -> None:
+    """Reject feature values the float32 probes cannot honour (one-line FeatureError naming ``name``):
+    complex or non-numeric dtypes, NaN/inf, finite values beyond float32's range (they would become inf), and
+    feature columns whose non-zero values are all float32-subnormal (below 1.2e-38: they lose their precision,
+    and a probe on them is at chance). A lone tiny value in a normal column is kept (it is just ~0)."""
+    if np.iscomplexobj(x):
+        raise FeatureError(f"{name}: features are complex numbers (dtype {x.dtype}); give real-valued features")
+    if x.dtype == bool or not np.issubdtype(x.dtype, np.number):
+        raise FeatureError(f"{name}: features must be real numbers, got dtype {x.dtype}")
+    if not np.issubdtype(x.dtype, np.floating):
+        return  # integers: finite and (for any realistic feature) within float32 range
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = int((~finite).any(axis=1).sum())
+        raise FeatureError(f"{name}: {bad} row(s) contain NaN or inf")
+    big = float(np.abs(x).max())
+    if big > float(_F32.max):
+        raise FeatureError(f"{name}: values up to {big:.3g} exceed the float32 range (|x| <= {_F32.max:.3g}) the "
+                           "probes compute in; rescale the features")
+    ax = np.abs(x)
+    tiny = (ax > 0).any(axis=0) & ~(ax >= float(_F32.tiny)).any(axis=0)
+    if tiny.any():
+        raise FeatureError(f"{name}: {int(tiny.sum())} feature column(s) hold only float32-subnormal values "
+                           f"(0 < |x| < {_F32.tiny:.3g}, e.g. column {int(np.argmax(tiny))}): they cannot be "
+                           "represented at float32 precision; rescale the features")
+
+
 def check_features(x: np.ndarray, y: np.ndarray | None, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validate one feature array (2-D, non-empty, finite) and its labels; one-line FeatureError otherwise."""
+    """Validate one feature array (2-D, non-empty, values a float32 probe can honour: see
+    :func:`check_feature_values`) and its labels; one-line FeatureError otherwise."""
     try:
         x = np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic inputs
@@ -77,16 +133,20 @@ def check_features(x: np.ndarray, y: np.ndarray | None, name: str) -> tuple[np.n
         raise FeatureError(f"{name}: expected a 2-D array (n_samples, n_features), got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise FeatureError(f"{name}: empty array of shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
-        raise FeatureError(f"{name}: features must be real numbers, got dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        bad = int((~np.isfinite(x)).any(axis=1).sum())
-        raise FeatureError(f"{name}: {bad} row(s) contain NaN or inf")
+    check_feature_values(x, name)
     if y is not None:
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != x.shape[0]:
             raise FeatureError(f"{name}: {x.shape[0]} feature rows but labels of shape {y.shape}")
     return x, y
+
+
+def check_int(value, name: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (bools and non-integral numbers rejected), else a one-line error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)) \
+            or not float(value).is_integer() or value < minimum:
+        raise RiskdecompError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def _default_n_sub(n_train: int, n_test: int) -> int:
@@ -98,18 +158,28 @@ def _errors(model: BaseEstimator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(x) != y)
 
 
-def _boot_single(loss: np.ndarray, B: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap replicates of mean(loss) for 0/1 losses: Binomial(n, mean) / n (exact)."""
-    n = len(loss)
-    return rng.binomial(n, float(np.mean(loss)), size=B) / n
+def boot_means(losses: np.ndarray, B: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap replicates (B, m) of the column means of ``losses`` (n points x m errors; NaN = the point does
+    not count for that error), all columns resampled with the SAME indices.
 
-
-def _boot_pair(a: np.ndarray, b: np.ndarray, B: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Replicates of (mean(a), mean(b)) when both are resampled with the SAME indices (exact, O(B))."""
-    n = len(a)
-    cells = np.array([np.sum(~a & ~b), np.sum(~a & b), np.sum(a & ~b), np.sum(a & b)], dtype=float) / n
-    counts = rng.multinomial(n, cells, size=B)
-    return (counts[:, 2] + counts[:, 3]) / n, (counts[:, 1] + counts[:, 3]) / n
+    Exact and O(B x patterns): the n rows fall into P distinct patterns with frequencies f; a resample's pattern
+    counts are Multinomial(n, f); a column's replicate is sum(count x value) / sum(count) over the patterns where
+    the column is defined (NaN if none drew).
+    """
+    L = np.asarray(losses, dtype=float)
+    if L.ndim == 1:
+        L = L[:, None]
+    n = len(L)
+    defined = ~np.isnan(L)
+    key = np.where(defined, L, -1.0)
+    patterns, inverse = np.unique(key, axis=0, return_inverse=True)
+    freq = np.bincount(inverse.ravel(), minlength=len(patterns)) / n
+    counts = rng.multinomial(n, freq, size=B).astype(float)  # (B, P)
+    pdef = patterns >= 0
+    num = counts @ np.where(pdef, patterns, 0.0)
+    den = counts @ pdef.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den
 
 
 def _components(raw: dict[str, np.ndarray | float], has_ref: bool, alternative: bool) -> dict:
@@ -130,6 +200,7 @@ def _components(raw: dict[str, np.ndarray | float], has_ref: bool, alternative: 
     for p in parts[1:]:
         agg = agg + p
     out["agg_risk"] = agg
+    out["enc_gen_size_gap"] = raw["err_sub_test"] - te
     if alternative:
         un = raw["err_union"]
         out["probe_gen_alt"] = te - un
@@ -145,6 +216,24 @@ def _choose_C(est, x, y, fit_idx, val_idx, grid, patience):
     return C, path.get(C)
 
 
+def _holdout_folds(y: np.ndarray, holdout: str, n_folds: int, n_sub: int, seed: int) -> list[np.ndarray]:
+    """The held-out sets S_k (sorted train indices): ``n_folds`` stratified folds covering D_tr, or one S."""
+    if holdout == "single":
+        return [stratified_split(y, n_sub, seed)[1]]
+    import warnings
+
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    with warnings.catch_warnings():  # a class with fewer members than folds: it is missing from some folds
+        warnings.filterwarnings("ignore", message="The least populated class")
+        try:
+            splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
+            folds = [np.sort(out) for _, out in splits]
+        except ValueError:
+            folds = [np.sort(out) for _, out in KFold(n_folds, shuffle=True, random_state=seed).split(y)]
+    return folds
+
+
 def decompose(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -158,20 +247,37 @@ def decompose(
     n_boot: int = 1000,
     alternative: bool = False,
     device: str = "auto",
-    standardize: bool = False,
+    standardize: bool = DEFAULT_STANDARDIZE,
     val_fraction: float = 0.2,
     patience: int = 2,
     probe: BaseEstimator | None = None,
+    holdout: str = "auto",
+    n_folds: int = DEFAULT_FOLDS,
 ) -> Decomposition:
-    """Risk decomposition of one encoder's features (percent errors, bootstrap 95% CIs).
+    """Risk decomposition of one encoder's features (percent errors, bootstrap 95% CIs over the evaluation
+    points only: see the module docstring and ``docs/protocol.md``).
 
     ``reference`` = (x_ref_train, y_ref_train): the supervised reference encoder's features of the
     same train points (same order) or None (then ``approx`` is NaN and merged into ``usability``).
-    ``n_sub`` defaults to min(|D_te|, 20% |D_tr|). ``probe`` (default ``LinearProbe(standardize,
-    device)``) may be any sklearn classifier with ``C`` and ``warm_start`` parameters.
+    ``holdout``: how err_heldout is estimated: ``"crossfit"`` (``n_folds`` folds, every train point held out
+    once), ``"single"`` (one stratified S of ``n_sub`` points, default min(|D_te|, 20% |D_tr|): the paper's
+    protocol) or ``"auto"`` (crossfit up to ``CROSSFIT_MAX_TRAIN`` train points, single above).
+    ``probe`` (default ``LinearProbe(standardize, device)``) may be any sklearn classifier with ``C`` and
+    ``warm_start`` parameters.
+
+    Result keys: the components, ``agg_risk``, the raw errors, ``enc_gen_size_gap``, each with ``_lo``/``_hi``;
+    ``<component>_clipped``; ``C_*`` (``C_heldout``: the median over folds); ``holdout`` ("crossfit"/"single"),
+    ``holdout_folds`` (1 for single), ``n_sub`` (held-out points scored: |S|, or n_train when cross-fitted),
+    ``n_train``, ``n_test``, ``n_classes``, ``n_boot``, ``seed``, ``approx_merged``.
     """
     x_train, y_train = check_features(x_train, y_train, "x_train")
     x_test, y_test = check_features(x_test, y_test, "x_test")
+    seed, n_boot = check_int(seed, "seed", 0), check_int(n_boot, "n_boot", 0)
+    patience = check_int(patience, "patience", 1)
+    if not 0 < float(val_fraction) < 1:
+        raise RiskdecompError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    if holdout not in HOLDOUTS:
+        raise RiskdecompError(f"holdout must be one of {', '.join(HOLDOUTS)}, got {holdout!r}")
     if x_train.shape[1] != x_test.shape[1]:
         raise FeatureError(
             f"x_test has {x_test.shape[1]} features but x_train has {x_train.shape[1]}"
@@ -191,6 +297,12 @@ def decompose(
             )
     g = _as_grid(grid)
     n_tr, n_te = len(y_train), len(y_test)
+    if holdout == "auto":
+        holdout = "crossfit" if n_tr <= CROSSFIT_MAX_TRAIN else "single"
+    if holdout == "crossfit":
+        n_folds = check_int(n_folds, "n_folds", 2)
+        if n_folds > n_tr // 2:
+            raise RiskdecompError(f"n_folds={n_folds} is too many for {n_tr} train points (at most {n_tr // 2})")
     if n_sub is None:
         n_sub = _default_n_sub(n_tr, n_te)
     n_sub = int(n_sub)
@@ -205,79 +317,84 @@ def decompose(
         return min(max(int(round(val_fraction * n)), 1), n - 1)
 
     res = Decomposition()
-    losses: dict[str, np.ndarray] = {}
+    # per-point losses (float, NaN = the point does not count for that error), one table per resampling unit
+    train_loss: dict[str, np.ndarray] = {}
+    test_loss: dict[str, np.ndarray] = {}
 
     # err_train_train: best training error along the path on D_tr
     tr_path = PathFitter(est, x_train, y_train, g)
-    C_tt, _ = fit_path(tr_path, x_train, y_train, patience=patience)
-    losses["err_train_train"] = _errors(tr_path.get(C_tt), x_train, y_train)
+    C_tt, _ = fit_path(tr_path, x_train, y_train, patience=None)
+    train_loss["err_train_train"] = _errors(tr_path.get(C_tt), x_train, y_train).astype(float)
     res["C_train_train"] = C_tt
 
-    # err_heldout: S vs complement; C chosen on a validation part of the complement. Row subsets are copies
-    # (fancy indexing), so each lives only while it is needed: at most ~1x the train matrix extra at a time.
-    comp_idx, sub_idx = stratified_split(y_train, n_sub, seed)
-    y_c = y_train[comp_idx]
-    fit_i, val_i = stratified_split(y_c, n_val(len(y_c)), seed + 1)
-    C_ho, ho_val_probe = _choose_C(est, x_train, y_train, comp_idx[fit_i], comp_idx[val_i], g, patience)
-    x_c = x_train[comp_idx]
-    ho_probe = refit_from(est, ho_val_probe, C_ho, x_c, y_c)
-    del x_c, ho_val_probe
-    losses["err_heldout"] = _errors(ho_probe, x_train[sub_idx], y_train[sub_idx])
-    res["C_heldout"] = C_ho
-    del ho_probe
+    # err_heldout: each S_k scored by a probe fitted on D_tr \ S_k (C chosen on a validation part of it); the
+    # same probes scored on D_te give err_sub_test. Row subsets are copies (fancy indexing), so each lives only
+    # while it is needed: at most ~1x the train matrix extra at a time.
+    folds = _holdout_folds(y_train, holdout, n_folds, n_sub, seed)
+    held = np.full(n_tr, np.nan)
+    sub_test = np.zeros(n_te)
+    C_folds = []
+    for k, sub_idx in enumerate(folds):
+        comp_idx = np.setdiff1d(np.arange(n_tr), sub_idx, assume_unique=True)
+        y_c = y_train[comp_idx]
+        fit_i, val_i = stratified_split(y_c, n_val(len(y_c)), seed + 1 + 7919 * k)
+        C_k, val_probe = _choose_C(est, x_train, y_train, comp_idx[fit_i], comp_idx[val_i], g, patience)
+        x_c = x_train[comp_idx]
+        ho_probe = refit_from(est, val_probe, C_k, x_c, y_c)
+        del x_c, val_probe
+        held[sub_idx] = _errors(ho_probe, x_train[sub_idx], y_train[sub_idx])
+        sub_test += _errors(ho_probe, x_test, y_test) / len(folds)
+        C_folds.append(C_k)
+        del ho_probe
+    train_loss["err_heldout"] = held
+    test_loss["err_sub_test"] = sub_test
+    res["C_heldout"] = float(np.median(C_folds)) if len(C_folds) % 2 else float(sorted(C_folds)[len(C_folds) // 2])
 
     # err_test: C chosen on a validation part of D_tr, refit on D_tr (= the train path's fit at that C)
     fit_i, val_i = stratified_split(y_train, n_val(n_tr), seed + 2)
     C_te, _ = _choose_C(est, x_train, y_train, fit_i, val_i, g, patience)
     test_probe = tr_path.get(C_te)
-    losses["err_test"] = _errors(test_probe, x_test, y_test)
+    test_loss["err_test"] = _errors(test_probe, x_test, y_test).astype(float)
     res["C_test"] = C_te
 
     if reference is not None:
         x_ref = np.ascontiguousarray(x_ref, dtype=np.float32) if probe is None else x_ref
         ref_path = PathFitter(est, x_ref, y_train, g)
-        C_ref, _ = fit_path(ref_path, x_ref, y_train, patience=patience)
-        losses["err_ref_train_train"] = _errors(ref_path.get(C_ref), x_ref, y_train)
+        C_ref, _ = fit_path(ref_path, x_ref, y_train, patience=None)
+        train_loss["err_ref_train_train"] = _errors(ref_path.get(C_ref), x_ref, y_train).astype(float)
         res["C_ref_train_train"] = C_ref
     if alternative:
         x_u = np.concatenate([x_train, x_test])
         y_u = np.concatenate([y_train, y_test])
         un_path = PathFitter(est, x_u, y_u, g)
-        C_un, _ = fit_path(un_path, x_u, y_u, patience=patience)
-        losses["err_union"] = _errors(un_path.get(C_un), x_test, y_test)
+        C_un, _ = fit_path(un_path, x_u, y_u, patience=None)
+        test_loss["err_union"] = _errors(un_path.get(C_un), x_test, y_test).astype(float)
         res["C_union"] = C_un
 
     has_ref = reference is not None
-    raw = {k: 100.0 * float(np.mean(v)) for k, v in losses.items()}
+    raw = {k: 100.0 * float(np.nanmean(v)) for part in (train_loss, test_loss) for k, v in part.items()}
     if not has_ref:
         raw["err_ref_train_train"] = float("nan")
     point = _components(raw, has_ref, alternative)
     res.update(point)
-    res.update({k: raw[k] for k in (*RAW_ERRORS, *(("err_union",) if alternative else ()))})
+    raw_names = (*RAW_ERRORS, *(("err_union",) if alternative else ()))
+    res.update({k: raw[k] for k in raw_names})
 
-    # bootstrap
+    # bootstrap: D_tr and D_te resampled independently, every error on one set with the same indices
     rng = np.random.default_rng(seed)
-    B = int(n_boot)
+    B = n_boot
     boot: dict[str, np.ndarray] = {}
     if B > 0:
-        if has_ref:
-            boot["err_train_train"], boot["err_ref_train_train"] = _boot_pair(
-                losses["err_train_train"], losses["err_ref_train_train"], B, rng
-            )
-        else:
-            boot["err_train_train"] = _boot_single(losses["err_train_train"], B, rng)
+        for part in (train_loss, test_loss):
+            names = list(part)
+            reps = boot_means(np.column_stack([part[k] for k in names]), B, rng)
+            boot.update({k: 100.0 * reps[:, j] for j, k in enumerate(names)})
+        if not has_ref:
             boot["err_ref_train_train"] = np.full(B, np.nan)
-        boot["err_heldout"] = _boot_single(losses["err_heldout"], B, rng)
-        if alternative:
-            boot["err_test"], boot["err_union"] = _boot_pair(losses["err_test"], losses["err_union"], B, rng)
-        else:
-            boot["err_test"] = _boot_single(losses["err_test"], B, rng)
-        boot = {k: 100.0 * v for k, v in boot.items()}
         boot.update(_components(boot, has_ref, alternative))
-    for name in (*COMPONENTS, "agg_risk", *(ALT_COMPONENTS if alternative else ()), *RAW_ERRORS,
-                 *(("err_union",) if alternative else ())):
+    for name in (*COMPONENTS, "agg_risk", "enc_gen_size_gap", *(ALT_COMPONENTS if alternative else ()), *raw_names):
         if B > 0 and not np.all(np.isnan(boot[name])):
-            lo, hi = np.percentile(boot[name], [2.5, 97.5])
+            lo, hi = np.nanpercentile(boot[name], [2.5, 97.5])
         else:
             lo = hi = float("nan")
         res[f"{name}_lo"], res[f"{name}_hi"] = float(lo), float(hi)
@@ -285,7 +402,9 @@ def decompose(
         v = res[name]
         res[f"{name}_clipped"] = v if np.isnan(v) else max(float(v), 0.0)
     res["approx_merged"] = not has_ref
-    res["n_train"], res["n_test"], res["n_sub"] = n_tr, n_te, n_sub
+    res["holdout"], res["holdout_folds"] = holdout, len(folds)
+    res["n_train"], res["n_test"] = n_tr, n_te
+    res["n_sub"] = int(np.sum(~np.isnan(held)))
     res["n_classes"] = int(len(train_classes))
     res["n_boot"] = B
     res["seed"] = int(seed)

@@ -13,8 +13,8 @@ code is refused.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import RiskdecompError, WeightsError
-from .zoo import CheckpointEntry, RecipeEntry, TimmEntry, TorchHubEntry
+from .zoo import CheckpointEntry, RecipeEntry, TimmEntry, TorchHubEntry, file_sha256  # noqa: F401 (re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,14 +34,15 @@ class Encoder:
     module: nn.Module  # eval mode; forward(batch) -> (N, D) representation
     transform: Callable  # PIL image -> float tensor (3, H, W)
     identity: str  # model identity incl. weights hash and representation (part of the feature-cache key)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+    # weights keys not loaded under ``strict: false``: {"missing": model keys left at their initialization,
+    # "unexpected": file keys without a place in the model}; both empty for a strict load (the default)
+    ignored_keys: dict = field(default_factory=lambda: {"missing": [], "unexpected": []})
+    # SHA-256 of the weights used (the weights file; a recipe's cached checkpoint); None for hub weights / random init
+    weights_sha256: Optional[str] = None
+    # side in pixels of the images the module is fed (the transform's output; zoo ``image_size:`` overrides it), and
+    # whether that is larger than the dataset's images (judged on the first train image; None without a dataset)
+    input_size: Optional[int] = None
+    upscaled: Optional[bool] = None
 
 
 def load_state_dict(path: Path, who: str) -> dict:
@@ -100,17 +101,42 @@ class Representation(nn.Module):
         return torch.cat([tokens[:, 0], avg], dim=-1)
 
 
-def _timm_transform(model: nn.Module):
+def _timm_transform(model: nn.Module, image_size: Optional[int] = None):
+    """timm's eval preprocessing for ``model`` (resize, center crop, normalize). With ``image_size`` (the zoo's
+    per-entry override) the image is resized to that side and center-cropped square, no crop margin."""
     import timm.data
 
     cfg = timm.data.resolve_model_data_config(model)
-    return timm.data.create_transform(**cfg, is_training=False), cfg
+    if image_size:
+        cfg = {**cfg, "input_size": (cfg["input_size"][0], image_size, image_size), "crop_pct": 1.0}
+    transform = timm.data.create_transform(**cfg, is_training=False)
+    transform.input_size = int(cfg["input_size"][-1])
+    return transform
 
 
 def _imagenet_transform():
     from torchvision import transforms as T
 
-    return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    transform.input_size = 224
+    return transform
+
+
+def _image_size(entry, who: str) -> Optional[int]:
+    """The entry's input-size override: ``image_size:``, or ``model_kwargs: {img_size: N}`` (a ViT built for N px
+    is fed N px); both given and different is an error."""
+    kw = getattr(entry, "model_kwargs", {}).get("img_size")
+    if kw is not None and entry.image_size is not None and kw != entry.image_size:
+        raise RiskdecompError(f"{who}: image_size {entry.image_size} and model_kwargs.img_size {kw} disagree")
+    size = entry.image_size or kw
+    return int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) else None
+
+
+def _native_size(dataset) -> Optional[int]:
+    """Shorter side of the dataset's first train image (None without a dataset)."""
+    if dataset is None or not len(dataset.train):
+        return None
+    return min(dataset.train.load_image(0).size)
 
 
 def _drop_classifier(model: nn.Module, sd: dict) -> dict:
@@ -122,15 +148,39 @@ def _drop_classifier(model: nn.Module, sd: dict) -> dict:
     return {k: v for k, v in sd.items() if k in own or not any(k.startswith(h + ".") for h in heads)}
 
 
-def _load_into(model: nn.Module, sd: dict, who: str, path: Path, arch: str):
-    try:
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        first = str(exc).split("\n")[1].strip() if "\n" in str(exc) else str(exc)
-        raise WeightsError(f"{who}: weights {path} do not fit architecture {arch!r} ({first})") from None
-    if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise WeightsError(f"{who}: weights {path} do not fit architecture {arch!r} ({what})")
+def _first(keys, n: int = 3) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def load_weights(model: nn.Module, sd: dict, who: str, path, arch: str, strict: bool = True) -> dict:
+    """Load state dict ``sd`` (from ``path``) into ``model``; every load of user weights goes through here.
+
+    Strict (the default): any key of the model missing from the file, any key of the file unknown to the model, or
+    any shape mismatch is a WeightsError naming the entry and the first keys -- a partial load would leave layers
+    at their random initialization and still produce a full leaderboard row. ``strict=False`` (the zoo's
+    ``strict: false``, e.g. for a file holding extra heads) tolerates missing and unexpected keys and returns them
+    (``{"missing": [...], "unexpected": [...]}``, for the run record); shape mismatches and a file of which no
+    tensor fits stay errors."""
+    own = model.state_dict()
+    shapes = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if shapes:
+        k = shapes[0]
+        raise WeightsError(f"{who}: weights {path} do not fit architecture {arch!r} (shape mismatch: {k} is "
+                           f"{tuple(sd[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+                           f"{f'; {len(shapes)} tensors differ' if len(shapes) > 1 else ''})")
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if not set(sd) & set(own):
+        raise WeightsError(f"{who}: weights {path} do not fit architecture {arch!r} (no tensor of the file has a "
+                           f"place in the model; the file holds {_first(sd)})")
+    if strict and (missing or unexpected):
+        parts = ([f"missing {_first(missing)}"] if missing else []) + (
+            [f"unexpected {_first(unexpected)}"] if unexpected else [])
+        raise WeightsError(f"{who}: weights {path} do not fit architecture {arch!r} ({'; '.join(parts)}); "
+                           "set strict: false to load the matching tensors only")
+    model.load_state_dict(sd, strict=False)
+    return {"missing": missing, "unexpected": unexpected}
 
 
 def _own_backbones():
@@ -141,36 +191,80 @@ def _own_backbones():
     return backbones
 
 
-def _build_timm(entry: TimmEntry):
+def _create_timm(arch: str, who: str, kwargs: dict, pretrained: bool = False, img_size: Optional[int] = None):
+    """``timm.create_model`` without a classifier; unknown names and timm's own load errors become one line.
+
+    Hub weights (``pretrained=True``) are loaded by timm *with* the classifier, i.e. with timm's strict load (with
+    ``num_classes=0`` timm loads non-strictly), and the classifier is removed afterwards. ``img_size`` is passed to
+    architectures that take one (ViTs: timm resamples their position embeddings); CNNs take any size as is."""
     import timm
 
+    if "num_classes" in kwargs:
+        raise RiskdecompError(f"{who}: model_kwargs: num_classes: the encoder is always built without a classifier")
+
+    def create(**kw):
+        if pretrained:
+            m = timm.create_model(arch, pretrained=True, **kw)
+            m.reset_classifier(0)
+            return m
+        return timm.create_model(arch, pretrained=False, num_classes=0, **kw)
+
+    try:
+        if img_size and "img_size" not in kwargs:
+            try:
+                model = create(img_size=img_size, **kwargs)
+            except TypeError as exc:
+                if "img_size" not in str(exc):
+                    raise
+                model = create(**kwargs)
+        else:
+            model = create(**kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise RiskdecompError(f"{who}: unknown timm architecture {arch!r}") from None
+        if "state_dict" in str(exc):
+            detail = " ".join(str(exc).split())[:300]
+            raise WeightsError(f"{who}: timm's weights do not fit architecture {arch!r} ({detail})") from None
+        raise
+    except Exception as exc:
+        if "Unknown model" in str(exc) or isinstance(exc, KeyError):
+            raise RiskdecompError(f"{who}: unknown timm architecture {arch!r}") from None
+        if "pickle" in str(exc).lower() or "weights_only" in str(exc):
+            raise WeightsError(f"{who}: refusing timm's weights for {arch!r}: not a weights-only checkpoint") from None
+        raise
+    return model
+
+
+def _load_timm_file(model: nn.Module, path, who: str, arch: str, strict: bool) -> dict:
+    """A local weights file into a timm model: the architecture's own ``checkpoint_filter_fn`` (what timm applies
+    to its hub weights: layout conversions, position-embedding resampling for another ``img_size``), the classifier
+    dropped, then :func:`load_weights`."""
+    sd = load_state_dict(path, who)
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            sd = filter_fn(dict(sd), model)
+        except Exception as exc:  # a file for another architecture can trip the converter
+            raise WeightsError(f"{who}: weights {path} do not fit architecture {arch!r} "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return load_weights(model, _drop_classifier(model, sd), who, path, arch, strict)
+
+
+def _build_timm(entry: TimmEntry):
     who = f"model {entry.name!r}"
-    kwargs = dict(entry.model_kwargs)
-    pretrained = entry.pretrained
+    ignored = {"missing": [], "unexpected": []}
     if entry.weights is not None:
         if not Path(entry.weights).is_file():
             raise WeightsError(f"{who}: weights file {entry.weights} not found")
         if Path(entry.weights).suffix not in (".safetensors", ".pt", ".pth", ".bin"):
             raise WeightsError(f"{who}: weights {entry.weights}: expected .safetensors or a weights-only .pt/.pth")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(entry.weights))
-        pretrained = True
-    try:
-        model = timm.create_model(entry.model, pretrained=pretrained, num_classes=0, **kwargs)
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            raise RiskdecompError(f"{who}: unknown timm architecture {entry.model!r}") from None
-        if entry.weights is not None:
-            first = str(exc).strip().splitlines()[0]
-            raise WeightsError(f"{who}: weights {entry.weights} do not fit architecture {entry.model!r} ({first})") from None
-        raise
-    except Exception as exc:
-        if "Unknown model" in str(exc) or isinstance(exc, (KeyError,)):
-            raise RiskdecompError(f"{who}: unknown timm architecture {entry.model!r}") from None
-        if entry.weights is not None and ("pickle" in str(exc).lower() or "weights_only" in str(exc)):
-            raise WeightsError(f"{who}: refusing {entry.weights}: not a weights-only checkpoint") from None
-        raise
-    transform, _cfg = _timm_transform(model)
-    return Representation(model, entry.representation, who), transform
+        model = _create_timm(entry.model, who, dict(entry.model_kwargs), img_size=_image_size(entry, who))
+        ignored = _load_timm_file(model, entry.weights, who, entry.model, entry.strict)
+    else:
+        model = _create_timm(entry.model, who, dict(entry.model_kwargs), pretrained=bool(entry.pretrained),
+                             img_size=_image_size(entry, who))
+    transform = _timm_transform(model, _image_size(entry, who))
+    return Representation(model, entry.representation, who), transform, ignored
 
 
 def _build_hub(entry: TorchHubEntry):
@@ -188,10 +282,8 @@ def _build_hub(entry: TorchHubEntry):
 
 
 def _build_checkpoint(entry: CheckpointEntry, dataset):
-    import timm
-
     who = f"model {entry.name!r}"
-    sd = load_state_dict(entry.weights, who)
+    ignored = {"missing": [], "unexpected": []}
     own = _own_backbones()
     if own is not None and entry.architecture in getattr(own, "BACKBONES", ()):
         from .pretrain import eval_transform, load_checkpoint
@@ -200,84 +292,120 @@ def _build_checkpoint(entry: CheckpointEntry, dataset):
         if entry.representation != "pooled":
             raise RiskdecompError(f"{who}: representation {entry.representation!r}: "
                                   f"{entry.architecture} gives a pooled vector only")
-        native = dataset.train.load_image(0).size[0] if dataset is not None and len(dataset.train) else 32
+        native = _native_size(dataset) or 32
         if sidecar_path(entry.weights).is_file():
             # a riskdecomp-pretrained checkpoint: its sidecar knows the input size, normalization, stochastic head
             model, _recipe = load_checkpoint(entry.weights)
-            transform = eval_transform(entry.weights, native)
+            transform = eval_transform(entry.weights, native, size=entry.image_size)
         else:
             model = own.create_backbone(entry.architecture, **entry.model_kwargs)
-            _load_into(model, sd, who, entry.weights, entry.architecture)
-            transform = eval_transform(None, native)
+            ignored = load_weights(model, load_state_dict(entry.weights, who), who, entry.weights,
+                                   entry.architecture, entry.strict)
+            transform = eval_transform(None, native, size=entry.image_size)
         rep = model
     else:
         try:
-            model = timm.create_model(entry.architecture, pretrained=False, num_classes=0, **entry.model_kwargs)
-        except Exception as exc:
-            if "Unknown model" in str(exc):
+            model = _create_timm(entry.architecture, who, dict(entry.model_kwargs), img_size=_image_size(entry, who))
+        except RiskdecompError as exc:
+            if "unknown timm architecture" in str(exc):
                 raise RiskdecompError(f"{who}: unknown architecture {entry.architecture!r} "
                                       "(neither a timm model nor one of riskdecomp's backbones)") from None
             raise
-        _load_into(model, _drop_classifier(model, sd), who, entry.weights, entry.architecture)
-        transform, _cfg = _timm_transform(model)
+        ignored = _load_timm_file(model, entry.weights, who, entry.architecture, entry.strict)
+        transform = _timm_transform(model, _image_size(entry, who))
         rep = Representation(model, entry.representation, who)
-    return rep, transform
+    return rep, transform, ignored
 
 
-def _build_recipe(entry: RecipeEntry, dataset, cache_dir, device, progress):
+def _recipe_checkpoint(entry: RecipeEntry, dataset, cache_dir, device, progress, force) -> Path:
     from . import pretrain
 
     if dataset is None:
         raise RiskdecompError(f"model {entry.name!r}: a recipe entry needs a dataset to pretrain on")
-    path = pretrain.pretrained_checkpoint(entry.recipe, dataset, Path(cache_dir), device=device, progress=progress)
+    return pretrain.pretrained_checkpoint(entry.recipe, dataset, Path(cache_dir or default_cache_dir()),
+                                          device=device, progress=progress, force=force)
+
+
+def _build_recipe(path: Path, dataset, image_size: Optional[int]):
+    from . import pretrain
+
     encoder, recipe = pretrain.load_checkpoint(path)
-    native = dataset.train.load_image(0).size[0] if len(dataset.train) else 32
-    transform = pretrain.eval_transform(recipe, native)
-    return encoder, transform
+    transform = pretrain.eval_transform(recipe, _native_size(dataset) or 32, size=image_size)
+    return encoder, transform, {"missing": [], "unexpected": []}
 
 
-def build_encoder(entry, *, dataset=None, cache_dir=None, device: str = "cpu", progress: bool = True) -> Encoder:
-    """Build the frozen encoder of a zoo entry (``features`` entries have none: see :mod:`riskdecomp.features`)."""
+def build_encoder(entry, *, dataset=None, cache_dir=None, device: str = "cpu", progress: bool = True,
+                  force: bool = False) -> Encoder:
+    """Build the frozen encoder of a zoo entry (``features`` entries have none: see :mod:`riskdecomp.features`).
+    ``force``: a recipe entry is pretrained again even when its checkpoint is cached (once per process)."""
+    ignored, sha = {"missing": [], "unexpected": []}, None
     if isinstance(entry, TimmEntry):
-        module, transform = _build_timm(entry)
+        module, transform, ignored = _build_timm(entry)
     elif isinstance(entry, TorchHubEntry):
         module, transform = _build_hub(entry)
     elif isinstance(entry, CheckpointEntry):
-        module, transform = _build_checkpoint(entry, dataset)
+        module, transform, ignored = _build_checkpoint(entry, dataset)
     elif isinstance(entry, RecipeEntry):
-        module, transform = _build_recipe(entry, dataset, cache_dir or default_cache_dir(), device, progress)
+        path = _recipe_checkpoint(entry, dataset, cache_dir, device, progress, force)
+        module, transform, ignored = _build_recipe(path, dataset, entry.image_size)
+        sha = _checkpoint_sha256(path)
     else:
         raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder to build")
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    return Encoder(entry.name, module, transform, entry_identity(entry, dataset))
+    sha = sha or _file_weights_sha256(entry)
+    size, native = getattr(transform, "input_size", None), _native_size(dataset)
+    return Encoder(entry.name, module, transform, _identity(entry, dataset, sha), ignored_keys=ignored,
+                   weights_sha256=sha, input_size=size,
+                   upscaled=None if size is None or native is None else size > native)
 
 
-def entry_identity(entry, dataset=None) -> str:
-    """What determines an entry's features, computed without building the model (so a fully cached rerun builds
-    nothing): source, architecture, weights (file SHA-256 or hub tag), representation, options, the library version
-    that defines the preprocessing, and for recipes the recipe hash + the dataset it is pretrained on."""
+def _file_weights_sha256(entry) -> Optional[str]:
+    weights = getattr(entry, "weights", None)
+    if weights is None:
+        return None
+    if not Path(weights).is_file():
+        raise WeightsError(f"model {entry.name!r}: weights file {weights} not found")
+    return file_sha256(weights)
+
+
+def _checkpoint_sha256(path: Path) -> str:
+    """The weights checksum a (verified) recipe checkpoint's sidecar records."""
+    from .pretrain.checkpoint import read_sidecar
+
+    return read_sidecar(path)["sha256"]
+
+
+def entry_identity(entry, dataset=None, *, cache_dir=None, device: str = "cpu", progress: bool = False,
+                   force: bool = False) -> str:
+    """What determines an entry's features, without building the model (a fully cached rerun builds nothing):
+    source, architecture, the SHA-256 of the weights used (file entries: the file; recipe entries: the cached
+    checkpoint, pretrained first when it is not in ``cache_dir`` -- with ``force``, pretrained again), the hub tag
+    or random init, representation, options, and the library version that defines the preprocessing. Part of the
+    feature-cache key and of the run key, so both change when the weights do."""
+    if isinstance(entry, RecipeEntry):
+        sha = _checkpoint_sha256(_recipe_checkpoint(entry, dataset, cache_dir, device, progress, force))
+    else:
+        sha = _file_weights_sha256(entry)
+    return _identity(entry, dataset, sha)
+
+
+def _identity(entry, dataset, sha: Optional[str]) -> str:
     import timm
 
     rep, tv = entry.representation, f"timm{timm.__version__}"
+    if getattr(entry, "image_size", None):
+        rep = f"{rep}|size{entry.image_size}"
     if isinstance(entry, TimmEntry):
-        if entry.weights is not None:
-            if not Path(entry.weights).is_file():
-                raise WeightsError(f"model {entry.name!r}: weights file {entry.weights} not found")
-            w = "file:" + file_sha256(entry.weights)
-        else:
-            w = f"hub:{entry.model}" if entry.pretrained else "random-init"
+        w = f"file:{sha}" if sha else (f"hub:{entry.model}" if entry.pretrained else "random-init")
         return f"timm|{entry.model}|{w}|{rep}|{sorted(entry.model_kwargs.items())}|{tv}"
     if isinstance(entry, TorchHubEntry):
         return f"hub|{entry.repo}|{entry.entrypoint}|{sorted(entry.kwargs.items())}|{rep}|imagenet224"
     if isinstance(entry, CheckpointEntry):
-        if not Path(entry.weights).is_file():
-            raise WeightsError(f"model {entry.name!r}: weights file {entry.weights} not found")
-        return f"ckpt|{entry.architecture}|{file_sha256(entry.weights)}|{rep}|{sorted(entry.model_kwargs.items())}|{tv}"
+        return f"ckpt|{entry.architecture}|{sha}|{rep}|{sorted(entry.model_kwargs.items())}|{tv}"
     if isinstance(entry, RecipeEntry):
-        fp = dataset.fingerprint if dataset is not None else "?"
-        return f"recipe|{entry.recipe.key()}|{fp}|{rep}"
+        return f"recipe|{entry.recipe.key()}|{dataset.fingerprint}|{sha}|{rep}"
     raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder")
 
 

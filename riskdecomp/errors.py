@@ -33,3 +33,7 @@ class CacheError(RiskdecompError):
 
 class FeatureError(RiskdecompError):
     """Features are unusable (NaN/inf, wrong shapes, classes missing...)."""
+
+
+class OutputError(RiskdecompError):
+    """An output or cache location cannot be written (read-only, under a file, a filesystem root, disk full...)."""

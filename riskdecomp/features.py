@@ -98,13 +98,51 @@ def write_cached(path: Path, arr: np.ndarray, meta: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- forward passes
-def _num_workers(split: ImageSplit, num_workers) -> int:
-    if num_workers != "auto":
-        return int(num_workers)
-    if isinstance(split, ArraySplit) or len(split) < 64:
-        return 0  # in-memory images: nothing to overlap
-    # decoding + resizing JPEGs in worker processes overlaps with the forward pass
-    return max(1, min(8, (os.cpu_count() or 2)))
+_STDLIB_START_METHODS = (None, "fork", "spawn", "forkserver")
+
+
+def _num_workers(split: ImageSplit, num_workers) -> tuple[int, Optional[str]]:
+    """Data-loading worker processes for ``split`` and the multiprocessing context to start them with (None: the
+    default). ``auto``: none for in-memory or tiny splits; in the main process one per core (at most 8), since
+    decoding + resizing JPEGs in workers overlaps with the forward pass.
+
+    Inside a parallel job (a joblib/loky or dask worker) the default context cannot start loader processes: loky
+    makes its own start method the default (torch then fails with "'Process' object has no attribute 'env'") and
+    dask workers are daemonic (no children allowed). There ``auto`` means 0: the jobs already share the cores, and
+    measured on 500 CIFAR / 250 Imagenette-224 JPEGs in a loky job (test_resnet, 1 thread, 2 cores) 1 or 2 forked
+    loader processes were no faster than none. An explicit count is honoured with the ``fork`` context in a loky job
+    (spawn/forkserver children cannot start there: they look for the 'loky' method) and falls back to 0 in a
+    daemonic process or where fork is unsafe (macOS), with a warning saying why."""
+    import multiprocessing as mp
+    import sys
+
+    if num_workers == "auto":
+        if isinstance(split, ArraySplit) or len(split) < 64:
+            return 0, None  # in-memory images: nothing to overlap
+        n = max(1, min(8, (os.cpu_count() or 2)))
+    else:
+        n = int(num_workers)
+    proc = mp.current_process()
+    in_job = proc.daemon or mp.get_start_method(allow_none=True) not in _STDLIB_START_METHODS
+    if n == 0 or not in_job:
+        return n, None
+    if num_workers == "auto":
+        log.debug("%s: loading images in-process (a parallel job: the jobs already share the cores)", proc.name)
+        return 0, None
+    if proc.daemon or sys.platform == "darwin" or "fork" not in mp.get_all_start_methods():
+        why = "a daemonic process (dask worker)" if proc.daemon else "fork is unsafe on this platform"
+        log.warning("--num-workers %d ignored in %s: %s cannot start data-loading processes; loading in-process",
+                    n, proc.name, why)
+        return 0, None
+    return n, "fork"
+
+
+def _loader(encoder: Encoder, split: ImageSplit, *, batch_size: int, num_workers, cuda: bool = False):
+    """A DataLoader over ``split`` with the encoder's transform, in order; workers per :func:`_num_workers`."""
+    nw, context = _num_workers(split, num_workers)
+    extra = {"multiprocessing_context": context, "prefetch_factor": 4} if nw else {}
+    return torch.utils.data.DataLoader(split.with_transform(encoder.transform), batch_size=batch_size, shuffle=False,
+                                       num_workers=nw, pin_memory=cuda, **extra)
 
 
 @torch.inference_mode()
@@ -118,10 +156,7 @@ def encode_split(encoder: Encoder, split: ImageSplit, *, device: str = "cpu", ba
     cuda = device.startswith("cuda")
     if cuda:
         module = module.to(memory_format=torch.channels_last)
-    nw = _num_workers(split, num_workers)
-    loader = torch.utils.data.DataLoader(
-        split.with_transform(encoder.transform), batch_size=batch_size, shuffle=False, num_workers=nw,
-        pin_memory=cuda, persistent_workers=False, prefetch_factor=4 if nw else None)
+    loader = _loader(encoder, split, batch_size=batch_size, num_workers=num_workers, cuda=cuda)
     out = []
     for xb, _yb in tqdm(loader, desc=f"featurize {encoder.name} [{split.split}]", disable=not progress, leave=False):
         xb = xb.to(device, non_blocking=True)
@@ -150,8 +185,7 @@ def posterior_variance_split(encoder: Encoder, split: ImageSplit, *, device: str
         return None
     dev = resolve_device(device)
     module = module.to(dev).eval()
-    loader = torch.utils.data.DataLoader(split.with_transform(encoder.transform), batch_size=batch_size,
-                                         shuffle=False, num_workers=0)
+    loader = _loader(encoder, split, batch_size=batch_size, num_workers=0)
     out = [posterior_variance(module.posterior(xb.to(dev))[1].float().cpu().numpy()) for xb, _ in loader]
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -169,9 +203,7 @@ def augmented_views_split(encoder: Encoder, split: ImageSplit, *, n_views: int =
     module = encoder.module.to(dev).eval()
     cuda = dev.startswith("cuda")
     g = torch.Generator().manual_seed(int(seed))
-    nw = _num_workers(split, num_workers)
-    loader = torch.utils.data.DataLoader(split.with_transform(encoder.transform), batch_size=batch_size,
-                                         shuffle=False, num_workers=nw, pin_memory=cuda)
+    loader = _loader(encoder, split, batch_size=batch_size, num_workers=num_workers, cuda=cuda)
     views: list = [[] for _ in range(n_views)]
     for xb, _yb in loader:
         for v in range(n_views):
@@ -195,12 +227,13 @@ def _check_finite(x: np.ndarray, who: str) -> None:
 
 def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto", batch_size: int = 256,
               num_workers="auto", dtype: str = "float32", progress: bool = True, encoder: Optional[Encoder] = None,
-              mmap: bool = False) -> Features:
+              mmap: bool = False, force: bool = False) -> Features:
     """Train and test features of one zoo entry on ``dataset``, from the cache when possible.
 
     ``features`` entries read their ``.npz`` (``allow_pickle=False``). For the others the encoder is built (a
     ``recipe`` entry is pretrained on first use), the cache consulted and missing splits encoded.
     ``dtype="float16"`` halves storage for very large feature sets (arrays come back float32 unless ``mmap``).
+    ``force``: cached features are not read (recomputed and rewritten), and a recipe entry is pretrained again.
     """
     from filelock import FileLock
 
@@ -210,21 +243,22 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
         raise RiskdecompError(f"model {entry.name!r}: needs a dataset")
     device = resolve_device(device)
     cache_dir = Path(cache_dir)
-    identity = encoder.identity if encoder is not None else entry_identity(entry, dataset)
+    identity = encoder.identity if encoder is not None else entry_identity(
+        entry, dataset, cache_dir=cache_dir, device=device, progress=progress, force=force)
     counter: list = []
     arrays = {}
     for split in ("train", "test"):
         key = cache_key(identity, dataset.fingerprint, split, dtype)
         path = cache_path(cache_dir, entry.name, dataset.name, split, key)
-        arr = read_cached(path, mmap=mmap)
+        arr = None if force else read_cached(path, mmap=mmap)
         if arr is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(path) + ".lock"):
-                arr = read_cached(path, mmap=mmap)  # another process may have written it meanwhile
+                arr = None if force else read_cached(path, mmap=mmap)  # another process may have written it
                 if arr is None:
                     if encoder is None:  # built only when something is missing: a cached rerun builds nothing
                         encoder = build_encoder(entry, dataset=dataset, cache_dir=cache_dir, device=device,
-                                                progress=progress)
+                                                progress=progress, force=force)
                     z = encode_split(encoder, dataset.split(split), device=device, batch_size=batch_size,
                                      num_workers=num_workers, progress=progress, counter=counter)
                     _check_finite(z, f"model {entry.name!r} ({split} split)")
@@ -239,11 +273,23 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
 
 
 def load_features_npz(entry: FeaturesEntry) -> Features:
-    """Read a precomputed-features entry and check its arrays."""
+    """Read a precomputed-features entry and check its arrays: an ``.npz`` archive (never unpickled) holding
+    ``x_train``/``x_test`` (n, d) real numbers a float32 probe can honour and ``y_train``/``y_test`` (n,) integer
+    class labels. Anything else is a one-line FeatureError naming the file and the array (see
+    :func:`riskdecomp.decomposition.check_feature_values`)."""
+    from .decomposition import check_feature_values
+
     who = f"model {entry.name!r}"
     path = Path(entry.path)
     if not path.is_file():
         raise FeatureError(f"{who}: features file {path} not found")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic == b"\x93NUMPY":
+        raise FeatureError(f"{who}: {path} is a single .npy array, not an .npz archive of x_train, y_train, x_test, "
+                           "y_test (write it with numpy.savez)")
+    if magic[:2] != b"PK":
+        raise FeatureError(f"{who}: {path} is not an .npz archive (numpy.savez) of plain arrays")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
@@ -259,12 +305,12 @@ def load_features_npz(entry: FeaturesEntry) -> Features:
         if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
             raise FeatureError(f"{who}: {path}: x_{split} must be (n, d) and y_{split} (n,) with n > 0, "
                                f"got {x.shape} and {y.shape}")
-        if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
-            raise FeatureError(f"{who}: {path}: x_{split} must be float and y_{split} integer")
+        if not np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
+            kind = "strings" if y.dtype.kind in "US" else f"dtype {y.dtype}"
+            raise FeatureError(f"{who}: {path}: y_{split} must hold integer class labels, got {kind}")
+        check_feature_values(x, f"{who} ({path.name}, x_{split})")
     if arr["x_train"].shape[1] != arr["x_test"].shape[1]:
         raise FeatureError(f"{who}: {path}: x_train and x_test have different widths")
     xtr, xte = arr["x_train"].astype(np.float32), arr["x_test"].astype(np.float32)
-    _check_finite(xtr, f"{who} ({path.name}, train)")
-    _check_finite(xte, f"{who} ({path.name}, test)")
     return Features(entry.name, entry.dataset or path.stem, xtr, arr["y_train"].astype(np.int64), xte,
                     arr["y_test"].astype(np.int64))

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from riskdecomp.decomposition import check_features
-from riskdecomp.errors import FeatureError
-from riskdecomp.probes import LinearProbe, PathFitter, _as_grid, fit_path
+from riskdecomp.decomposition import check_features, check_int
+from riskdecomp.errors import FeatureError, RiskdecompError
+from riskdecomp.probes import DEFAULT_STANDARDIZE, LinearProbe, PathFitter, _as_grid, fit_path
 
 
 def _pct_name(p: float) -> str:
@@ -58,11 +58,14 @@ def fewshot_errors(
     seed: int = 0,
     grid: Sequence[float] | None = None,
     device: str = "auto",
-    standardize: bool = False,
+    standardize: bool = DEFAULT_STANDARDIZE,
     patience: int = 2,
     probe: BaseEstimator | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Few-shot test errors (percent). Returns (summary dict, tidy table).
+
+    ``shots``: integers >= 1; ``fractions``: in (0, 1]; anything else is a one-line RiskdecompError (never
+    coerced: -1 shots or a fraction of 0 used to run as other settings under a misleading name).
 
     summary: ``fewshot_<k>shot``, ``fewshot_<k>shot_std``, ``fewshot_<p>pct``, ``fewshot_<p>pct_std``
     (+ ``fewshot_<name>_skipped`` with a reason for skipped settings).
@@ -70,6 +73,18 @@ def fewshot_errors(
     """
     x_train, y_train = check_features(x_train, y_train, "x_train")
     x_test, y_test = check_features(x_test, y_test, "x_test")
+    shots = [check_int(k, "few-shot shots (examples per class)", 1) for k in shots]
+    for p in fractions:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) \
+                or not 0 < float(p) <= 1:
+            raise RiskdecompError(f"few-shot fractions must be in (0, 1] (a fraction of the train set), got {p!r}")
+    fractions = [float(p) for p in fractions]
+    names = [f"{k}shot" for k in shots] + [_pct_name(p) for p in fractions]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise RiskdecompError(f"few-shot settings given twice: {', '.join(dup)}")
+    n_seeds, seed = check_int(n_seeds, "few-shot n_seeds", 1), check_int(seed, "seed", 0)
+    patience = check_int(patience, "patience", 1)
     if x_train.shape[1] != x_test.shape[1]:
         raise FeatureError(f"x_test has {x_test.shape[1]} features but x_train has {x_train.shape[1]}")
     missing = np.setdiff1d(np.unique(y_test), np.unique(y_train))
@@ -84,7 +99,7 @@ def fewshot_errors(
     K = len(classes)
     settings: list[tuple[str, str, float, int]] = []
     for k in shots:
-        settings.append((f"{int(k)}shot", "shots", int(k), int(k)))
+        settings.append((f"{k}shot", "shots", k, k))
     for p in fractions:
         settings.append((_pct_name(p), "fraction", float(p), max(1, int(round(p * len(y_train) / K)))))
 

@@ -27,8 +27,9 @@ Binary problems use one weight vector (logit ``z = w.x + b``, sigmoid), as sciki
 ``C`` keeps the same meaning there too.
 
 Regularization selection (:func:`tune_probe`, :func:`fit_path`): a log grid of ``C`` walked from
-strong to weak regularization with warm starts, evaluating each fit on held-out data and stopping
-once the held-out error has not improved for ``patience`` consecutive grid points.
+strong to weak regularization with warm starts, evaluating each fit on held-out data (0-1 error, ties broken
+by the lower log-loss) and stopping once the error has been strictly worse than the best for ``patience``
+consecutive grid points (never on a plateau of equal errors).
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 #: on the mean loss is 1/(n C): with n = 50,000 this spans 0.2 .. 2e-7 (strong to essentially none);
 #: with a few-shot set of n = 10 it spans 1e3 .. 1e-3.
 DEFAULT_GRID: np.ndarray = np.logspace(-4, 2, 10)
+
+#: The one default for feature standardization, used by :class:`LinearProbe`, :func:`tune_probe`,
+#: ``decompose``, ``fewshot_errors`` and the CLI: z-score features with the mean/std of the probe's own fitting
+#: set. Encoders emit features on wildly different scales (a random-init CNN's are ~1e-3), and a fixed C grid only
+#: means the same thing across encoders on a common scale. The model class is unchanged (an affine map of the
+#: features is folded into ``coef_``/``intercept_``).
+DEFAULT_STANDARDIZE: bool = True
 
 
 #: below this many n * d * classes, ``device="auto"`` fits on the CPU: each L-BFGS iteration on a GPU costs
@@ -82,7 +90,6 @@ def fit_device(device: str | torch.device, n: int, d: int, n_out: int) -> torch.
     return dev
 
 
-_NUMPY_BLAS_MIN_SIZE = 1 << 16  # elements of X above which CPU matmuls use numpy's BLAS
 
 
 def _solve_lbfgs(
@@ -111,22 +118,12 @@ def _solve_lbfgs(
     binary = n_out == 1
     if binary:
         yf = y.to(X.dtype).unsqueeze(1)
-    # On CPU the two skinny matmuls go through numpy's BLAS (shared memory, no copies): for
-    # (n x d) @ (d x K) and X^T @ G with small K it is ~2x faster than torch's CPU kernels on large
-    # arrays. Small problems stay in torch (no BLAS thread-pool hand-offs per evaluation).
-    on_cpu = X.device.type == "cpu" and X.numel() >= _NUMPY_BLAS_MIN_SIZE
     if pen is not None:
         pen_col = pen.unsqueeze(1)
-    if on_cpu:
-        Xn = X.numpy()
-        Wn = W.numpy()  # view: L-BFGS updates W in place
 
     def closure() -> torch.Tensor:
         counter["evals"] += 1
-        if on_cpu:
-            Z = torch.from_numpy(Xn @ Wn).add_(b)
-        else:
-            Z = torch.addmm(b, X, W)  # (n, n_out)
+        Z = torch.addmm(b, X, W)  # (n, n_out)
         if binary:
             # CE of sigmoid: softplus(z) - y z ; gradient wrt z: sigmoid(z) - y
             loss = (torch.nn.functional.softplus(Z) - yf * Z).mean()
@@ -137,10 +134,7 @@ def _solve_lbfgs(
             G = Z.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
             G[rows, y] -= 1.0
         G.div_(n)
-        if on_cpu:
-            gW = torch.from_numpy(Xn.T @ G.numpy())
-        else:
-            gW = (G.T @ X).T.contiguous()  # faster than X.T @ G with torch's CPU BLAS layouts
+        gW = (G.T @ X).T.contiguous()
         PW = W if pen is None else W * pen_col
         gW.add_(PW, alpha=lam)
         gb = G.sum(dim=0)
@@ -159,19 +153,11 @@ def _solve_lbfgs(
         history_size=10,
         line_search_fn="strong_wolfe",
     )
-    # On the numpy-BLAS path the heavy work is in BLAS; torch's own elementwise ops on (n, K) run on one
-    # thread so that two thread pools (OpenMP and BLAS) do not fight over the same cores.
-    n_threads = torch.get_num_threads()
-    if on_cpu:
-        torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            opt.step(closure)
-            closure()  # gradient at the returned point, for the convergence flag
-            gmax = max(float(W.grad.abs().max()), float(b.grad.abs().max()))
-    finally:
-        torch.set_num_threads(n_threads)
-    return W.detach(), b.detach(), counter["evals"], gmax <= tol * 10
+    with torch.no_grad():
+        opt.step(closure)
+        closure()  # gradient at the returned point, for the convergence flag
+        gmax = max(float(W.grad.abs().max()), float(b.grad.abs().max()))
+    return W.detach(), b.detach(), counter["evals"], gmax <= tol
 
 
 # --------------------------------------------------------------------------------------------------
@@ -246,6 +232,17 @@ def _whitening(X32: np.ndarray, mean: np.ndarray, dscale: np.ndarray) -> tuple[n
 
 _WHITENING = _WhiteningCache()
 
+#: center features (a float32 copy) when max_j |mean_j| / std_j exceeds this: the logits ``X @ W`` are formed in
+#: float32 from uncentered X, and an offset of ``r`` standard deviations cancels ~log2(r) of float32's 24 bits (at
+#: r = 5,000, e.g. features ``7 + 1e-3 x``, the optimum is only resolved to ~3e-4 and a fit stops short of its
+#: tolerance on some CPUs and not on others). Below it (typical encoder features), X is used as given, no copy.
+_CENTER_ABOVE = 16.0
+
+
+def _needs_centering(mean: np.ndarray, std: np.ndarray) -> bool:
+    ratio = np.abs(mean) / np.where(std > 0, std, np.inf)
+    return bool(ratio.size and float(ratio.max()) > _CENTER_ABOVE)
+
 
 def _solve_whitened(
     X: np.ndarray,
@@ -262,6 +259,7 @@ def _solve_whitened(
     tol: float,
     history: int = 10,
     memory: tuple[list, list, float] | None = None,
+    standardized: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, int, bool, tuple[list, list, float]]:
     """Minimize ``mean CE(X W + b) + lam/2 ||diag(dscale) W||^2`` over (W, b), from (W0, b0).
 
@@ -278,8 +276,11 @@ def _solve_whitened(
     ``X`` (float32, n x d) is never transformed: the logits are ``X @ W + b`` with W = P U formed per
     evaluation (a d x d x K product, negligible next to the two n x d x K ones).
 
-    Stopping rule: scikit-learn's, on the gradient in the *original* coordinates of the standardized
-    model, max(|grad_W| / dscale, |grad_b|) <= tol. L-BFGS with an Armijo backtracking line search
+    Stopping rule: scikit-learn's, max |gradient| <= tol, on the gradient of the model the user fits:
+    raw features (``standardized=False``: grad wrt (W, b), ``X^T G + lam W`` and ``1^T G``), or z-scored
+    features (``standardized=True``: grad wrt (diag(dscale) W, b + mean W), ``((X - mean)^T G + lam
+    diag(dscale^2) W) / dscale`` and ``1^T G``: the centering term ``outer(mean, 1^T G)`` belongs to it).
+    ``converged`` is that rule at the returned point. L-BFGS with an Armijo backtracking line search
     (the objective is strictly convex, so every step gives a positive curvature pair).
     ``n_out == 1`` is the binary (sigmoid) model with y in {0, 1}.
 
@@ -337,10 +338,11 @@ def _solve_whitened(
         sG = G.sum(axis=0, dtype=np.float64)
         pen = U * inv_s2
         loss += 0.5 * lam * float(np.sum(U * pen))
-        gU = (PT32 @ (XtG - np.outer(mean64, sG)).astype(np.float32)).astype(np.float64) + lam * pen
+        XctG = XtG - np.outer(mean64, sG)  # (X - mean)^T G
+        gU = (PT32 @ XctG.astype(np.float32)).astype(np.float64) + lam * pen
         g = np.concatenate([gU.ravel(), sG])
-        # scikit-learn's gradient (standardized-model coordinates) for the stopping rule
-        g_sk = (XtG + lam * (dscale * dscale)[:, None] * W) / dscale[:, None]
+        # the fitted model's own gradient (raw or z-scored coordinates) for the stopping rule
+        g_sk = ((XctG if standardized else XtG) + lam * (dscale * dscale)[:, None] * W) / dscale[:, None]
         gmax = max(float(np.abs(g_sk).max()), float(np.abs(sG).max()))
         return loss, g, gmax
 
@@ -411,7 +413,7 @@ def _solve_whitened(
     # curvature pairs back to (W, c) coordinates: s_W = P s_U, y_W = P^{-T} y_U
     mem = ([np.concatenate([(P @ s_[:dK].reshape(d, K)).ravel(), s_[dK:]]) for s_ in S],
            [np.concatenate([(Pinv.T @ y_[:dK].reshape(d, K)).ravel(), y_[dK:]]) for y_ in Y], lam)
-    return W, b, evals_n, gmax <= tol * 10, mem
+    return W, b, evals_n, gmax <= tol, mem
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
@@ -421,7 +423,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     ----------
     C : inverse regularization strength, exactly as ``sklearn.linear_model.LogisticRegression``:
         objective ``0.5 ||W||^2 + C * sum_i CE_i``, intercept not penalized.
-    standardize : z-score features with mean/std of the training data (folded into ``coef_``).
+    standardize : z-score features with mean/std of the training data (folded into ``coef_``); default
+        ``DEFAULT_STANDARDIZE`` (True), the same as the CLI's.
     max_iter : maximum L-BFGS iterations.
     tol : stop when max |gradient| of the mean-scaled objective <= tol (scikit-learn's rule).
     device : "auto" (cuda > mps > cpu, but the CPU for problems with n * d * classes below
@@ -437,7 +440,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         C: float = 1.0,
-        standardize: bool = False,
+        standardize: bool = DEFAULT_STANDARDIZE,
         max_iter: int = 500,
         tol: float = 1e-4,
         device: str = "auto",
@@ -487,15 +490,18 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def _fit_cpu(self, X, y_idx, n_out, lam, prev):
         """numpy float32 BLAS, whitened coordinates, hand-written L-BFGS (see :func:`_solve_whitened`)."""
-        X32 = np.ascontiguousarray(X, dtype=np.float32)
-        n, d = X32.shape
-        mean = X32.mean(axis=0, dtype=np.float64)
-        if self.standardize:
-            std = X32.std(axis=0, dtype=np.float64)
-            dscale = np.where(std > 0, std, 1.0)
-        else:
-            dscale = np.ones(d)
-        evals, V = _WHITENING.get(X, X32, mean, dscale)
+        n, d = X.shape
+        mean = X.mean(axis=0, dtype=np.float64)
+        std = X.std(axis=0, dtype=np.float64)
+        dscale = np.where(std > 0, std, 1.0) if self.standardize else np.ones(d)
+        offset = mean if _needs_centering(mean, std) else None
+        if offset is None:
+            X32 = np.ascontiguousarray(X, dtype=np.float32)
+            sol_mean = mean
+        else:  # a centered float32 copy, made in X's own precision (see _needs_centering)
+            X32 = np.ascontiguousarray(X - offset.astype(X.dtype), dtype=np.float32)
+            sol_mean = X32.mean(axis=0, dtype=np.float64)
+        evals, V = _WHITENING.get(X, X32, sol_mean, dscale)
         if prev is not None:
             W0, b0 = np.asarray(prev[0], dtype=np.float64).T, np.asarray(prev[1], dtype=np.float64)
         else:
@@ -506,8 +512,13 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             saved = getattr(self, "_lbfgs_memory", None)
             if prev is not None and saved is not None and saved[0]() is X and saved[1] == (X.shape, n_out):
                 memory = saved[2]  # same data, warm start: reuse the curvature pairs (see _solve_whitened)
-            W, b, n_evals, conv, mem = _solve_whitened(X32, y_idx, n_out, lam, W0, b0, mean, dscale, evals, V,
-                                                       int(self.max_iter), float(self.tol), memory=memory)
+            if offset is not None:
+                b0 = b0 + offset @ W0  # the same model on centered features
+            W, b, n_evals, conv, mem = _solve_whitened(X32, y_idx, n_out, lam, W0, b0, sol_mean, dscale, evals, V,
+                                                       int(self.max_iter), float(self.tol), memory=memory,
+                                                       standardized=bool(self.standardize))
+            if offset is not None:
+                b = b - offset @ W
         import weakref
 
         self._lbfgs_memory = (weakref.ref(X), (X.shape, n_out), mem)
@@ -637,31 +648,51 @@ class PathFitter:
         return self.models[C]
 
 
+def eval_loss(model: BaseEstimator, x: np.ndarray, y: np.ndarray) -> float:
+    """Mean log-loss (nats) of ``model`` on (x, y); NaN for a model without ``predict_proba``. A label the model
+    never saw counts as probability 1e-300."""
+    if not hasattr(model, "predict_proba"):
+        return float("nan")
+    proba = model.predict_proba(x)
+    col = {c: i for i, c in enumerate(np.asarray(model.classes_).tolist())}
+    idx = np.array([col.get(v, -1) for v in np.asarray(y).tolist()])
+    p = np.where(idx >= 0, proba[np.arange(len(idx)), np.maximum(idx, 0)], 0.0)
+    return float(-np.mean(np.log(np.clip(p, 1e-300, None))))
+
+
 def fit_path(
     fitter: PathFitter,
     x_eval: np.ndarray,
     y_eval: np.ndarray,
-    patience: int = 2,
+    patience: int | None = 2,
 ) -> tuple[float, pd.DataFrame]:
-    """Walk ``fitter``'s grid from strong to weak regularization, scoring each fit's 0-1 error on
-    (x_eval, y_eval); stop after ``patience`` grid points without a strict improvement.
+    """Walk ``fitter``'s grid from strong to weak regularization, scoring each fit's 0-1 error and mean log-loss
+    on (x_eval, y_eval); return the C with the lowest error, ties broken by the lower loss.
 
-    Returns (best_C, path table with columns C, error (fraction), n_iter). Ties go to the stronger
-    regularization (the first C reaching the minimum).
+    Early stopping: the walk ends after ``patience`` consecutive grid points whose error is strictly *worse* than
+    the best so far. A plateau of equal errors never stops it (0-1 error is flat over long stretches of C when
+    the evaluation set is small or the classes many: the fits still improve, and the loss shows it), and the
+    best point on a plateau is the one with the lower loss, not the first one reached. ``patience=None`` walks
+    the whole grid (used where the curve need not be unimodal, e.g. training error).
+
+    Returns (best_C, path table with columns C, error (fraction), loss, n_iter).
     """
+    if patience is not None and int(patience) < 1:
+        raise ValueError(f"patience must be >= 1 or None, got {patience!r}")
     rows = []
-    best_err, best_C, since = np.inf, None, 0
+    best, best_C, worse = (np.inf, np.inf), None, 0
     for c in fitter.grid:
         model = fitter.get(c)
         err = float(np.mean(model.predict(x_eval) != y_eval))
+        loss = eval_loss(model, x_eval, y_eval)
         n_iter = int(np.max(getattr(model, "n_iter_", [-1])))
-        rows.append({"C": float(c), "error": err, "n_iter": n_iter})
-        if err < best_err:
-            best_err, best_C, since = err, float(c), 0
-        else:
-            since += 1
-            if since >= patience:
-                break
+        rows.append({"C": float(c), "error": err, "loss": loss, "n_iter": n_iter})
+        key = (err, loss if np.isfinite(loss) else np.inf)
+        if key < best:
+            best, best_C = key, float(c)
+        worse = worse + 1 if err > best[0] else 0
+        if patience is not None and worse >= patience:
+            break
     return best_C, pd.DataFrame(rows)
 
 

@@ -35,6 +35,15 @@ from scipy.stats import rankdata
 from .errors import FeatureError
 
 N_BINS = 10
+# Names of the decile-bin metrics, shared by the producer (here) and the consumers (report): ``acc_bin_01`` ..
+# ``acc_bin_10`` (binary targets: accuracy) and ``mean_bin_01`` .. (other targets: mean target); bin 1 = most certain.
+ACC_BIN, MEAN_BIN = "acc_bin", "mean_bin"
+BIN_METRIC_RE = r"(?P<kind>acc_bin|mean_bin)_(?P<bin>\d{2})"
+
+
+def bin_metric(kind: str, j: int) -> str:
+    """Metric name of bin ``j`` (1 = most certain .. ``N_BINS``) of ``kind`` (:data:`ACC_BIN` or :data:`MEAN_BIN`)."""
+    return f"{kind}_{j:02d}"
 
 
 # ----------------------------------------------------------------------------- targets
@@ -253,10 +262,10 @@ def _metric_values(u: np.ndarray, t: np.ndarray, binary: bool) -> dict[str, np.n
     out["aurc"] = _aurc_rows(tm)
     out["excess_aurc"] = out["aurc"] - _aurc_rows(np.sort(t, axis=-1))
     bins = _bins_rows(tm)
-    name = "acc_bin" if binary else "mean_bin"
+    kind = ACC_BIN if binary else MEAN_BIN
     vals = 1.0 - bins if binary else bins
     for j in range(N_BINS):
-        out[f"{name}_{j + 1:02d}"] = vals[..., j]
+        out[bin_metric(kind, j + 1)] = vals[..., j]
     out["decile_gap"] = bins[..., -1] - bins[..., 0]
     return out
 

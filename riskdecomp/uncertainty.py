@@ -1,4 +1,5 @@
-"""Per-sample uncertainty scores of embeddings (spec-uncertainty.md). Higher = less reliable.
+"""Per-sample uncertainty scores of embeddings (each score's definition in its function's docstring). Higher =
+less reliable.
 
 All functions take numpy feature arrays (rows = samples) and return numpy arrays or tidy
 pandas tables. The reference set R is a fixed random subset of the *train* embeddings, chosen
@@ -11,6 +12,7 @@ Score ids (DataFrame columns): ``knn_{k}_{cos|euc}``, ``gmm_nll``, ``vmf_nll``, 
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from itertools import combinations
@@ -23,6 +25,7 @@ from .errors import FeatureError
 from .neighbors import knn
 
 _METRIC_TAG = {"cosine": "cos", "euclidean": "euc"}
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- reference set
@@ -252,15 +255,25 @@ def label_free_scores(
 ) -> pd.DataFrame:
     """All label-free single-encoder scores of the test points, one column per score id.
 
-    Columns: ``knn_{k}_{cos|euc}`` for each k and metric, ``gmm_nll`` (diag GMM on z),
+    Columns: ``knn_{k}_{cos|euc}`` for each k and metric (a k above the number of reference points is skipped
+    with a warning naming the score, as few-shot settings are), ``gmm_nll`` (diag GMM on z),
     ``vmf_nll`` (vMF mixture on z_hat), ``neg_norm``. ``query_train_idx`` (optional): each
     query's index in the train split (or -1) so self-matches in R are dropped.
     """
     z_ref = np.asarray(z_train)[ref_idx]
     own = _self_in_ref(query_train_idx, np.asarray(ref_idx), len(z_train))
+    n_avail = len(z_ref) - int(own is not None and bool((own >= 0).any()))
+    usable = [int(k) for k in ks if int(k) <= n_avail]
+    for k in ks:  # like a few-shot setting the data cannot support: skipped, said in one line, not fatal
+        if int(k) > n_avail:
+            names = ", ".join(f"knn_{int(k)}_{_METRIC_TAG[m]}" for m in metrics)
+            log.warning("%s skipped: k=%d neighbours asked but the reference set has only %d points", names,
+                        int(k), n_avail)
     cols: dict[str, np.ndarray] = {}
     for metric in metrics:
-        for kk, u in knn_distance(z_test, z_ref, ks, metric=metric, exclude_self=own).items():
+        if not usable:
+            break
+        for kk, u in knn_distance(z_test, z_ref, usable, metric=metric, exclude_self=own).items():
             cols[f"knn_{kk}_{_METRIC_TAG[metric]}"] = u
     cols["gmm_nll"] = gmm_nll(z_test, z_ref, n_components=n_components, seed=seed)
     cols["vmf_nll"] = vmf_nll(z_test, z_ref, n_components=n_components, seed=seed)

@@ -22,17 +22,21 @@ the zoo file's folder. Every problem is reported as one line naming the file, th
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator)
 
 from .errors import ZooError
-from .pretrain.recipe import Recipe
+from .pretrain.recipe import Recipe, check_arch
 
 NAME_RE = re.compile(r"^[a-z0-9_-][a-z0-9_.-]*$")
+# torch.hub repositories: 'owner/name' or 'owner/name:ref' (torch.hub names its cache folder after them)
+REPO_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*/[A-Za-z0-9_-][A-Za-z0-9_.-]*(:[A-Za-z0-9_-][A-Za-z0-9_./-]*)?$")
 REPRESENTATIONS = ("pooled", "cls", "avg", "cls+avg", "4xcls")
 
 # Design-choice fields of the published table (hyperparameters and metadata groups of all_results.csv).
@@ -82,13 +86,41 @@ class _Entry(BaseModel):
 
 
 class TimmEntry(_Entry):
-    """A timm architecture; weights from the hub (``pretrained: true``) or a local file (``weights``)."""
+    """A timm architecture; weights from the hub (``pretrained: true``), a local file (``weights``), or a random
+    initialization, which must be asked for (``pretrained: false``): an entry with neither is an error, since
+    evaluating random weights by accident (``vit_small_patch16_224.dino`` without ``pretrained``) looks like a
+    result."""
 
     source: Literal["timm"]
     model: str
-    pretrained: bool = False
     weights: Optional[Path] = None
+    pretrained: Optional[bool] = Field(None, validate_default=True)
+    strict: bool = True  # false: a weights file may miss / add tensors (listed in the run record); see encoders
+    image_size: Optional[int] = Field(None, ge=8, le=4096)  # input side in px (default: the model's own)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("pretrained")
+    @classmethod
+    def _weights_chosen(cls, v: Optional[bool], info: ValidationInfo) -> Optional[bool]:
+        weights = info.data.get("weights")
+        if weights is None and v is None and "weights" in info.data:
+            raise ValueError("missing: write pretrained: true (the hub's weights) or pretrained: false (a random "
+                             "initialization), or give weights: FILE")
+        if weights is not None and v is False:
+            raise ValueError("pretrained: false contradicts weights: FILE (drop one)")
+        return v
+
+    @field_validator("strict")
+    @classmethod
+    def _strict_needs_file(cls, v: bool, info: ValidationInfo) -> bool:
+        if not v and info.data.get("weights") is None:
+            raise ValueError("strict: false applies to a weights: FILE only (hub weights always load strictly)")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _safe_model(cls, v: str) -> str:
+        return check_arch(v, "model")
 
 
 class TorchHubEntry(_Entry):
@@ -99,6 +131,20 @@ class TorchHubEntry(_Entry):
     entrypoint: str
     trust_repo: bool = Field(False, validate_default=True)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("repo")
+    @classmethod
+    def _safe_repo(cls, v: str) -> str:
+        if not REPO_RE.match(v) or ".." in v.split(":")[0]:
+            raise ValueError(f"repo {v!r}: expected 'owner/name' or 'owner/name:ref' (GitHub)")
+        return v
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _safe_entrypoint(cls, v: str) -> str:
+        if not v.isidentifier():
+            raise ValueError(f"entrypoint {v!r}: expected a Python function name")
+        return v
 
     @field_validator("trust_repo")
     @classmethod
@@ -114,7 +160,14 @@ class CheckpointEntry(_Entry):
     source: Literal["checkpoint"]
     architecture: str
     weights: Path
+    strict: bool = True  # false: the file may miss / add tensors (listed in the run record); see encoders
+    image_size: Optional[int] = Field(None, ge=8, le=4096)  # input side in px (default: the model's / sidecar's)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("architecture")
+    @classmethod
+    def _safe_architecture(cls, v: str) -> str:
+        return check_arch(v)
 
     @field_validator("weights")
     @classmethod
@@ -131,12 +184,23 @@ class FeaturesEntry(_Entry):
     path: Path
     dataset: Optional[str] = None  # the name of the dataset the features come from (default: the file's stem)
 
+    @field_validator("dataset")
+    @classmethod
+    def _safe_dataset(cls, v: Optional[str]) -> Optional[str]:
+        from .names import name_problem
+
+        problem = None if v is None else name_problem(v)
+        if problem:
+            raise ValueError(f"dataset {problem}")
+        return v
+
 
 class RecipeEntry(_Entry):
     """An encoder pretrained by riskdecomp itself on the dataset's train split (cached by recipe hash)."""
 
     source: Literal["recipe"]
     recipe: Recipe
+    image_size: Optional[int] = Field(None, ge=8, le=4096)  # evaluation input side (default: recipe.image_size)
 
 
 ZooEntry = Annotated[
@@ -185,7 +249,8 @@ class Zoo:
         return Zoo([e for e in self.entries if e.name in wanted], self.path)
 
     def to_frame(self):
-        """One row per entry: name, source, representation, reference, the source's key field, metadata."""
+        """One row per entry: name, source, the source's key field (``what``), ``weights`` (see :func:`weights_label`),
+        representation, reference, metadata."""
         import pandas as pd
 
         rows = []
@@ -195,9 +260,57 @@ class Zoo:
             val = getattr(e, what)
             if e.source == "recipe":
                 val = f"{val.objective}/{val.backbone}"
-            rows.append({"name": e.name, "source": e.source, "what": str(val), "representation": e.representation,
-                         "reference": e.reference or "", **e.metadata})
+            elif e.source == "torch_hub":
+                val = f"{e.repo}:{val}" if ":" not in e.repo else f"{e.repo}/{val}"
+            rows.append({"name": e.name, "source": e.source, "what": str(val), "weights": weights_label(e),
+                         "representation": e.representation, "reference": e.reference or "", **e.metadata})
         return pd.DataFrame(rows).convert_dtypes()
+
+
+def file_sha256(path, chunk: int = 1 << 22) -> str:
+    """SHA-256 (hex) of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_label(entry) -> str:
+    """Where an entry's weights come from, in a few characters: ``hub`` (downloaded by timm / torch.hub),
+    ``file:<sha256[:12]>`` (a local file; ``file:missing`` when absent), ``random`` (a random initialization:
+    ``pretrained: false`` or a recipe with ``objective: init``), ``recipe`` (pretrained by riskdecomp), ``none``
+    (precomputed features)."""
+    weights = getattr(entry, "weights", None)
+    if weights is not None:
+        return "file:" + file_sha256(weights)[:12] if Path(weights).is_file() else "file:missing"
+    if entry.source == "timm":
+        return "hub" if entry.pretrained else "random"
+    if entry.source == "recipe":
+        return "random" if entry.recipe.objective == "init" else "recipe"
+    return {"torch_hub": "hub", "features": "none"}[entry.source]
+
+
+def format_table(df, width: int = 120, max_cell: int = 40) -> str:
+    """A plain-text table of ``df`` no wider than ``width``: cells cut to ``max_cell`` characters (ending in '~'),
+    the leading columns that fit (the rest are dropped and named in a last line; ``--format csv`` has them all)."""
+    cells = df.astype(object).where(df.notna(), "").astype(str)
+    cells = cells.apply(lambda col: col.map(lambda v: v if len(v) <= max_cell else v[:max_cell - 1] + "~"))
+    shown, used = [], 0
+    for c in cells.columns:
+        w = max([len(str(c))] + [len(v) for v in cells[c]])
+        if used + w + (2 if shown else 0) > width:
+            break
+        shown.append((c, w))
+        used += w + (2 if len(shown) > 1 else 0)
+    lines = ["  ".join(str(c).ljust(w) for c, w in shown).rstrip()]
+    for i in range(len(cells)):
+        lines.append("  ".join(cells[c].iloc[i].ljust(w) for c, w in shown).rstrip())
+    hidden = [c for c in cells.columns if c not in dict(shown)]
+    if hidden:
+        more = f"({len(hidden)} more column(s): {', '.join(map(str, hidden))})"
+        lines.append(more if len(more) <= width else more[:width - 4] + "...)")
+    return "\n".join(lines)
 
 
 def _merge(defaults: dict, entry: dict) -> dict:
@@ -278,20 +391,85 @@ def parse_zoo(data: Any, path: Optional[Path] = None) -> Zoo:
     return Zoo(entries, path)
 
 
-def load_zoo(path) -> Zoo:
-    """Read and validate a zoo YAML file (``yaml.safe_load`` only)."""
-    path = Path(path)
+MAX_YAML_NODES = 200_000  # expanded size cap: a zoo of 1,000 entries x 100 fields is far below it
+
+
+def _expanded_size(root, where: str) -> int:
+    """Number of nodes of the YAML graph once every alias is expanded (shared nodes counted per use), computed in
+    linear time on the un-expanded graph. Raises ZooError above MAX_YAML_NODES ('billion laughs') or on an alias
+    that contains itself."""
+    sizes: dict = {}
+    active: set = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ZooError(f"{where}: malformed YAML: a recursive alias (an anchor used inside itself)")
+        active.add(key)
+        if isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(v) for v in node.value)
+        else:
+            n = 1
+        active.discard(key)
+        if n > MAX_YAML_NODES:
+            raise ZooError(f"{where}: YAML aliases expand to more than {MAX_YAML_NODES:,} values "
+                           "(an alias bomb?); a file is far smaller")
+        sizes[key] = n
+        return n
+
+    return size(root)
+
+
+def _read_text(path: Path) -> str:
+    """The zoo file as text: UTF-8 (a BOM is allowed), anything else is a one-line error naming the file."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise ZooError(f"{path}: zoo file not found") from None
+        raise ZooError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ZooError(f"{path}: is a folder, not a YAML file") from None
     except OSError as exc:
-        raise ZooError(f"{path}: cannot read zoo file ({exc.strerror})") from None
+        raise ZooError(f"{path}: cannot read file ({exc.strerror})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ZooError(f"{path}: file is UTF-16; save it as UTF-8")
+    if b"\x00" in raw:
+        raise ZooError(f"{path}: file is binary (NUL bytes), not YAML text")
     try:
-        data = yaml.safe_load(text)
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ZooError(f"{path}: file is not UTF-8 (byte 0x{raw[exc.start]:02x} at line {line}); "
+                       "save it as UTF-8") from None
+
+
+def load_yaml(text: str, where: str):
+    """``yaml.safe_load`` (no tags executed) with the alias-expansion cap of :func:`_expanded_size`."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, where)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ZooError(f"{path}: malformed YAML{at}: {problem}") from None
-    return parse_zoo(data, path)
+        raise ZooError(f"{where}: malformed YAML{at}: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path):
+    """A YAML file (zoo, recipe) parsed safely: UTF-8 only, no tags executed, alias expansion capped; every problem
+    is a one-line ZooError naming the file."""
+    return load_yaml(_read_text(Path(path)), str(path))
+
+
+def load_zoo(path) -> Zoo:
+    """Read and validate a zoo YAML file (see :func:`read_yaml`)."""
+    return parse_zoo(read_yaml(path), Path(path))

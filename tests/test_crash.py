@@ -66,8 +66,8 @@ def test_kill_9_at_several_points_then_resume_gives_the_same_leaderboard(zoo, tm
     points = [
         lambda: time.time() - t_start > 1.5,                              # while starting up
         lambda: n_files(cache / "features", "*/*.npy") >= 1,              # right after a first feature file
-        lambda: n_files(out / "runs", "*.json") >= 1,                     # after the first run record
-        lambda: n_files(out / "runs", "*.json") >= 3,                     # later on
+        lambda: n_files(out / "runs", "*@*.json") >= 1,                     # after the first run record
+        lambda: n_files(out / "runs", "*@*.json") >= 3,                     # later on
     ]
     for cond in points:
         t_start = time.time()

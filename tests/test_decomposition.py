@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from riskdecomp.decomposition import _boot_pair, decompose
+from riskdecomp.decomposition import boot_means, decompose
 from riskdecomp.errors import FeatureError
 
 GRID = np.logspace(-3, 2, 6)
@@ -35,13 +35,14 @@ def test_components_add_up_exactly_and_split_sizes():
     xt, yt = gaussians(250, sep=1.5, seed=1)
     xr, _ = gaussians(700, sep=2.5)  # a "reference" encoder: better features of the same points
     xr = xr + 0.0
-    d = run(x, y, xt, yt, reference=(xr, y), alternative=True)
+    d = run(x, y, xt, yt, reference=(xr, y), alternative=True, holdout="single")
     parts = d["approx"] + d["usability"] + d["probe_gen"] + d["enc_gen"]
     assert parts == d["agg_risk"]
     assert np.isclose(d["agg_risk"], d["err_test"], rtol=0, atol=1e-9)
     assert np.isclose(d["approx"] + d["usability"] + d["probe_gen_alt"] + d["enc_gen_alt"], d["err_test"],
                       rtol=0, atol=1e-9)
     assert d["n_train"] == 700 and d["n_test"] == 250 and d["n_sub"] == min(250, 140)
+    assert d["holdout"] == "single" and d["holdout_folds"] == 1
     assert d["approx_merged"] is False
     for name in ("approx", "usability", "probe_gen", "enc_gen", "agg_risk", "err_test", "err_heldout"):
         assert d[f"{name}_lo"] <= d[name] <= d[f"{name}_hi"], name
@@ -53,7 +54,7 @@ def test_components_add_up_exactly_and_split_sizes():
     frame = d.to_frame()
     assert len(frame) == 1 and frame.loc[0, "C_test"] == d["C_test"]
 
-    d2 = run(x, y, xt, yt, n_sub=50)
+    d2 = run(x, y, xt, yt, n_sub=50, holdout="single")
     assert d2["n_sub"] == 50 and d2["approx_merged"] is True and np.isnan(d2["approx"])
     assert d2["usability"] == d2["err_train_train"]
     assert d2["usability"] + d2["probe_gen"] + d2["enc_gen"] == d2["agg_risk"]
@@ -118,16 +119,23 @@ def test_bootstrap_ci_shrinks_with_more_data():
         assert w_large < 0.7 * w_small, name
 
 
-def test_paired_bootstrap_matches_index_resampling():
+def test_pattern_bootstrap_matches_index_resampling():
+    """boot_means draws pattern counts instead of indices: the same distribution as resampling the points, for
+    errors sharing the evaluation set (paired) and for a mean over a subset (NaN elsewhere: S inside D_tr)."""
     r = np.random.default_rng(0)
     a = r.random(400) < 0.3
     b = a ^ (r.random(400) < 0.1)  # correlated with a
-    ea, eb = _boot_pair(a, b, 20000, np.random.default_rng(1))
+    c = np.where(r.random(400) < 0.25, (r.random(400) < 0.4).astype(float), np.nan)  # defined on a subset
+    L = np.column_stack([a, b, c]).astype(float)
+    reps = boot_means(L, 20000, np.random.default_rng(1))
     idx = np.random.default_rng(2).integers(0, 400, size=(4000, 400))
-    ia, ib = a[idx].mean(1), b[idx].mean(1)
-    assert abs(ea.std() - ia.std()) < 0.1 * ia.std()
-    assert abs(np.std(ea - eb) - np.std(ia - ib)) < 0.1 * np.std(ia - ib)
-    assert abs(ea.mean() - a.mean()) < 1e-3 and abs(eb.mean() - b.mean()) < 1e-3
+    res = L[idx]  # (4000, 400, 3)
+    ref = np.nanmean(res, axis=1)
+    for j in range(3):
+        assert abs(reps[:, j].std() - ref[:, j].std()) < 0.1 * ref[:, j].std(), j
+        assert abs(np.nanmean(reps[:, j]) - np.nanmean(L[:, j])) < 2e-3, j
+    assert abs(np.std(reps[:, 0] - reps[:, 1]) - np.std(ref[:, 0] - ref[:, 1])) < 0.1 * np.std(ref[:, 0] - ref[:, 1])
+    assert abs(np.std(reps[:, 2] - reps[:, 0]) - np.std(ref[:, 2] - ref[:, 0])) < 0.1 * np.std(ref[:, 2] - ref[:, 0])
 
 
 def test_seeded_and_deterministic():

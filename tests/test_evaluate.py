@@ -59,7 +59,7 @@ def test_leaderboard_rows_satisfy_the_identity_with_cis_and_fewshot(full_run):
     assert board.set_index("model").loc["weak", "agg_risk"] > board.set_index("model").loc["good", "agg_risk"]
     assert bool(board.set_index("model").loc["sup", "approx_merged"]) is True
     assert board.set_index("model").loc["good", "objective"] == "simclr"
-    assert (out / "runs" / "good__synth.json").exists()
+    assert (out / "runs" / "good@synth.json").exists()
 
 
 def test_uncertainty_and_active_outputs(full_run):
@@ -68,7 +68,7 @@ def test_uncertainty_and_active_outputs(full_run):
     assert list(unc.columns[:8]) == ["model", "dataset", "score", "target", "metric", "value", "ci_lo", "ci_hi"]
     assert {"err01", "loss"} <= set(unc["target"]) and "auroc" in set(unc["metric"])
     assert "ens_nc_100" in set(unc["score"]) or any(s.startswith("ens_nc") for s in unc["score"])
-    ps = pd.read_csv(out / "per_sample" / "good__synth.csv")
+    ps = pd.read_csv(out / "per_sample" / "good@synth.csv")
     assert len(ps) == 80 and {"err01", "loss"} <= set(ps.columns)
     al = pd.read_csv(out / "active_learning.csv")
     assert list(al.columns[:6]) == ["model", "acquisition", "seed", "n_labels", "accuracy", "worst_class_accuracy"] \
@@ -126,7 +126,7 @@ def test_dask_local_cluster_matches_serial(zoo, full_run, tmp_path):
                        backend="dask", scheduler=cl.scheduler_address)
     assert res.ok
     assert (tmp_path / "leaderboard.csv").read_bytes() == (out / "leaderboard.csv").read_bytes()
-    rec = json.loads((tmp_path / "runs" / "good__synth.json").read_text())
+    rec = json.loads((tmp_path / "runs" / "good@synth.json").read_text())
     assert rec["model"] == "good"
 
 
@@ -143,8 +143,8 @@ def test_encoder_scores_posterior_variance_and_augmentation_consistency(tmp_path
     res = evaluate(zoo, "digits", out, cache_dir=tmp_path / "cache",
                    settings=fast_settings(active=False, shots=(1,), fractions=()))
     assert res.failures.empty, res.failures.to_dict(orient="records")
-    stoch = pd.read_csv(out / "per_sample" / "stoch__digits.csv")
-    det = pd.read_csv(out / "per_sample" / "det__digits.csv")
+    stoch = pd.read_csv(out / "per_sample" / "stoch@digits.csv")
+    det = pd.read_csv(out / "per_sample" / "det@digits.csv")
     assert "post_var" in stoch.columns and "post_var" not in det.columns
     assert (stoch["post_var"] > 0).all() and stoch["post_var"].std() > 0
     for ps in (stoch, det):

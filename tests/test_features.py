@@ -86,24 +86,24 @@ def test_timm_local_weights_cache_hit_and_truncated_cache_recompute(tiny, r18_we
 
 def test_cache_key_follows_weights_and_representation(tiny, r18_weights, tmp_path):
     a = build_encoder(entry(source="timm", model="resnet18", weights=str(r18_weights / "r18.safetensors")))
-    b = build_encoder(entry(source="timm", model="resnet18"))
+    b = build_encoder(entry(source="timm", model="resnet18", pretrained=False))
     assert a.identity != b.identity
-    v1 = build_encoder(entry(source="timm", model="vit_tiny_patch16_224", representation="cls",
+    v1 = build_encoder(entry(source="timm", model="vit_tiny_patch16_224", pretrained=False, representation="cls",
                              model_kwargs={"img_size": 32}))
-    v2 = build_encoder(entry(source="timm", model="vit_tiny_patch16_224", representation="cls+avg",
+    v2 = build_encoder(entry(source="timm", model="vit_tiny_patch16_224", pretrained=False, representation="cls+avg",
                              model_kwargs={"img_size": 32}))
     assert v1.identity != v2.identity
 
 
 @pytest.mark.parametrize("rep,dim", [("pooled", 192), ("cls", 192), ("avg", 192), ("cls+avg", 384), ("4xcls", 768)])
 def test_vit_representations(rep, dim):
-    e = entry(source="timm", model="vit_tiny_patch16_224", representation=rep, model_kwargs={"img_size": 32})
+    e = entry(source="timm", model="vit_tiny_patch16_224", pretrained=False, representation=rep, model_kwargs={"img_size": 32})
     enc = build_encoder(e)
     with torch.inference_mode():
         z = enc.module(torch.randn(2, 3, 32, 32))
     assert z.shape == (2, dim)
     if rep == "cls+avg":  # the first half is the class token
-        cls = build_encoder(entry(source="timm", model="vit_tiny_patch16_224", representation="cls",
+        cls = build_encoder(entry(source="timm", model="vit_tiny_patch16_224", pretrained=False, representation="cls",
                                   model_kwargs={"img_size": 32}))
         cls.module.load_state_dict(enc.module.state_dict())
         x = torch.randn(2, 3, 32, 32)
@@ -113,7 +113,7 @@ def test_vit_representations(rep, dim):
 
 def test_cls_on_a_cnn_is_refused():
     with pytest.raises(RiskdecompError, match="'cls'"):
-        build_encoder(entry(source="timm", model="resnet18", representation="cls"))
+        build_encoder(entry(source="timm", model="resnet18", pretrained=False, representation="cls"))
 
 
 def test_checkpoint_source_safetensors_and_weights_only_pt(tiny, r18_weights, tmp_path):

@@ -165,6 +165,22 @@ def test_pretrain_is_deterministic_and_seeded(digits):
     assert not torch.equal(a.backbone.fc.weight, c.backbone.fc.weight)
 
 
+@pytest.mark.parametrize("objective", ["simclr", "supervised"])
+def test_checkpoint_is_bit_identical_whatever_the_thread_count(tmp_path, digits, objective):
+    """Issue 12 #4 (zoo item 2): the same recipe pretrained with 1 and with 2 torch threads (what --jobs/--threads
+    change) gives byte-identical safetensors files; the caller's thread count is restored afterwards."""
+    import hashlib
+
+    r = Recipe(objective=objective, **{**TINY, "epochs": 2, "batch_size": 60})
+    digests = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        path = pretrained_checkpoint(r, digits, tmp_path / f"t{threads}", progress=False)
+        assert torch.get_num_threads() == threads
+        digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
 def test_byol_target_is_ema_of_online(digits):
     from riskdecomp.pretrain.backbones import build_encoder
 
@@ -242,14 +258,7 @@ def test_checkpoint_errors(tmp_path, digits):
 
 
 def test_pretrained_checkpoint_cache_trains_once(tmp_path, digits, monkeypatch):
-    calls = []
-    real = ckpt_mod.pretrain
-
-    def counting(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(ckpt_mod, "pretrain", counting)
+    calls = _counting_pretrain(monkeypatch)
     r = Recipe(objective="simclr", **{**TINY, "epochs": 1})
     p1 = pretrained_checkpoint(r, digits, tmp_path, progress=False)
     assert p1 == tmp_path / "recipes" / f"{r.key()}-{digits.fingerprint}.safetensors"
@@ -300,3 +309,106 @@ def test_simclr_loss_decreases_on_real_cifar10_images(shared_dir, tmp_path):
     enc, hist = pretrain(r, ds.train, progress=False)
     assert hist.loss.iloc[-1] < hist.loss.iloc[0] - 0.05
     assert embed(enc, ds.test.to_uint8(16)).shape == (len(ds.test), 16)
+
+
+# ------------------------------------------------------------------------------------------ checksums and --force
+
+
+def _counting_pretrain(monkeypatch):
+    calls = []
+    real = ckpt_mod.pretrain
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ckpt_mod, "pretrain", counting)
+    monkeypatch.setattr(ckpt_mod, "_RETRAINED", set())
+    return calls
+
+
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_recipe_checkpoint_carries_a_checksum_and_a_swapped_one_is_retrained(tmp_path, digits, monkeypatch):
+    """Issue 12 #5 (zoo item 3): the sidecar records the weights' SHA-256; a cached checkpoint whose weights were
+    swapped (another recipe's file) or corrupted (one flipped byte) is detected and pretrained again."""
+    calls = _counting_pretrain(monkeypatch)
+    r = Recipe(objective="simclr", **{**TINY, "epochs": 1})
+    other = Recipe(objective="simclr", **{**TINY, "epochs": 1, "seed": 1})
+    path = pretrained_checkpoint(r, digits, tmp_path, progress=False)
+    good = path.read_bytes()
+    assert json.loads(ckpt_mod.sidecar_path(path).read_text())["sha256"] == _sha(path)
+    swapped = pretrained_checkpoint(other, digits, tmp_path, progress=False).read_bytes()
+    assert swapped != good and len(swapped) == len(good) and len(calls) == 2
+    for bad in (swapped, good[:-5] + bytes([good[-5] ^ 0xFF]) + good[-4:]):
+        path.write_bytes(bad)
+        with pytest.raises(WeightsError, match="checksum"):
+            load_checkpoint(path)
+        assert pretrained_checkpoint(r, digits, tmp_path, progress=False) == path
+        assert path.read_bytes() == good  # retrained (bit-identical: same seed, fixed threads)
+    assert len(calls) == 4
+
+
+def test_user_checkpoint_whose_sidecar_disagrees_is_an_error(tmp_path, digits):
+    """Zoo item 3: a `source: checkpoint` file written by `riskdecomp pretrain` whose weights no longer match its
+    sidecar's checksum is a one-line error naming the file (never silently used)."""
+    from riskdecomp.encoders import build_encoder
+    from riskdecomp.zoo import parse_zoo
+
+    r = Recipe(objective="init", **TINY)
+    a = ckpt_mod.pretrain_to_file(r, "digits", tmp_path / "a.safetensors", progress=False)
+    b = ckpt_mod.pretrain_to_file(r.model_copy(update={"seed": 3}), "digits", tmp_path / "b.safetensors",
+                                  progress=False)
+    entry = parse_zoo({"models": [{"name": "mine", "source": "checkpoint", "architecture": "smallcnn",
+                                   "weights": str(a)}]})["mine"]
+    enc = build_encoder(entry, dataset=digits)
+    assert enc.weights_sha256 == _sha(a) and enc.weights_sha256 in enc.identity
+    a.write_bytes(b.read_bytes())
+    with pytest.raises(WeightsError) as info:
+        build_encoder(entry, dataset=digits)
+    assert "checksum" in str(info.value) and str(a) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_recipe_identity_covers_the_checkpoint_weights(tmp_path, digits, monkeypatch):
+    """Zoo item 3: entry_identity of a recipe entry (feature-cache key; the runner's run key) holds the SHA-256 of
+    the checkpoint's weights, pretraining it first when it is not cached; build_encoder reports the same."""
+    from riskdecomp.encoders import build_encoder, entry_identity
+    from riskdecomp.zoo import parse_zoo
+
+    calls = _counting_pretrain(monkeypatch)
+    entry = parse_zoo({"models": [{"name": "s", "source": "recipe",
+                                   "recipe": {"objective": "simclr", **TINY, "epochs": 1}}]})["s"]
+    ident = entry_identity(entry, digits, cache_dir=tmp_path)
+    path = ckpt_mod.checkpoint_path(entry.recipe, digits, tmp_path)
+    assert len(calls) == 1 and path.is_file() and _sha(path) in ident
+    enc = build_encoder(entry, dataset=digits, cache_dir=tmp_path)
+    assert enc.identity == ident and enc.weights_sha256 == _sha(path) and len(calls) == 1
+
+
+def test_force_pretrains_and_featurizes_again(tmp_path, digits, monkeypatch):
+    """Issue 12 #5 (zoo item 4): force=True really recomputes: pretrained_checkpoint retrains (once per process,
+    however many calls one job makes), featurize reads no cached features (forward passes > 0) and rewrites them."""
+    from riskdecomp.encoders import build_encoder
+    from riskdecomp.features import featurize
+    from riskdecomp.zoo import parse_zoo
+
+    calls = _counting_pretrain(monkeypatch)
+    entry = parse_zoo({"models": [{"name": "s", "source": "recipe",
+                                   "recipe": {"objective": "simclr", **TINY, "epochs": 1}}]})["s"]
+    f1 = featurize(entry, digits, cache_dir=tmp_path, device="cpu", progress=False)
+    assert len(calls) == 1 and f1.forward_passes > 0
+    f2 = featurize(entry, digits, cache_dir=tmp_path, device="cpu", progress=False)
+    assert len(calls) == 1 and f2.forward_passes == 0
+    cached = sorted((tmp_path / "features" / "s").glob("*.npy"))
+    mtimes = [p.stat().st_mtime_ns for p in cached]
+    f3 = featurize(entry, digits, cache_dir=tmp_path, device="cpu", progress=False, force=True)
+    assert len(calls) == 2 and f3.forward_passes > 0
+    assert [p.stat().st_mtime_ns for p in cached] != mtimes
+    np.testing.assert_array_equal(f3.x_train, f1.x_train)  # deterministic pretraining: same checkpoint, features
+    build_encoder(entry, dataset=digits, cache_dir=tmp_path, force=True)  # same process: not retrained again
+    pretrained_checkpoint(entry.recipe, digits, tmp_path, progress=False, force=True)
+    assert len(calls) == 2

@@ -1,18 +1,25 @@
-"""Report: plots and a self-contained HTML page from a synthetic results directory."""
+"""Report: plots and the HTML page, fed by real pipeline output (a small `riskdecomp evaluate` run with default
+flags on a precomputed-features zoo), never by hand-built tables restating the report's own column names."""
 
+import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from riskdecomp.analysis import scaling_law_predict
+from riskdecomp.cli import main
 from riskdecomp.errors import RiskdecompError
 from riskdecomp.report import make_report
 from riskdecomp.report.plots import make_plots
 
+from zoo_factory import make_features_zoo
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# every figure a default evaluate run can draw from its own outputs (one dataset)
+ALL_FIGURES = {"components_synth", "usability_vs_probe_gen", "ranking_change_synth", "scaling_law", "design_effects",
+               "uncertainty_metrics", "uncertainty_bins", "risk_coverage", "active_learning"}
 
 
 class _Collect(HTMLParser):
@@ -26,53 +33,27 @@ class _Collect(HTMLParser):
             self.imgs.append(dict(attrs)["src"])
 
 
-def _leaderboard(n=6, seed=0):
-    rng = np.random.default_rng(seed)
-    lb = pd.DataFrame({
-        "model": [f"enc{i}" for i in range(n)], "dataset": "toy", "n_train": 5000, "n_test": 1000,
-        "n_classes": 10, "n_sub": 1000,
-        "approx": rng.uniform(0, 2, n), "usability": rng.uniform(0, 10, n),
-        "probe_gen": rng.uniform(2, 20, n), "enc_gen": rng.uniform(0, 3, n),
-        "objective": ["simclr", "dino", "simclr", "dino", "byol", "byol"][:n],
-        "family": ["resnet", "vit"] * (n // 2), "epochs": [100, 100, 300, 300, 100, 300][:n],
-        "architecture": ["resnet18", "vits", "resnet18", "vits", "resnet18", "vits"][:n],
-    })
-    for col, size in {"agg_risk": 5000, "fewshot_1shot": 10, "fewshot_5shot": 50, "fewshot_10pct": 500}.items():
-        lb[col] = scaling_law_predict(lb.approx, lb.usability, lb.probe_gen, lb.enc_gen, 4000, size, 0.3, 0.4)
-        lb[col] += rng.normal(0, 0.3, n)
-    lb["agg_risk_lo"], lb["agg_risk_hi"] = lb.agg_risk - 1, lb.agg_risk + 1
-    lb.loc[0, "fewshot_5shot"] = np.nan  # partial NaN must not break anything
-    return lb
+def not_drawn(report: Path) -> list:
+    """The report's 'Not drawn' notes (one per figure it skipped, with the reason)."""
+    return re.findall(r"<li class='note'>([^<]*)</li>", report.read_text())
 
 
-def _results_dir(root: Path, optional=True) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    lb = _leaderboard()
-    lb.to_csv(root / "leaderboard.csv", index=False)
-    if not optional:
-        return root
-    rng = np.random.default_rng(1)
-    rows = []
-    for m in lb.model[:3]:
-        for score in ("knn_10_cos", "neg_norm"):
-            for metric in ["kendall_tau", "auroc", "aurc"] + [f"bin_acc_{i}" for i in range(10)]:
-                v = rng.uniform(0, 1)
-                rows.append(dict(model=m, dataset="toy", score=score, target="err01", metric=metric,
-                                 value=v, ci_lo=v - 0.05, ci_hi=v + 0.05))
-    rows[0]["value"] = np.nan
-    pd.DataFrame(rows).to_csv(root / "uncertainty.csv", index=False)
-    (root / "per_sample").mkdir()
-    for m in lb.model[:2]:
-        pd.DataFrame({"knn_10_cos": rng.uniform(size=200), "neg_norm": rng.normal(size=200),
-                      "err01": rng.integers(0, 2, 200), "loss": rng.uniform(size=200),
-                      "brier_ovo": rng.uniform(size=200)}).to_csv(root / "per_sample" / f"{m}__toy.csv", index=False)
-    al = [dict(model=m, acquisition=a, seed=s, n_labels=n, accuracy=0.5 + 0.001 * n + 0.01 * s,
-               worst_class_accuracy=0.3) for m in lb.model[:2] for a in ("random", "entropy")
-          for s in range(2) for n in (20, 40, 60)]
-    pd.DataFrame(al).to_csv(root / "active_learning.csv", index=False)
-    pd.DataFrame([dict(model="enc0", acquisition="entropy", target="max", le=1.8)]).to_csv(
-        root / "label_efficiency.csv", index=False)
-    return root
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """Results of `riskdecomp evaluate` with default flags (report included) on a 3-model features zoo."""
+    root = tmp_path_factory.mktemp("evaluated")
+    zoo = make_features_zoo(root / "zoo")
+    try:
+        main(["evaluate", "--zoo", str(zoo), "--out", str(root / "out"), "--no-progress"])
+    except SystemExit as exc:
+        assert not exc.code, f"evaluate exited {exc.code}"
+    return root / "out"
+
+
+@pytest.fixture
+def results(evaluated, tmp_path):
+    """A private copy of the evaluated results directory (tests may delete parts of it)."""
+    return Path(shutil.copytree(evaluated, tmp_path / "res"))
 
 
 def _check_page(report: Path) -> _Collect:
@@ -85,31 +66,64 @@ def _check_page(report: Path) -> _Collect:
         assert path.is_file(), src
         assert path.read_bytes()[:8] == PNG_MAGIC, src
         assert path.with_suffix(".svg").is_file()
-    assert "script" not in parser.tags and "<link" not in text  # self-contained, no JS / CDN
+    assert "script" not in parser.tags and "<link" not in text  # no JS / CDN
     return parser
 
 
-def test_full_results_dir(tmp_path):
-    root = _results_dir(tmp_path / "res")
-    report = make_report(root)
-    assert report == root / "report.html"
+def test_evaluate_report_draws_every_figure(evaluated):
+    """The report written by evaluate draws every figure its data supports: no 'Not drawn' note at all."""
+    report = evaluated / "report.html"
     page = _check_page(report)
-    names = {Path(s).stem for s in page.imgs}
-    assert {"components_toy", "usability_vs_probe_gen", "ranking_change_toy", "scaling_law",
-            "uncertainty_bins", "uncertainty_metrics", "risk_coverage", "active_learning"} <= names
+    assert not_drawn(report) == []
+    assert {Path(s).stem for s in page.imgs} == ALL_FIGURES
     text = report.read_text()
-    for model in _leaderboard().model:
-        assert model in text  # leaderboard table
-    assert (root / "analysis" / "summary.json").is_file()
-    assert (root / "analysis" / "design_effects.csv").is_file()
+    for model in pd.read_csv(evaluated / "leaderboard.csv")["model"]:
+        assert f">{model}<" in text  # leaderboard table
+    assert (evaluated / "analysis" / "summary.json").is_file()
+    assert (evaluated / "analysis" / "design_effects.csv").is_file()
 
 
-def test_optional_inputs_absent(tmp_path):
-    root = _results_dir(tmp_path / "res", optional=False)
-    page = _check_page(make_report(root, color_by="no_such_field"))
-    names = {Path(s).stem for s in page.imgs}
-    assert "components_toy" in names and "active_learning" not in names
-    assert "active_learning.csv absent" in (root / "report.html").read_text()
+def test_reliability_bins_drawn_from_the_producers_metric_names(results):
+    """Issue 12 #12: reliability.py writes acc_bin_NN; the decile figure is drawn from exactly those rows, and they
+    are not repeated in the metrics table."""
+    from riskdecomp.reliability import ACC_BIN, N_BINS, bin_metric
+
+    unc = pd.read_csv(results / "uncertainty.csv")
+    bins = unc[unc["metric"].str.startswith(ACC_BIN)]
+    assert set(bins["metric"]) == {bin_metric(ACC_BIN, j) for j in range(1, N_BINS + 1)}
+    text = make_report(results).read_text()
+    assert "plots/uncertainty_bins.png" in text
+    assert ACC_BIN not in text.split("<h2>Uncertainty metrics</h2>")[1]
+    # without the bins (an uncertainty.csv of another tool), the note says why
+    unc[~unc["metric"].str.startswith(ACC_BIN)].to_csv(results / "uncertainty.csv", index=False)
+    report = make_report(results)
+    assert any(n.startswith("uncertainty bins: no acc_bin_") for n in not_drawn(report))
+
+
+@pytest.mark.parametrize("removed, note", [
+    ("active_learning.csv", "active learning: active_learning.csv absent"),
+    ("uncertainty.csv", "uncertainty metrics: uncertainty.csv absent"),
+    ("per_sample", "risk-coverage: no per_sample/*.csv"),
+])
+def test_absent_optional_output_is_noted_not_drawn(results, removed, note):
+    """Outputs of switched-off stages (--no-active, --no-uncertainty) skip their figures with a note; the rest is
+    still drawn."""
+    target = results / removed
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    report = make_report(results, color_by="no_such_field")
+    names = {Path(s).stem for s in _check_page(report).imgs}
+    assert "components_synth" in names
+    assert any(n.startswith(note) for n in not_drawn(report)), not_drawn(report)
+
+
+def test_single_model_skips_only_comparisons(results):
+    """One model: the ranking change has nothing to compare, and says so; its own figures are drawn."""
+    lb = pd.read_csv(results / "leaderboard.csv")
+    lb[lb["model"] == "good"].to_csv(results / "leaderboard.csv", index=False)
+    report = make_report(results)
+    notes = not_drawn(report)
+    assert any(n.startswith("ranking change: fewer than 2 models") for n in notes), notes
+    assert "components_synth" in {Path(s).stem for s in _check_page(report).imgs}
 
 
 def test_empty_results_dir_and_bad_dir(tmp_path):
@@ -121,13 +135,9 @@ def test_empty_results_dir_and_bad_dir(tmp_path):
         make_report(tmp_path / "missing")
 
 
-def test_make_plots_returns_captions(tmp_path):
-    root = tmp_path / "res"
-    root.mkdir()
-    _leaderboard()[["model", "dataset", "approx", "usability", "probe_gen", "enc_gen"]].to_csv(
-        root / "leaderboard.csv", index=False)
-    plots = make_plots(root, tmp_path / "out", color_by=None)
-    assert {p.stem for p, _ in plots} == {"components_toy", "usability_vs_probe_gen"}
+def test_make_plots_returns_captions(evaluated, tmp_path):
+    plots = make_plots(evaluated, tmp_path / "out", color_by=None)
+    assert {p.stem for p, _ in plots} == ALL_FIGURES
     assert all(p.is_file() and p.read_bytes()[:8] == PNG_MAGIC and c for p, c in plots)
 
 

@@ -137,8 +137,8 @@ def test_combine_known_answer():
 
 def test_each_seed_is_a_run_record_and_the_leaderboard_pools_them(seeded_run):
     _, out = seeded_run
-    records = sorted(p.name for p in (out / "runs").glob("*__digits.json"))
-    assert records == sorted(f"{m}.s{s}__digits.json" for m in ("supervised", "init", "simclr", "simclr_z4")
+    records = sorted(p.name for p in (out / "runs").glob("*@digits.json"))
+    assert records == sorted(f"{m}.s{s}@digits.json" for m in ("supervised", "init", "simclr", "simclr_z4")
                              for s in (0, 1, 2))
     board = pd.read_csv(out / "leaderboard.csv")
     runs = pd.read_csv(out / "leaderboard_seeds.csv")

@@ -17,6 +17,7 @@ GOOD = textwrap.dedent("""
       - name: sup
         source: timm
         model: resnet18
+        pretrained: false
         metadata: {objective: supervised, architecture: resnet18}
       - name: mine
         source: checkpoint
@@ -59,25 +60,25 @@ BAD = [
     # (yaml body, substrings the one-line error must contain)
     ("models:\n  - name: a\n    source: nope\n", ["models[0] ('a')", "source", "unknown source 'nope'"]),
     ("models:\n  - name: a\n    source: timm\n", ["models[0] ('a')", "'model'", "required"]),
-    ("models:\n  - name: a\n    source: timm\n    model: r\n    colour: red\n", ["'colour'", "unknown field"]),
+    ("models:\n  - name: a\n    source: timm\n    model: r\n    pretrained: false\n    colour: red\n", ["'colour'", "unknown field"]),
     ("models:\n  - name: a\n    source: timm\n    model: [1, 2]\n", ["'model'", "string"]),
-    ("models:\n  - name: a\n    source: timm\n    model: r\n  - name: a\n    source: timm\n    model: s\n",
+    ("models:\n  - name: a\n    source: timm\n    model: r\n    pretrained: false\n  - name: a\n    source: timm\n    model: s\n    pretrained: false\n",
      ["models[1] ('a')", "duplicate name"]),
-    ("models:\n  - name: ../x\n    source: timm\n    model: r\n", ["'../x'", "'name'"]),
-    ("models:\n  - name: /abs\n    source: timm\n    model: r\n", ["'/abs'", "'name'"]),
-    ("models:\n  - name: Big\n    source: timm\n    model: r\n", ["'Big'", "'name'"]),
+    ("models:\n  - name: ../x\n    source: timm\n    model: r\n    pretrained: false\n", ["'../x'", "'name'"]),
+    ("models:\n  - name: /abs\n    source: timm\n    model: r\n    pretrained: false\n", ["'/abs'", "'name'"]),
+    ("models:\n  - name: Big\n    source: timm\n    model: r\n    pretrained: false\n", ["'Big'", "'name'"]),
     ("models:\n  - name: h\n    source: torch_hub\n    repo: a/b\n    entrypoint: e\n", ["trust_repo"]),
     ("models:\n  - name: h\n    source: torch_hub\n    repo: a/b\n    entrypoint: e\n    trust_repo: false\n",
      ["trust_repo"]),
-    ("models:\n  - name: a\n    source: timm\n    model: r\n    representation: mean\n", ["representation", "'mean'"]),
-    ("models:\n  - name: a\n    source: timm\n    model: r\n    reference: ghost\n", ["'reference'", "'ghost'"]),
-    ("models:\n  - name: a\n    source: timm\n    model: r\n    metadata: {objectiv: x}\n", ["metadata", "objectiv"]),
+    ("models:\n  - name: a\n    source: timm\n    model: r\n    pretrained: false\n    representation: mean\n", ["representation", "'mean'"]),
+    ("models:\n  - name: a\n    source: timm\n    model: r\n    pretrained: false\n    reference: ghost\n", ["'reference'", "'ghost'"]),
+    ("models:\n  - name: a\n    source: timm\n    model: r\n    pretrained: false\n    metadata: {objectiv: x}\n", ["metadata", "objectiv"]),
     ("models:\n  - name: a\n    source: recipe\n    recipe: {objective: magic}\n", ["recipe.objective"]),
     ("models:\n  - name: a\n    source: checkpoint\n    architecture: r\n    weights: w.pkl\n", ["weights", ".safetensors"]),
     ("models: [\n", ["malformed YAML", "line"]),
     ("- just a list\n", ["'models:'"]),
     ("models: []\n", ["non-empty"]),
-    ("models:\n  - name: a\n    source: timm\n    model: r\nextra: 1\n", ["top-level", "'extra'"]),
+    ("models:\n  - name: a\n    source: timm\n    model: r\n    pretrained: false\nextra: 1\n", ["top-level", "'extra'"]),
     ("models:\n  - 3\n", ["models[0]", "mapping"]),
 ]
 
@@ -125,7 +126,7 @@ def test_cli_zoo_list_and_malformed_zoo_exit_2(tmp_path):
 
 
 def test_parse_zoo_from_python_mapping():
-    zoo = parse_zoo({"models": [{"name": "x", "source": "timm", "model": "resnet18"}]})
+    zoo = parse_zoo({"models": [{"name": "x", "source": "timm", "model": "resnet18", "pretrained": False}]})
     assert zoo["x"].pretrained is False and zoo["x"].representation == "pooled"
     with pytest.raises(ZooError, match="unknown model 'y'"):
         zoo["y"]

@@ -3,13 +3,16 @@
 Layout: ``PATH.safetensors`` holds the backbone's state dict (keys as in ``create_backbone(...).state_dict()``, so a
 ``source: checkpoint`` zoo entry with ``architecture: smallcnn`` and the sidecar's ``model_kwargs`` loads it with
 ``strict=True``); ``PATH.safetensors.json`` holds the full recipe, the backbone arguments, the input normalization,
-the image size and the training history. Both are written atomically (temp file in the same folder + os.replace),
-weights first, so a sidecar never describes missing weights. Nothing is ever unpickled.
+the image size, the training history and ``sha256``, the checksum of the weights file's bytes. Both are written
+atomically (temp file in the same folder + os.replace), weights first, so a sidecar never describes missing weights.
+Loading verifies the checksum: a swapped or corrupted weights file is an error (a cached one is retrained instead).
+Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +26,7 @@ from .recipe import Recipe
 from .train import MEAN, STD, pretrain, resolve_device
 
 FORMAT = "riskdecomp-pretrain-v1"
+log = logging.getLogger(__name__)
 
 
 def sidecar_path(path) -> Path:
@@ -64,7 +68,14 @@ def save_checkpoint(path, encoder: Encoder, recipe: Recipe, history=None) -> Pat
         "image_size": recipe.image_size,
         "history": history or [],
     }
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+
+    def write_weights(tmp: str) -> None:
+        from ..zoo import file_sha256  # (zoo imports this package: import late)
+
+        save_file(state, tmp, metadata={"format": FORMAT})
+        meta["sha256"] = file_sha256(tmp)  # of the bytes that are renamed into place
+
+    _atomic_write(path, write_weights)
     _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1, sort_keys=True)))
     return path
 
@@ -83,8 +94,25 @@ def read_sidecar(path) -> dict:
     return meta
 
 
-def load_checkpoint(path, device: str = "cpu") -> tuple[Encoder, Recipe]:
-    """Rebuild ``(encoder, recipe)`` from a checkpoint written by :func:`save_checkpoint` (eval mode)."""
+def verify_checksum(path, meta: dict, required: bool = False) -> None:
+    """WeightsError unless the weights file's SHA-256 is the sidecar's ``sha256`` (a sidecar written before
+    checksums existed has none: accepted unless ``required``, as for the recipe cache)."""
+    from ..zoo import file_sha256  # (zoo imports this package: import late)
+
+    want = meta.get("sha256")
+    if want is None:
+        if required:
+            raise WeightsError(f"{sidecar_path(path)}: no weights checksum (written by an older riskdecomp)")
+        return
+    got = file_sha256(path)
+    if got != want:
+        raise WeightsError(f"{path}: weights do not match the checksum in {sidecar_path(path).name} (sha256 "
+                           f"{got[:12]}, expected {str(want)[:12]}): the file was swapped or corrupted")
+
+
+def load_checkpoint(path, device: str = "cpu", require_checksum: bool = False) -> tuple[Encoder, Recipe]:
+    """Rebuild ``(encoder, recipe)`` from a checkpoint written by :func:`save_checkpoint` (eval mode), after
+    verifying the weights against the sidecar's checksum (:func:`verify_checksum`)."""
     from pydantic import ValidationError
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -93,6 +121,7 @@ def load_checkpoint(path, device: str = "cpu") -> tuple[Encoder, Recipe]:
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found")
     meta = read_sidecar(path)
+    verify_checksum(path, meta, required=require_checksum)
     try:
         recipe = Recipe.model_validate(meta["recipe"])
     except ValidationError as exc:
@@ -110,11 +139,14 @@ def load_checkpoint(path, device: str = "cpu") -> tuple[Encoder, Recipe]:
     return encoder.to(device).eval(), recipe
 
 
-def eval_transform(recipe_or_sidecar: Union[Recipe, dict, str, Path, None], native_size: Optional[int] = None) -> Callable:
+def eval_transform(recipe_or_sidecar: Union[Recipe, dict, str, Path, None], native_size: Optional[int] = None,
+                   size: Optional[int] = None) -> Callable:
     """PIL image -> normalized float tensor (3, S, S) as the encoder saw during pretraining: resized (bilinear)
-    to the recipe's ``image_size`` (``None``: ``native_size``, or left as is), scaled to [0, 1], then
-    (x - mean) / std with the checkpoint's normalization. Accepts a Recipe, a sidecar dict, a checkpoint path, or
-    ``None`` (riskdecomp's default normalization at ``native_size``: a bare ``smallcnn`` checkpoint)."""
+    to ``size`` (the zoo entry's ``image_size:`` override), else the recipe's ``image_size`` (``None``:
+    ``native_size``, or left as is), scaled to [0, 1], then (x - mean) / std with the checkpoint's normalization.
+    Accepts a Recipe, a sidecar dict, a checkpoint path, or ``None`` (riskdecomp's default normalization at
+    ``native_size``: a bare ``smallcnn`` checkpoint). The returned function's ``input_size`` is S (None: as is)."""
+    override = size
     import numpy as np
     from PIL import Image
 
@@ -128,7 +160,7 @@ def eval_transform(recipe_or_sidecar: Union[Recipe, dict, str, Path, None], nati
         norm = recipe_or_sidecar.get("normalization") or {"mean": MEAN, "std": STD}
         size = recipe_or_sidecar.get("image_size", recipe_or_sidecar.get("recipe", {}).get("image_size"))
         mean, std = norm["mean"], norm["std"]
-    size = size or native_size
+    size = override or size or native_size
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
 
@@ -139,19 +171,22 @@ def eval_transform(recipe_or_sidecar: Union[Recipe, dict, str, Path, None], nati
         x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
         return (x - mean_t) / std_t
 
+    transform.input_size = size
     return transform
 
 
 def _valid(path: Path, recipe: Recipe) -> bool:
-    """A cached checkpoint is reused when both files exist, the sidecar names the same recipe and it loads."""
+    """A cached checkpoint is reused when both files exist, the sidecar names the same recipe, the weights match
+    its checksum and it loads; anything else is logged and retrained."""
     if not (path.is_file() and sidecar_path(path).is_file()):
         return False
     try:
         meta = read_sidecar(path)
         if meta.get("recipe_key") != recipe.key():
-            return False
-        load_checkpoint(path)
-    except (WeightsError, KeyError):
+            raise WeightsError(f"{sidecar_path(path)}: names another recipe")
+        load_checkpoint(path, require_checksum=True)
+    except (WeightsError, KeyError) as exc:
+        log.warning("cached checkpoint unusable, pretraining again: %s", exc)
         return False
     return True
 
@@ -161,23 +196,32 @@ def checkpoint_path(recipe: Recipe, dataset, cache_dir) -> Path:
     return Path(cache_dir) / "recipes" / f"{recipe.key()}-{dataset.fingerprint}.safetensors"
 
 
-def pretrained_checkpoint(recipe: Recipe, dataset, cache_dir, *, device: str = "cpu", progress: bool = True) -> Path:
-    """The checkpoint of ``recipe`` pretrained on ``dataset.train``: reused from the cache when present and valid,
-    else trained and saved. A file lock (``<path>.lock``) makes concurrent processes train it once: the second
-    waits, then finds the finished checkpoint."""
+_RETRAINED: set = set()  # checkpoints this process pretrained under ``force`` (retrained once, not once per call)
+
+
+def pretrained_checkpoint(recipe: Recipe, dataset, cache_dir, *, device: str = "cpu", progress: bool = True,
+                          force: bool = False) -> Path:
+    """The checkpoint of ``recipe`` pretrained on ``dataset.train``: reused from the cache when present and valid
+    (sidecar, recipe and weights checksum agree), else trained and saved. ``force``: pretrained again even when
+    valid -- once per process, so the several calls of one job (run key, features, extras) use one fresh
+    checkpoint; the old one stays in place until the new one is complete. A file lock (``<path>.lock``) makes
+    concurrent processes train it once: the second waits, then finds the finished checkpoint."""
     from filelock import FileLock, Timeout
 
     path = checkpoint_path(recipe, dataset, cache_dir)
-    if _valid(path, recipe):
+    force = force and path not in _RETRAINED
+    if not force and _valid(path, recipe):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path) + ".lock")
     try:
         with lock.acquire(timeout=6 * 3600):
-            if _valid(path, recipe):
+            if not force and _valid(path, recipe):
                 return path
             encoder, history = pretrain(recipe, dataset.train, device=resolve_device(device), progress=progress)
             save_checkpoint(path, encoder, recipe, history)
+            if force:
+                _RETRAINED.add(path)
     except Timeout:
         raise CacheError(f"{path}.lock: another process holds the pretraining lock for hours; remove it") from None
     return path

@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Architecture names (timm, incl. 'hf-hub:org/name') reach timm's / the hub's own cache folders: no '..', no leading
+# '/', nothing but these characters (zoo entries' model / architecture and recipe backbones)
+ARCH_RE = re.compile(r"^(hf[-_]hub:|timm/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)?$")
+
+
+def check_arch(v: str, what: str = "architecture") -> str:
+    """Validate a timm architecture name (also used for recipe backbones)."""
+    if not ARCH_RE.match(v) or ".." in v:
+        raise ValueError(f"{what} {v!r} is not a valid model name ([A-Za-z0-9_.-], optionally 'hf-hub:org/name')")
+    return v
+
 
 Objective = Literal["simclr", "byol", "simsiam", "vicreg", "barlow_twins", "stochastic", "supervised", "init"]
 
@@ -58,6 +71,11 @@ class Recipe(BaseModel):
     beta: float = Field(1e-3, ge=0)  # stochastic: weight of the KL term
     image_size: Optional[int] = None  # None: the dataset's native size
     seed: int = 0
+
+    @field_validator("backbone")
+    @classmethod
+    def _safe_backbone(cls, v: str) -> str:
+        return check_arch(v, "backbone")
 
     def key(self) -> str:
         """Stable content hash of the recipe (all fields, defaults included)."""

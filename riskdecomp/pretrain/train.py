@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,28 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN, device=x.device)[None, :, None, None]
     std = torch.tensor(STD, device=x.device)[None, :, None, None]
     return (x - mean) / std
+
+
+# Intra-op threads while pretraining, whatever --jobs / --threads / the machine's cores: CPU reductions (conv and
+# matmul backward, batch norm statistics) are split by thread, so the float sums -- and after a few hundred steps
+# the weights -- depend on the thread count. A fixed count makes a checkpoint a function of (recipe, data, seed,
+# torch version, CPU kind) only. One thread: no oversubscription when --jobs runs one pretraining per core.
+PRETRAIN_THREADS = 1
+
+
+@contextmanager
+def deterministic_threads(n: int = PRETRAIN_THREADS):
+    """Run the body with ``n`` torch intra-op threads and deterministic cuDNN kernels; restores both after."""
+    old_threads = torch.get_num_threads()
+    cudnn = torch.backends.cudnn
+    old_cudnn = (cudnn.deterministic, cudnn.benchmark)
+    torch.set_num_threads(n)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        cudnn.deterministic, cudnn.benchmark = old_cudnn
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -58,10 +81,17 @@ def pretrain(recipe: Recipe, split: ImageSplit, *, device: str = "cpu",
     The split is held as one uint8 tensor (``split.to_uint8(recipe.image_size)``); each step draws
     ``recipe.n_views`` augmented views of a shuffled batch (one for ``supervised``) and minimizes the objective's
     loss with the recipe's optimizer. ``init`` returns the randomly initialized encoder (epochs ignored).
-    Deterministic on CPU for a fixed ``recipe.seed`` (global seed + one generator for shuffling and augmentation).
+    Bit-identical on one machine for a fixed ``recipe.seed`` whatever the caller's thread settings: global seed +
+    one generator for shuffling and augmentation, no data-loader workers, and ``PRETRAIN_THREADS`` intra-op threads
+    (:func:`deterministic_threads`; the caller's count is restored afterwards).
     ``history``: one row per epoch with columns ``epoch``, ``loss`` (mean over the epoch's steps), ``seconds``.
     The encoder is returned in eval mode on ``device``.
     """
+    with deterministic_threads():
+        return _pretrain(recipe, split, device=device, progress=progress)
+
+
+def _pretrain(recipe: Recipe, split: ImageSplit, *, device: str, progress: bool) -> tuple[Encoder, pd.DataFrame]:
     import time
 
     from tqdm.auto import tqdm

@@ -55,8 +55,10 @@ def make_report(results_dir, *, published=None, color_by: str | None = "objectiv
         "Controlled pairs": _read(results_dir / "analysis" / "controlled_pairs.csv"),
     }
     unc = _read(results_dir / "uncertainty.csv")
-    if unc is not None and "metric" in unc:
-        tables["Uncertainty metrics"] = unc[~unc["metric"].astype(str).str.startswith("bin_acc_")]
+    if unc is not None and "metric" in unc:  # the decile bins are drawn, not tabulated
+        from riskdecomp.reliability import BIN_METRIC_RE
+
+        tables["Uncertainty metrics"] = unc[~unc["metric"].astype(str).str.fullmatch(BIN_METRIC_RE)]
     text = render_html(title=f"riskdecomp report — {results_dir.name}", leaderboard=lb, summary=summary,
                        plots=rel, notes=notes, tables=tables)
     out = results_dir / "report.html"

@@ -260,27 +260,31 @@ def plot_scaling_law(lb: pd.DataFrame, out_dir: Path, name: str = "scaling_law")
 
 # ----------------------------------------------------------------------------- uncertainty / active learning
 def plot_uncertainty_bins(unc: pd.DataFrame, out_dir: Path, name: str = "uncertainty_bins") -> tuple[Path, str]:
-    """Accuracy per decile of each uncertainty score (bin 0 = most certain)."""
+    """Accuracy per equal-mass decile of each uncertainty score (decile 1 = most certain), from the
+    ``acc_bin_NN`` metrics of :mod:`riskdecomp.reliability` (its :data:`~riskdecomp.reliability.BIN_METRIC_RE`)."""
+    from riskdecomp.reliability import ACC_BIN, BIN_METRIC_RE
+
     need = {"metric", "value", "score"}
     if unc is None or not need <= set(unc.columns):
         raise PlotSkipped("uncertainty bins: uncertainty.csv absent or lacks metric/value/score")
-    b = unc[unc["metric"].astype(str).str.fullmatch(r"bin_acc_\d+")].dropna(subset=["value"]).copy()
+    parts = unc["metric"].astype(str).str.extract(f"^{BIN_METRIC_RE}$")
+    b = unc[parts["kind"] == ACC_BIN].dropna(subset=["value"]).copy()
     if b.empty:
-        raise PlotSkipped("uncertainty bins: no bin_acc_* rows")
+        raise PlotSkipped(f"uncertainty bins: no {ACC_BIN}_* rows (no 0-1 error target)")
+    b["bin"] = parts.loc[b.index, "bin"].astype(int)
     if "target" in b and b["target"].nunique() > 1:
         tgt = "err01" if "err01" in set(b["target"]) else b["target"].iloc[0]
         b = b[b["target"] == tgt]
-    b["bin"] = b["metric"].str.extract(r"(\d+)$")[0].astype(int)
     if "model" not in b:
         b["model"] = "model"
     models = list(dict.fromkeys(b["model"]))[:MAX_FACETS]
     b = b[b["model"].isin(models)]
     g = sns.relplot(data=b, x="bin", y="value", hue="score", col="model", col_wrap=min(3, len(models)),
                     kind="line", marker="o", height=3, aspect=1.2, facet_kws={"sharey": False})
-    g.set_axis_labels("uncertainty decile (0 = most certain)", "accuracy")
+    g.set_axis_labels("uncertainty decile (1 = most certain)", "accuracy")
     g.set_titles("{col_name}")
     path = _save(g.figure, out_dir, name)
-    return path, "Test accuracy per equal-mass decile of each uncertainty score (bin 0 = most certain); a " \
+    return path, "Test accuracy per equal-mass decile of each uncertainty score (decile 1 = most certain); a " \
                  "useful score gives decreasing curves."
 
 
