@@ -112,8 +112,8 @@ def summarize(df: pd.DataFrame) -> dict:
 
     Keys: ``n_models`` (distinct models), ``mean`` / ``median`` (component and agg_risk -> value,
     over rows where present), ``largest_component_counts`` (component -> number of rows where it is
-    the largest of the four; only rows with all four components), ``kendall_tau`` (setting -> tau vs
-    full shot, see :func:`ranking_stability`), ``scaling_law`` (alpha, B, r2, rmse of
+    the largest of the four; only rows with all four components, a merged approx counting as 0),
+    ``kendall_tau`` (setting -> tau vs full shot, see :func:`ranking_stability`), ``scaling_law`` (alpha, B, r2, rmse of
     :func:`fit_scaling_law`, NaN if not estimable). With several datasets, ``per_dataset`` holds the
     same numbers per dataset.
     """
@@ -127,7 +127,9 @@ def summarize(df: pd.DataFrame) -> dict:
     }
     counts = {c: 0 for c in comps}
     if len(comps) == 4:
-        full = t[comps].dropna()
+        # approx NaN with usability present = merged into usability (no reference): it counts as 0, like in
+        # _scaling_long; otherwise such zoos count no model at all
+        full = t[comps].assign(approx=t["approx"].where(t["approx"].notna() | t["usability"].isna(), 0.0)).dropna()
         if len(full):
             for c, n in full.idxmax(axis=1).value_counts().items():
                 counts[c] = int(n)
@@ -209,7 +211,10 @@ def _scaling_long(t: pd.DataFrame) -> pd.DataFrame:
     if any(c not in t for c in need):
         return pd.DataFrame()
     rows = []
-    big_n = pd.to_numeric(t["n_train"], errors="coerce") - pd.to_numeric(t["n_sub"], errors="coerce")
+    # N: the train points the held-out probe saw. n_sub held-out points are scored over holdout_folds folds (1 =
+    # the paper's single subset S; K = cross-fitted, n_sub = n_train), so each fit held out n_sub / folds points
+    folds = pd.to_numeric(t["holdout_folds"], errors="coerce") if "holdout_folds" in t else 1
+    big_n = pd.to_numeric(t["n_train"], errors="coerce") - pd.to_numeric(t["n_sub"], errors="coerce") / folds
     for col in settings:
         if col not in t:
             continue
@@ -239,7 +244,7 @@ def fit_scaling_law(df: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
 
     Uses every (model, setting) pair with complete data: settings are full shot (agg_risk, n =
     n_train) and each few-shot column (k-shot n = k * n_classes, p% n = floor(p/100 * n_train));
-    N = n_train - n_sub. Bounds: alpha in [0, 5], B in [0, 1] (B is the share of approx+usability
+    N = n_train - n_sub / holdout_folds. Bounds: alpha in [0, 5], B in [0, 1] (B is the share of approx+usability
     that shrinks with more labels; outside [0, 1] a coefficient would turn negative).
 
     Also fits, for comparison, a standard scaling law that ignores the components:

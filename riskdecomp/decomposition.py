@@ -267,7 +267,8 @@ def decompose(
 
     Result keys: the components, ``agg_risk``, the raw errors, ``enc_gen_size_gap``, each with ``_lo``/``_hi``;
     ``<component>_clipped``; ``C_*`` (``C_heldout``: the median over folds); ``holdout`` ("crossfit"/"single"),
-    ``holdout_folds`` (1 for single), ``n_sub`` (held-out points scored: |S|, or n_train when cross-fitted),
+    ``holdout_folds`` (1 for single), ``n_sub`` (points per held-out set: |S|, or the mean fold size; the
+    held-out probes are fitted on n_train - n_sub points),
     ``n_train``, ``n_test``, ``n_classes``, ``n_boot``, ``seed``, ``approx_merged``.
     """
     x_train, y_train = check_features(x_train, y_train, "x_train")
@@ -404,7 +405,7 @@ def decompose(
     res["approx_merged"] = not has_ref
     res["holdout"], res["holdout_folds"] = holdout, len(folds)
     res["n_train"], res["n_test"] = n_tr, n_te
-    res["n_sub"] = int(np.sum(~np.isnan(held)))
+    res["n_sub"] = int(round(np.mean([len(f) for f in folds])))  # the held-out probes train on n_train - n_sub
     res["n_classes"] = int(len(train_classes))
     res["n_boot"] = B
     res["seed"] = int(seed)

@@ -148,14 +148,6 @@ def _file_digest(path) -> str:
     return file_sha256(p) if p.is_file() else "missing"
 
 
-def _supported(fn, kw: dict) -> dict:
-    # TODO(merge): pass these directly once the zoo helper's force / cache_dir arguments are on main
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    return {k: v for k, v in kw.items() if k in params}
-
-
 def entry_key(entry, ds=None, cache_dir=None, settings: Optional[Settings] = None, force: bool = False) -> dict:
     """What of an entry changes its numbers: its fields (not ``metadata``, which only labels the row and is
     refreshed on reuse, nor where its files are) and its weights -- :func:`riskdecomp.encoders.entry_identity` (file hashes, the recipe
@@ -166,10 +158,8 @@ def entry_key(entry, ds=None, cache_dir=None, settings: Optional[Settings] = Non
     if isinstance(entry, FeaturesEntry):
         d["path_sha256"] = _file_digest(entry.path)
     else:
-        kw = {"cache_dir": cache_dir, "force": force}
-        if settings is not None:
-            kw.update(device=settings.device, progress=settings.progress)
-        d["identity"] = encoders.entry_identity(entry, ds, **_supported(encoders.entry_identity, kw))
+        kw = {"device": settings.device, "progress": settings.progress} if settings is not None else {}
+        d["identity"] = encoders.entry_identity(entry, ds, cache_dir=cache_dir, force=force, **kw)
     return d
 
 
@@ -298,15 +288,10 @@ def _dataset_for(entry, dataset_spec: str, seed: int, cache: Optional[dict] = No
     return _DATASETS[(dataset_spec, seed)]
 
 
-def _force_kw(force: bool) -> dict:
-    # ``force`` reaches featurize -> build_encoder -> pretrained_checkpoint (recompute features and checkpoints)
-    return _supported(featurize, {"force": True}) if force else {}
-
-
 def _load(entry, dataset_spec, settings, cache_dir, ds_cache, force: bool = False) -> Features:
     ds = _dataset_for(entry, dataset_spec, settings.seed, ds_cache)
     return featurize(entry, ds, cache_dir=cache_dir, device=settings.device, batch_size=settings.batch_size,
-                     num_workers=settings.num_workers, progress=settings.progress, **_force_kw(force))
+                     num_workers=settings.num_workers, progress=settings.progress, force=force)
 
 
 def run_job(zoo_source, name: str, dataset_spec: str, out: str, cache_dir: str, settings: Settings,
@@ -640,7 +625,12 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
     if any(not isinstance(full[n], FeaturesEntry) for n in names):
         ds = _dataset_for(None, dataset, settings.seed)  # a bad dataset is one error up front, not one per model
     for n in names:  # every output file name is valid before any compute
-        result_stem(n, dataset_name(full[n], ds))
+        try:
+            result_stem(n, dataset_name(full[n], ds))
+        except RiskdecompError as exc:
+            hint = ("set the entry's dataset: field" if isinstance(full[n], FeaturesEntry) else
+                    "the dataset's name comes from its folder: rename it or link it under a valid name")
+            raise RiskdecompError(f"{exc} ({hint})") from None
     folder_path = out / "runs" / FOLDER_STATE
     folder = _read_state(folder_path)
     if folder.get("settings_key") not in (None, settings.key()) and not force:

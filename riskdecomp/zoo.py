@@ -32,9 +32,9 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
                       field_validator)
 
 from .errors import ZooError
+from .names import name_problem
 from .pretrain.recipe import Recipe, check_arch
 
-NAME_RE = re.compile(r"^[a-z0-9_-][a-z0-9_.-]*$")
 # torch.hub repositories: 'owner/name' or 'owner/name:ref' (torch.hub names its cache folder after them)
 REPO_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*/[A-Za-z0-9_-][A-Za-z0-9_.-]*(:[A-Za-z0-9_-][A-Za-z0-9_./-]*)?$")
 REPRESENTATIONS = ("pooled", "cls", "avg", "cls+avg", "4xcls")
@@ -65,8 +65,9 @@ class _Entry(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(f"name {v!r} must match [a-z0-9_.-]+ and not start with '.' (it names cache files)")
+        problem = name_problem(v)
+        if problem:
+            raise ValueError(f"name {problem}")
         return v
 
     @field_validator("representation")
@@ -187,8 +188,6 @@ class FeaturesEntry(_Entry):
     @field_validator("dataset")
     @classmethod
     def _safe_dataset(cls, v: Optional[str]) -> Optional[str]:
-        from .names import name_problem
-
         problem = None if v is None else name_problem(v)
         if problem:
             raise ValueError(f"dataset {problem}")
@@ -260,8 +259,6 @@ class Zoo:
             val = getattr(e, what)
             if e.source == "recipe":
                 val = f"{val.objective}/{val.backbone}"
-            elif e.source == "torch_hub":
-                val = f"{e.repo}:{val}" if ":" not in e.repo else f"{e.repo}/{val}"
             rows.append({"name": e.name, "source": e.source, "what": str(val), "weights": weights_label(e),
                          "representation": e.representation, "reference": e.reference or "", **e.metadata})
         return pd.DataFrame(rows).convert_dtypes()
@@ -417,7 +414,7 @@ def _expanded_size(root, where: str) -> int:
         active.discard(key)
         if n > MAX_YAML_NODES:
             raise ZooError(f"{where}: YAML aliases expand to more than {MAX_YAML_NODES:,} values "
-                           "(an alias bomb?); a file is far smaller")
+                           "(an alias bomb?); real zoo files are far smaller")
         sizes[key] = n
         return n
 

@@ -1,6 +1,8 @@
 """Report: plots and the HTML page, fed by real pipeline output (a small `riskdecomp evaluate` run with default
 flags on a precomputed-features zoo), never by hand-built tables restating the report's own column names."""
 
+import base64
+import json
 import re
 import shutil
 from html.parser import HTMLParser
@@ -25,12 +27,16 @@ ALL_FIGURES = {"components_synth", "usability_vs_probe_gen", "ranking_change_syn
 class _Collect(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.imgs, self.tags = [], []
+        self.imgs, self.figures, self.tags, self.refs = [], [], [], []
 
     def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
         self.tags.append(tag)
+        self.refs += [a[k] for k in ("src", "href") if k in a]
         if tag == "img":
-            self.imgs.append(dict(attrs)["src"])
+            self.imgs.append(a["src"])
+        if tag == "figure":
+            self.figures.append(a["id"])
 
 
 def not_drawn(report: Path) -> list:
@@ -57,16 +63,18 @@ def results(evaluated, tmp_path):
 
 
 def _check_page(report: Path) -> _Collect:
+    """Self-contained (every image inlined as a PNG data URI, nothing else referenced, no JS / CDN), one figure per
+    image, and each figure also on disk as plots/<id>.png and .svg."""
     text = report.read_text()
     parser = _Collect()
     parser.feed(text)
-    for src in parser.imgs:
-        assert not src.startswith(("/", "http")), src  # relative paths only
-        path = report.parent / src
-        assert path.is_file(), src
-        assert path.read_bytes()[:8] == PNG_MAGIC, src
-        assert path.with_suffix(".svg").is_file()
-    assert "script" not in parser.tags and "<link" not in text  # no JS / CDN
+    assert len(parser.imgs) == len(parser.figures) == len(parser.refs)
+    for src, fid in zip(parser.imgs, parser.figures):
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG_MAGIC
+        assert (report.parent / "plots" / f"{fid}.png").is_file() and (report.parent / "plots" / f"{fid}.svg").is_file()
+    assert "script" not in parser.tags and "<link" not in text
+    assert "riskdecomp" in text.split("<p class='prov'>")[1].split("</p>")[0]  # provenance line
     return parser
 
 
@@ -75,11 +83,12 @@ def test_evaluate_report_draws_every_figure(evaluated):
     report = evaluated / "report.html"
     page = _check_page(report)
     assert not_drawn(report) == []
-    assert {Path(s).stem for s in page.imgs} == ALL_FIGURES
+    assert set(page.figures) == ALL_FIGURES
     text = report.read_text()
     for model in pd.read_csv(evaluated / "leaderboard.csv")["model"]:
         assert f">{model}<" in text  # leaderboard table
-    assert (evaluated / "analysis" / "summary.json").is_file()
+    summary = json.loads((evaluated / "analysis" / "summary.json").read_text())
+    assert sum(summary["largest_component_counts"].values()) == 3  # every model, the reference's merged approx too
     assert (evaluated / "analysis" / "design_effects.csv").is_file()
 
 
@@ -92,7 +101,7 @@ def test_reliability_bins_drawn_from_the_producers_metric_names(results):
     bins = unc[unc["metric"].str.startswith(ACC_BIN)]
     assert set(bins["metric"]) == {bin_metric(ACC_BIN, j) for j in range(1, N_BINS + 1)}
     text = make_report(results).read_text()
-    assert "plots/uncertainty_bins.png" in text
+    assert "<figure id='uncertainty_bins'>" in text
     assert ACC_BIN not in text.split("<h2>Uncertainty metrics</h2>")[1]
     # without the bins (an uncertainty.csv of another tool), the note says why
     unc[~unc["metric"].str.startswith(ACC_BIN)].to_csv(results / "uncertainty.csv", index=False)
@@ -111,7 +120,7 @@ def test_absent_optional_output_is_noted_not_drawn(results, removed, note):
     target = results / removed
     shutil.rmtree(target) if target.is_dir() else target.unlink()
     report = make_report(results, color_by="no_such_field")
-    names = {Path(s).stem for s in _check_page(report).imgs}
+    names = set(_check_page(report).figures)
     assert "components_synth" in names
     assert any(n.startswith(note) for n in not_drawn(report)), not_drawn(report)
 
@@ -123,7 +132,7 @@ def test_single_model_skips_only_comparisons(results):
     report = make_report(results)
     notes = not_drawn(report)
     assert any(n.startswith("ranking change: fewer than 2 models") for n in notes), notes
-    assert "components_synth" in {Path(s).stem for s in _check_page(report).imgs}
+    assert "components_synth" in set(_check_page(report).figures)
 
 
 def test_empty_results_dir_and_bad_dir(tmp_path):
@@ -149,4 +158,4 @@ def test_report_from_published_table(shared_dir, tmp_path):
     root.mkdir()
     pub.head(15).reset_index().to_csv(root / "leaderboard.csv", index=False)
     page = _check_page(make_report(root))
-    assert {"components_imagenet", "scaling_law", "design_effects"} <= {Path(s).stem for s in page.imgs}
+    assert {"components_imagenet", "scaling_law", "design_effects"} <= set(page.figures)

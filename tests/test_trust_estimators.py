@@ -239,15 +239,14 @@ API_CASES = {"complex": "complex", "subnormal": "subnormal", "beyond_float32": "
              "fractional_shots": "shots"}
 
 
-@pytest.mark.parametrize("case", sorted(API_CASES))
-@pytest.mark.parametrize("fn", ["decompose", "fewshot_errors"])
+@pytest.mark.parametrize("fn, case", [("fewshot_errors", c) for c in sorted(API_CASES)]
+                         + [("decompose", c) for c in ("beyond_float32", "complex", "subnormal")])
 def test_coerced_inputs_are_one_line_errors_in_the_api(case, fn):
-    """#6, Python API: the same inputs raise a one-line RiskdecompError from the estimator entry points."""
+    """#6, Python API: the same inputs raise a one-line RiskdecompError from the estimator entry points (the
+    few-shot settings are fewshot_errors' own parameters)."""
     from riskdecomp.errors import RiskdecompError
 
     arrays, kw = _api_case(case)
-    if kw and fn == "decompose":
-        pytest.skip("few-shot settings are fewshot_errors' parameters")
     func = {"decompose": decompose, "fewshot_errors": fewshot_errors}[fn]
     with pytest.raises(RiskdecompError, match=API_CASES[case]) as info:
         func(*arrays, device="cpu", **({"n_boot": 0} if fn == "decompose" else {"n_seeds": 1}), **kw)
@@ -345,19 +344,20 @@ def _gauss(n, d, sep=3.0, k=4, seed=0):
 
 def test_crossfit_is_the_small_data_default_and_holds_out_every_point_once(monkeypatch):
     """issue 14 #5: below CROSSFIT_MAX_TRAIN train points err_heldout is cross-fitted (n_folds folds, every point
-    held out once); above, one S (the paper's protocol); both can be asked for explicitly."""
+    held out once; n_sub is the fold size, so n_train - n_sub stays the held-out probes' training size, as the
+    scaling-law fit reads it); above, one S (the paper's protocol); both can be asked for explicitly."""
     import riskdecomp.decomposition as dec
 
     x, y = _gauss(300, 10, sep=2.0)
     xt, yt = _gauss(200, 10, sep=2.0, seed=1)
     auto = decompose(x, y, xt, yt, n_boot=0, device="cpu")
-    assert (auto["holdout"], auto["holdout_folds"], auto["n_sub"]) == ("crossfit", dec.DEFAULT_FOLDS, 300)
+    assert (auto["holdout"], auto["holdout_folds"], auto["n_sub"]) == ("crossfit", dec.DEFAULT_FOLDS, 60)
     assert inspect.signature(decompose).parameters["holdout"].default == "auto"
     monkeypatch.setattr(dec, "CROSSFIT_MAX_TRAIN", 299)
     big = decompose(x, y, xt, yt, n_boot=0, device="cpu")
     assert (big["holdout"], big["holdout_folds"], big["n_sub"]) == ("single", 1, 60)
     three = decompose(x, y, xt, yt, n_boot=0, device="cpu", holdout="crossfit", n_folds=3)
-    assert (three["holdout"], three["holdout_folds"], three["n_sub"]) == ("crossfit", 3, 300)
+    assert (three["holdout"], three["holdout_folds"], three["n_sub"]) == ("crossfit", 3, 100)
     from riskdecomp.errors import RiskdecompError
 
     with pytest.raises(RiskdecompError, match="holdout"):

@@ -237,7 +237,7 @@ def test_7_run_key_covers_the_entry_identity(tmp_path, monkeypatch):
     import riskdecomp.encoders as enc
 
     real = enc.entry_identity
-    monkeypatch.setattr(enc, "entry_identity", lambda e, ds=None: real(e, ds) + "|other-weights")
+    monkeypatch.setattr(enc, "entry_identity", lambda e, ds=None, **kw: real(e, ds, **kw) + "|other-weights")
     assert cli(*args, "--jobs", "1") == 0 and not reused()
 
 
@@ -555,3 +555,15 @@ def test_focused_uncertainty_command_writes_only_its_analysis(zoo, tmp_path):
                "--jobs", "1", "--n-boot", "20", "--no-progress") == 0
     assert (tmp_path / "out" / "uncertainty.csv").exists() and not (tmp_path / "out" / "active_learning.csv").exists()
     assert len(pd.read_csv(tmp_path / "out" / "leaderboard.csv")) == 3
+
+
+def test_2_an_imagefolder_whose_name_breaks_the_rule_is_refused_before_compute(tmp_path, capsys):
+    from test_datasets import make_folder
+
+    make_folder(tmp_path / "My Photos", n_train=2, n_test=1, size=8)
+    (tmp_path / "zoo.yaml").write_text("models:\n  - {name: t, source: timm, model: test_resnet, pretrained: false}\n")
+    code = cli("evaluate", "--zoo", tmp_path / "zoo.yaml", "--out", tmp_path / "out", "--cache-dir",
+               tmp_path / "cache", "--dataset", f"imagefolder:{tmp_path / 'My Photos'}", *LIGHT)
+    assert code == 2
+    one_error_line(capsys, "'My Photos'", "must match", "rename it or link it")
+    assert not list((tmp_path / "cache").rglob("*.npy"))

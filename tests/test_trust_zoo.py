@@ -43,7 +43,8 @@ def test_yaml_alias_bomb_is_refused_in_well_under_a_second(tmp_path):
 def test_recursive_alias_is_refused(tmp_path):
     """Item 5: an anchor used inside itself (infinite expansion) is an error too."""
     path = tmp_path / "rec.yaml"
-    path.write_text("models: &m\n  - name: a\n    source: recipe\n    recipe: {objective: init}\n    metadata: {notes: *m}\n")
+    path.write_text("models: &m\n  - name: a\n    source: recipe\n    recipe: {objective: init}\n"
+                    "    metadata: {notes: *m}\n")
     with pytest.raises(ZooError, match="recursive alias"):
         load_zoo(path)
 
@@ -351,3 +352,22 @@ def test_vit_weights_load_at_another_image_size(px32, tmp_path):
     with pytest.raises(Exception, match="disagree"):
         build_encoder(_entry(source="timm", model="test_vit", pretrained=False, image_size=32,
                              model_kwargs={"img_size": 64}))
+
+
+def test_hub_weights_load_strictly_and_completely(wfiles):
+    """Item 1, hub path (`pretrained: true`): timm loads the weights with its strict check (classifier included),
+    then the classifier is removed -- every tensor of the encoder is the file's. Offline: the "hub" is a local file
+    through timm's pretrained_cfg_overlay."""
+    import torch
+    from safetensors.torch import load_file
+
+    from riskdecomp.encoders import build_encoder
+
+    enc = build_encoder(_entry(source="timm", model="resnet18", pretrained=True,
+                               model_kwargs={"pretrained_cfg_overlay": {"file": str(wfiles / "r18.safetensors")}}))
+    file = load_file(str(wfiles / "r18.safetensors"))
+    own = enc.module.model.state_dict()
+    assert set(own) == {k for k in file if not k.startswith("fc.")}
+    assert all(torch.equal(v, file[k]) for k, v in own.items())
+    with torch.inference_mode():
+        assert enc.module(torch.zeros(1, 3, 32, 32)).shape == (1, 512)

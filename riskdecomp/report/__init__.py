@@ -3,8 +3,9 @@
 ``make_report(results_dir)`` reads ``leaderboard.csv`` and, when present, uncertainty.csv,
 per_sample/*.csv, active_learning.csv, label_efficiency.csv; runs
 :func:`riskdecomp.analysis.analyze` into ``results_dir/analysis/``; draws
-``results_dir/plots/*.png|svg``; writes ``results_dir/report.html`` (images referenced as
-``plots/<name>.png``). Reporting never recomputes features or probes.
+``results_dir/plots/*.png|svg``; writes ``results_dir/report.html``, self-contained (the PNGs inlined as data
+URIs, inline CSS, no script): one file to mail. A provenance line says which versions drew it, where and when.
+Reporting never recomputes features or probes.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def make_report(results_dir, *, published=None, color_by: str | None = "objectiv
     plots_dir = results_dir / "plots"
     made, notes = collect_plots(results_dir, plots_dir, color_by, published=published,
                                 effects=effects if effects is not None else pd.DataFrame())
-    rel = [(f"plots/{Path(p).name}", caption) for p, caption in made]
+    rel = [(_data_uri(Path(p)), caption, Path(p).stem) for p, caption in made]
     tables = {
         "Label efficiency": _read(results_dir / "label_efficiency.csv"),
         "Controlled pairs": _read(results_dir / "analysis" / "controlled_pairs.csv"),
@@ -60,7 +61,34 @@ def make_report(results_dir, *, published=None, color_by: str | None = "objectiv
 
         tables["Uncertainty metrics"] = unc[~unc["metric"].astype(str).str.fullmatch(BIN_METRIC_RE)]
     text = render_html(title=f"riskdecomp report — {results_dir.name}", leaderboard=lb, summary=summary,
-                       plots=rel, notes=notes, tables=tables)
+                       plots=rel, notes=notes, tables=tables, provenance=provenance())
     out = results_dir / "report.html"
     write_text_atomic(out, text)
     return out
+
+
+def _data_uri(png: Path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+
+
+def provenance() -> dict:
+    """What drew the report: package versions, Python, machine, date (UTC)."""
+    import datetime
+    import os
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    def ver(pkg):
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    return {"riskdecomp": ver("riskdecomp"), "torch": torch.__version__, "timm": ver("timm"),
+            "python": platform.python_version(), "machine": f"{platform.system()} {platform.machine()}, {device}",
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

@@ -1,4 +1,4 @@
-"""One static, self-contained HTML page (inline CSS, no JS, no CDN); images by relative path."""
+"""One static, self-contained HTML page (inline CSS, images as data URIs, no JS, no CDN)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ th,td{border:1px solid #ddd;padding:.2em .5em;text-align:right}th{background:#f3
 td.t,th.t{text-align:left}.scroll{max-height:32em;overflow:auto;border:1px solid #eee}
 figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.9em;color:#444;margin-top:.3em}.note{color:#8a5a00;font-size:.9em}
-code{background:#f5f5f5;padding:0 .2em}
+code{background:#f5f5f5;padding:0 .2em}.prov{color:#666;font-size:.8em;margin-top:-.5em}
 """
 
 LEADERBOARD_COLUMNS = ["model", "dataset", "agg_risk", "approx", "usability", "probe_gen", "enc_gen"]
@@ -67,7 +67,7 @@ def _summary_html(summary: dict) -> str:
     mean, median = summary.get("mean", {}), summary.get("median", {})
     counts = summary.get("largest_component_counts", {})
     comp = pd.DataFrame({"mean": pd.Series(mean, dtype=float), "median": pd.Series(median, dtype=float),
-                         "largest in # models": pd.Series(counts, dtype=float)})
+                         "largest in # models": pd.Series(counts, dtype="Int64")})
     comp.index.name = "component"
     rows.append(f"<p>Models: <b>{summary.get('n_models')}</b>"
                 f" (source: {html.escape(str(summary.get('primary_source', '')))})</p>")
@@ -87,11 +87,15 @@ def _summary_html(summary: dict) -> str:
 
 
 def render_html(*, title: str, leaderboard: pd.DataFrame | None, summary: dict | None,
-                plots: list[tuple[str, str]], notes: list[str],
-                tables: dict[str, pd.DataFrame] | None = None) -> str:
-    """Page text. ``plots``: (relative src, caption) pairs; ``notes``: skipped-plot reasons."""
+                plots: list[tuple[str, str, str]], notes: list[str],
+                tables: dict[str, pd.DataFrame] | None = None, provenance: dict | None = None) -> str:
+    """Page text. ``plots``: (image src, caption, figure id) triples; ``notes``: skipped-plot reasons;
+    ``provenance``: what drew the page (shown under the title)."""
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if provenance:
+        parts.append("<p class='prov'>" + " · ".join(f"{html.escape(k)} {html.escape(str(v))}"
+                                                    for k, v in provenance.items()) + "</p>")
     parts.append("<h2>Leaderboard</h2>")
     if leaderboard is None or leaderboard.empty:
         parts.append("<p class='note'>No leaderboard.csv in this results directory.</p>")
@@ -101,8 +105,9 @@ def render_html(*, title: str, leaderboard: pd.DataFrame | None, summary: dict |
     parts.append("<h2>Analysis summary</h2>")
     parts.append(_summary_html(summary or {}))
     parts.append("<h2>Figures</h2>")
-    for src, caption in plots:
-        parts.append(f"<figure><img src='{html.escape(src)}' alt='{html.escape(caption[:80])}'>"
+    for src, caption, fid in plots:
+        parts.append(f"<figure id='{html.escape(fid)}'>"
+                     f"<img src='{html.escape(src)}' alt='{html.escape(caption[:80])}'>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     if notes:
         parts.append("<p class='note'>Not drawn:</p><ul>"

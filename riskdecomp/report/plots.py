@@ -26,6 +26,9 @@ from riskdecomp import analysis  # noqa: E402
 COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen"]
 COMPONENT_LABELS = {"approx": "approximation", "usability": "usability", "probe_gen": "probe generalization",
                     "enc_gen": "encoder generalization", "agg_risk": "aggregated risk"}
+# Okabe-Ito colour-blind-safe colours, four clearly distinct hues (blue, orange, bluish green, reddish purple);
+# seaborn's "colorblind" palette gives usability and enc_gen two near-identical oranges
+COMPONENT_COLORS = {"approx": "#0072B2", "usability": "#E69F00", "probe_gen": "#009E73", "enc_gen": "#CC79A7"}
 TARGET_FILES = ("leaderboard.csv", "uncertainty.csv", "active_learning.csv", "label_efficiency.csv")
 MAX_FACETS = 9
 MAX_DATASETS = 6
@@ -78,9 +81,8 @@ def plot_components(lb: pd.DataFrame, out_dir: Path, name: str = "components") -
         # diverging stack: positive parts to the right of 0, negative ones (estimation noise, e.g. a test error
         # below the held-out error) to the left, so that the right end minus the left end is the sum
         pos, neg = np.zeros(n), np.zeros(n)
-        colors = sns.color_palette("colorblind", len(comps))
         y = np.arange(n)
-        for c, col in zip(comps, colors):
+        for c, col in ((c, COMPONENT_COLORS[c]) for c in comps):
             v = g[c].fillna(0).to_numpy(float)
             vp, vn = np.clip(v, 0, None), np.clip(v, None, 0)
             ax.barh(y, vp, left=pos, color=col, label=COMPONENT_LABELS[c], height=0.8)
@@ -103,8 +105,13 @@ def plot_components(lb: pd.DataFrame, out_dir: Path, name: str = "components") -
         ax.set_xlabel("test error (%)")
         ax.set_title(f"Risk decomposition — {ds}")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=True)
-        missing = int(g[comps].isna().any(axis=1).sum())
+        merged = (g["approx_merged"] if "approx_merged" in g else pd.Series(False, index=g.index))
+        merged = merged.astype(str).str.lower().eq("true")
+        missing = int((g[comps].isna() & ~pd.DataFrame({c: merged & (c == "approx") for c in comps})).any(axis=1).sum())
         note = f" {missing} model(s) lack some component (drawn as 0)." if missing else ""
+        if merged.any():
+            note += (f" {int(merged.sum())} model(s) without a supervised reference: approximation error merged into "
+                     "usability.")
         path = _save(fig, out_dir, f"{name}_{_slug(ds)}")
         neg_note = (" Negative components (estimation noise) are hatched, left of 0; the diamond marks the aggregated"
                     " risk, their sum." if (neg < 0).any() else "")
@@ -216,7 +223,7 @@ def plot_design_effects(effects: pd.DataFrame, out_dir: Path, name: str = "desig
         s = e[e["component"] == c]
         yy = s["term"].map(pos).to_numpy()
         ax.errorbar(s["coef"], yy, xerr=[s["coef"] - s["ci_lo"], s["ci_hi"] - s["coef"]], fmt="o", ms=4,
-                    capsize=2, color=sns.color_palette("colorblind")[COMPONENTS.index(c)])
+                    capsize=2, color=COMPONENT_COLORS[c])
         ax.axvline(0, color="black", lw=0.8)
         # a few levels with very wide CIs (1-2 models) would squash the others: clip the axis
         width = (s["ci_hi"] - s["ci_lo"]).to_numpy(float)
