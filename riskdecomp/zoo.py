@@ -4,6 +4,8 @@ File shape::
 
     defaults:          # optional: deep-merged into every entry (the entry wins); base: NAME, sweep: see zoo_expand
       metadata: {pretraining_data: digits}
+      seeds: [0, 1, 2]  # optional (recipe entries): one entry per pretraining seed, named <name>.s<seed>
+                        # (riskdecomp.seeds); the leaderboard pools them into one row per model
     models:
       - name: dino_vits16                   # unique, [a-z0-9_.-]+, not starting with '.'
         source: timm                        # timm | torch_hub | checkpoint | features | recipe
@@ -357,8 +359,17 @@ def parse_zoo(data: Any, path: Optional[Path] = None) -> Zoo:
     models = data["models"]
     if not isinstance(models, list) or not models:
         raise ZooError(f"{where}: 'models' must be a non-empty list")
+    from .seeds import expand_seeds, split_seed
+
+    default_seeds = {"seeds": defaults["seeds"]} if "seeds" in defaults else {}
+    shaped = expand(models, {k: v for k, v in defaults.items() if k != "seeds"}, where, _SOURCE_CLASSES, Recipe)
+    label_of = {e.get("name"): label for label, e in shaped}
+    # `seeds: [0, 1, 2]` (an entry's, or defaults') -> one entry per seed, <name>.s<seed>
+    seeded, _ = expand_seeds([e for _, e in shaped], default_seeds, where)
     entries, labels, seen = [], [], set()
-    for label, raw in expand(models, defaults, where, _SOURCE_CLASSES, Recipe):
+    for raw in seeded:
+        model, seed = split_seed(raw.get("name"))
+        label = label_of.get(raw.get("name")) or f"{label_of.get(model, 'models')} seed {seed}"
         try:
             entry = _ENTRY.validate_python(raw)
         except ValidationError as err:
