@@ -3,7 +3,7 @@
 Every function takes a leaderboard-shaped table (ours, or :func:`riskdecomp.published.load_published`):
 one row per model x dataset with columns ``model`` (or the index), ``dataset``, the components
 ``approx, usability, probe_gen, enc_gen``, ``agg_risk``, few-shot errors ``fewshot_<k>shot`` /
-``fewshot_<p>pct``, sizes ``n_train, n_sub, n_classes`` and design fields (see docs/spec-reporting.md).
+``fewshot_<p>pct``, sizes ``n_train, n_sub, n_classes`` and design fields.
 Errors are in percent. Missing columns/values are skipped, never fatal: a tiny table returns what can
 be estimated (empty tables / NaN where nothing can).
 
