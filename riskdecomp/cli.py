@@ -191,6 +191,11 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
     from .runner import Settings
     from .runner import evaluate as run
 
+    import time
+
+    from .progress import summary_lines
+
+    t0 = time.perf_counter()
     settings = Settings(seed=seed, n_boot=n_boot, shots=shots, fractions=fractions,
                         fewshot_seeds=fewshot_seeds, uncertainty=uncertainty, aug_views=aug_views, active=active,
                         statistics=statistics,
@@ -203,11 +208,13 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
     if len(board):
         cols = [c for c in ("model", "dataset", "approx", "usability", "probe_gen", "enc_gen", "agg_risk") if c in board]
         click.echo(board[cols].round(2).to_string(index=False))
-    click.echo(f"wrote {Path(out) / 'leaderboard.csv'} ({len(board)} rows)")
+    report_path = None
     if report and len(board):
         from .report import make_report
 
-        click.echo(f"wrote {make_report(out)}")
+        report_path = make_report(out)
+    for line in summary_lines(res, report_path, time.perf_counter() - t0):
+        click.echo(line)
     if not res.ok:
         for _, r in res.failures.iterrows():
             click.echo(f"riskdecomp: model {r['model']!r} failed: {r['error']}", err=True)
