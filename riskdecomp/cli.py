@@ -253,22 +253,19 @@ _focused("active", "active")
 @click.option("--device", default="auto", show_default=True)
 def pretrain(recipe_path, zoo_path, model, dataset, out, device):
     """Pretrain an encoder from a recipe on a dataset's train split; save safetensors + JSON sidecar."""
-    import yaml
     from pydantic import ValidationError
 
     from .pretrain import Recipe, pretrain_to_file
-    from .zoo import RecipeEntry, load_zoo
+    from .zoo import RecipeEntry, _describe, load_zoo, read_yaml
 
     if bool(recipe_path) == bool(zoo_path):
         raise RiskdecompError("pretrain: give either --recipe FILE or --zoo FILE --model NAME")
     if recipe_path:
+        data = read_yaml(recipe_path)  # as a zoo file: UTF-8 checked, no tags, alias expansion capped
         try:
-            data = yaml.safe_load(Path(recipe_path).read_text())
             recipe = Recipe.model_validate(data.get("recipe", data) if isinstance(data, dict) else data)
-        except FileNotFoundError:
-            raise RiskdecompError(f"{recipe_path}: recipe file not found") from None
-        except (yaml.YAMLError, ValidationError) as exc:
-            raise RiskdecompError(f"{recipe_path}: invalid recipe ({str(exc).splitlines()[0]})") from None
+        except ValidationError as exc:
+            raise RiskdecompError(f"{recipe_path}: invalid recipe: {_describe(exc)}") from None
     else:
         if not model:
             raise RiskdecompError("pretrain: --zoo needs --model NAME")

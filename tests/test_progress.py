@@ -98,3 +98,32 @@ def test_on_a_terminal_one_line_is_redrawn_and_finished_models_stay():
         stage("a", "featurize")
         bar.finished({"model": "a", "error": "boom"})
     assert stream.getvalue() == ""
+
+
+def _pretrain_error(tmp_path, text: bytes, capsys):
+    from riskdecomp.cli import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_bytes(text)
+    out = tmp_path / "ckpt.safetensors"
+    try:
+        main(["pretrain", "--recipe", str(recipe), "--out", str(out)])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"riskdecomp: error: {recipe}: ")
+    return err
+
+
+def test_pretrain_recipe_is_read_like_a_zoo_file(tmp_path, capsys):
+    """``pretrain --recipe`` parses with ``zoo.read_yaml``: an alias bomb, a UTF-16 file, a tag and a bad field are
+    one-line errors naming the file (before any training)."""
+    bomb = b"a: &a [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n".encode() for p, c in zip("abcdefg", "bcdefgh"))
+    assert "alias" in _pretrain_error(tmp_path, bomb, capsys).lower()
+    assert "UTF-16" in _pretrain_error(tmp_path, "objective: simclr\n".encode("utf-16"), capsys)
+    _pretrain_error(tmp_path, b"objective: !!python/object/apply:os.system [echo hi]\n", capsys)
+    err = _pretrain_error(tmp_path, b"recipe: {objective: simclr, epochs: -3}\n", capsys)
+    assert "'epochs'" in err
