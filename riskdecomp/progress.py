@@ -27,7 +27,7 @@ def _duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _isatty(stream) -> bool:
+def is_terminal(stream) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
@@ -44,7 +44,7 @@ class Progress:
         self.n, self.finished_count, self.computed_count = len(self.names), 0, 0
         self.t0 = time.perf_counter()
         self.bar = None
-        if enabled and _isatty(self.stream):
+        if enabled and is_terminal(self.stream):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.n, file=self.stream, leave=False, dynamic_ncols=True, unit="model",

@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import math
+import sys
 import time
 import traceback
 import warnings
@@ -43,7 +44,7 @@ from .atomic import atomic_write_text, check_writable_dir, jsonable
 from .errors import OutputError, RiskdecompError, ZooError
 from .features import Features, featurize
 from .names import parse_stem, result_path, result_stem
-from .progress import Progress, stage
+from .progress import Progress, is_terminal, stage
 from .zoo import FeaturesEntry, Zoo, load_zoo
 
 log = logging.getLogger(__name__)
@@ -332,6 +333,7 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         dname = dataset_name(entry, ds)
         rpath = result_path(out, "runs", name, dname)
         fingerprint = ds.fingerprint if ds is not None else "npz"
+        stage(name, "weights (a recipe entry is pretrained once, then cached)")
         key = run_key(entry, reference, ds, fingerprint, settings, cache_dir, force)
         meta = jsonable(_flatten_metadata(entry.metadata))
         if not force:
@@ -675,13 +677,17 @@ def evaluate(zoo, dataset: str = "digits", out="results", *, models: Optional[Se
     if settings.threads is None:
         settings = replace(settings, threads=1 if use_dask else max(1, cores // jobs))
     zoo_source = str(full.path) if full.path is not None else full
+    show = settings.progress
+    # the per-stage bars (pretraining epochs, featurize img/s) only in this process and on a terminal: a worker
+    # cannot draw on the parent's terminal, and a log file gets one line per finished model instead
+    settings = replace(settings, progress=show and jobs == 1 and not use_dask and is_terminal(sys.stderr))
     client = _dask_client(scheduler, jobs) if use_dask else None
     try:
         # with force, references are recomputed first, once, and then read by the models that need them
         refs = {full[n].reference for n in names if full[n].reference}
         waves = [[n for n in names if n in refs], [n for n in names if n not in refs]] if force else [names]
         records = []
-        with Progress([n for wave in waves for n in wave], enabled=settings.progress) as bar:
+        with Progress([n for wave in waves for n in wave], enabled=show) as bar:
             for wave in waves:
                 args = [(zoo_source, n, dataset, str(out), str(cache_dir), settings, force) for n in wave]
                 records += _parallel_map(run_job, args, jobs, client, on_result=bar.finished) if args else []
