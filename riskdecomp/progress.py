@@ -48,6 +48,7 @@ class Progress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.n, file=self.stream, leave=False, dynamic_ncols=True, unit="model",
+                            desc=f"evaluating {self.n} model(s)",
                             bar_format="{desc} [{n_fmt}/{total_fmt} models, {elapsed}<{remaining}]")
 
     def __enter__(self):
