@@ -1,10 +1,10 @@
 """End-to-end time of the README main job, from an empty cache and again from a full one.
 
-Full: ``riskdecomp evaluate --zoo model_zoo.yaml --out OUT`` (the default zoo: every recipe entry is pretrained
-on ``digits``, featurized and evaluated; plots + report.html included) run as a subprocess with
+Full: ``riskdecomp evaluate --zoo model_zoo.yaml --out OUT`` (the default zoo: every recipe entry x seed is
+pretrained on ``cifar10-mini``, featurized and evaluated; plots + report.html included) run as a subprocess with
 ``RISKDECOMP_CACHE`` pointing at an empty temp dir. Three rows:
 
-* ``e2e_cold``: empty cache, empty out dir (target < 600 s);
+* ``e2e_cold``: empty cache, empty out dir (target < 900 s: issue 14's budget on 2 cores);
 * ``e2e_warm``: the same cache (checkpoints + features present), a new empty out dir: every estimator reruns,
   nothing is pretrained or featurized (target < 120 s);
 * ``e2e_rerun``: the same cache and the first out dir again: run records are reused (target < 120 s).
@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 
 from benchmarks.common import REPO, row, run_child  # noqa: E402
 
-COLD_TARGET_S = 600.0
+COLD_TARGET_S = 900.0
 WARM_TARGET_S = 120.0
 MIN_LEFT_S = {"e2e_rerun": 60.0, "e2e_warm": 150.0}  # seconds of budget a run needs to be started
 ZOO = REPO / "model_zoo.yaml"
@@ -79,7 +79,7 @@ def bench_e2e(quick: bool = False, timeout=None, threads: int = 0) -> list:
             zoo, extra, size = write_quick_zoo(tmp), ["--models", "feat0,feat1", *QUICK_FLAGS], \
                 "quick: 2 synthetic features entries (300 train / 100 test, d 16)"
         elif ZOO.is_file():
-            zoo, extra, size = ZOO, [], "README main job: model_zoo.yaml on digits"
+            zoo, extra, size = ZOO, [], "README main job: model_zoo.yaml on cifar10-mini"
         else:
             note = f"skipped: {ZOO.name} not found in the repository"
             return [row(n, notes=note) for n in ("e2e_cold", "e2e_warm", "e2e_rerun")]

@@ -1,4 +1,4 @@
-"""Pool-based active learning on cached features, and label efficiency (spec-uncertainty.md).
+"""Pool-based active learning on cached features, and label efficiency (Tamkin et al. 2022).
 
 Protocol: pool = the train features. Features are standardised once with the pool's mean and
 std (label-free, legitimate for a pool). Seed set: ``seed_per_class`` random points per class

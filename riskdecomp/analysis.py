@@ -3,7 +3,7 @@
 Every function takes a leaderboard-shaped table (ours, or :func:`riskdecomp.published.load_published`):
 one row per model x dataset with columns ``model`` (or the index), ``dataset``, the components
 ``approx, usability, probe_gen, enc_gen``, ``agg_risk``, few-shot errors ``fewshot_<k>shot`` /
-``fewshot_<p>pct``, sizes ``n_train, n_sub, n_classes`` and design fields (see docs/spec-reporting.md).
+``fewshot_<p>pct``, sizes ``n_train, n_sub, n_classes`` and design fields.
 Errors are in percent. Missing columns/values are skipped, never fatal: a tiny table returns what can
 be estimated (empty tables / NaN where nothing can).
 
@@ -195,8 +195,9 @@ def ranking_stability(df: pd.DataFrame, top: int = 10) -> tuple[dict, pd.DataFra
 def scaling_law_predict(A, U, P, E, N, n, alpha: float, B: float) -> np.ndarray:
     """err(n) = E + (1-B)(A+U) + (B(A+U) + P)(N/n)^alpha, clipped to [0, 100].
 
-    A missing approx (NaN, no supervised match) is treated as 0 only if usability is present too;
-    callers drop rows with missing components.
+    Only A + U enters, so a model without a supervised reference (approx NaN, merged into
+    usability: ``approx_merged``) is fitted with A = 0 (see :func:`_scaling_long`); rows missing any
+    other component are dropped.
     """
     au = np.asarray(A, float) + np.asarray(U, float)
     pred = np.asarray(E, float) + (1 - B) * au + (B * au + np.asarray(P, float)) * (
@@ -210,10 +211,8 @@ def _scaling_long(t: pd.DataFrame) -> pd.DataFrame:
     if any(c not in t for c in need):
         return pd.DataFrame()
     rows = []
-    # N: the train points the held-out probe saw. n_sub held-out points are scored over holdout_folds folds (1 =
-    # the paper's single subset S; K = cross-fitted, n_sub = n_train), so each fit held out n_sub / folds points
-    folds = pd.to_numeric(t["holdout_folds"], errors="coerce") if "holdout_folds" in t else 1
-    big_n = pd.to_numeric(t["n_train"], errors="coerce") - pd.to_numeric(t["n_sub"], errors="coerce") / folds
+    # N: the train points a held-out probe saw (n_sub = points per held-out set, single S or a cross-fit fold)
+    big_n = pd.to_numeric(t["n_train"], errors="coerce") - pd.to_numeric(t["n_sub"], errors="coerce")
     for col in settings:
         if col not in t:
             continue
@@ -243,7 +242,7 @@ def fit_scaling_law(df: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
 
     Uses every (model, setting) pair with complete data: settings are full shot (agg_risk, n =
     n_train) and each few-shot column (k-shot n = k * n_classes, p% n = floor(p/100 * n_train));
-    N = n_train - n_sub / holdout_folds. Bounds: alpha in [0, 5], B in [0, 1] (B is the share of approx+usability
+    N = n_train - n_sub. Bounds: alpha in [0, 5], B in [0, 1] (B is the share of approx+usability
     that shrinks with more labels; outside [0, 1] a coefficient would turn negative).
 
     Also fits, for comparison, a standard scaling law that ignores the components:
@@ -434,17 +433,80 @@ def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
 
 
 # ----------------------------------------------------------------------------- controlled pairs
-def controlled_pairs(df: pd.DataFrame, fields: list[str] | None = None) -> pd.DataFrame:
+#: Family-wise error rate of the significance marks of :func:`controlled_pairs`.
+ALPHA = 0.05
+
+
+def _per_seed_values(seeds: pd.DataFrame | None) -> dict:
+    """(dataset, base model) -> per-seed table (index pretrain_seed), from ``leaderboard_seeds.csv``."""
+    if seeds is None or seeds.empty or not {"base_model", "pretrain_seed"} <= set(seeds.columns):
+        return {}
+    t = seeds.copy()
+    if "dataset" not in t.columns:
+        t["dataset"] = "default"
+    t = t[t["pretrain_seed"].notna()]
+    return {(ds, m): g.set_index(g["pretrain_seed"].astype(int))
+            for (ds, m), g in t.groupby(["dataset", "base_model"], sort=False)}
+
+
+def seed_difference(a: pd.Series, b: pd.Series) -> tuple[float, float, float, int]:
+    """Mean of b - a over pretraining seeds with a 95 % t-interval and a two-sided p-value.
+
+    ``a``, ``b``: one value per seed (index = seed). Seeds present in both are paired (paired t-test, n - 1
+    degrees of freedom); with fewer than 2 shared seeds but >= 2 on each side, Welch's unpaired test.
+    Returns ``(lo, hi, p, n)``; NaN (n = 0) when neither is possible. Inference is over pretraining seeds on
+    this test set (a fresh test set adds test-sampling noise that the per-model CIs show)."""
+    a, b = pd.to_numeric(a, errors="coerce").dropna(), pd.to_numeric(b, errors="coerce").dropna()
+    common = a.index.intersection(b.index)
+    if len(common) >= 2:
+        d = (b.loc[common] - a.loc[common]).to_numpy(float)
+        n, mean, se, df = len(d), float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d) - 1
+    elif len(a) >= 2 and len(b) >= 2:
+        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+        n, mean, se = len(a) + len(b), float(b.mean() - a.mean()), float(np.sqrt(va + vb))
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else 1
+    else:
+        return np.nan, np.nan, np.nan, 0
+    if se == 0:
+        return mean, mean, (1.0 if mean == 0 else 0.0), n
+    half = float(stats.t.ppf(0.975, df)) * se
+    return mean - half, mean + half, float(2 * stats.t.sf(abs(mean) / se, df)), n
+
+
+def holm(p) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control); NaN stays NaN and is not counted."""
+    p = np.asarray(p, float)
+    out = np.full(len(p), np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if len(ok):
+        order = ok[np.argsort(p[ok], kind="stable")]
+        adj = np.maximum.accumulate((len(ok) - np.arange(len(ok))) * p[order])
+        out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def controlled_pairs(df: pd.DataFrame, fields: list[str] | None = None,
+                     seeds: pd.DataFrame | None = None) -> pd.DataFrame:
     """Pairs of models (same dataset) whose design fields are equal except exactly one.
 
     ``fields`` defaults to :data:`PAIR_FIELDS` present in the table with at least one value; two
     missing values count as equal. Returns dataset, model_a, model_b, field, value_a, value_b and
     ``delta_<outcome>`` = outcome(b) - outcome(a) for components and agg_risk.
+
+    ``seeds``: the per-seed table (``leaderboard_seeds.csv``: ``base_model``, ``pretrain_seed``). With it, each
+    outcome also gets ``delta_<outcome>_lo`` / ``_hi`` (95 % CI over seeds), ``p_<outcome>`` (paired t-test over
+    seeds, :func:`seed_difference`), ``p_holm_<outcome>`` (Holm-corrected over all pairs of the table, one family
+    per outcome) and ``significant_<outcome>`` (p_holm < :data:`ALPHA`); ``n_seeds`` counts the seed values
+    used. Pairs of models without seeds get NaN there (one run per model gives no seed variance).
     """
     t = _table(df)
     fields = [f for f in (fields or PAIR_FIELDS) if f in t and t[f].notna().any()]
     outs = [c for c in OUTCOMES if c in t]
+    per_seed = _per_seed_values(seeds)
     cols = ["dataset", "model_a", "model_b", "field", "value_a", "value_b"] + [f"delta_{c}" for c in outs]
+    if per_seed:
+        cols += ["n_seeds"] + [x for c in outs for x in (f"delta_{c}_lo", f"delta_{c}_hi", f"p_{c}",
+                                                          f"p_holm_{c}", f"significant_{c}")]
     if not fields:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -456,12 +518,107 @@ def controlled_pairs(df: pd.DataFrame, fields: list[str] | None = None) -> pd.Da
         ia, ib = np.where(np.triu(nd == 1, k=1))
         for a, b in zip(ia, ib):
             f = fields[int(np.argmax(diff[a, b]))]
-            row = {"dataset": ds, "model_a": g.at[a, "model"], "model_b": g.at[b, "model"], "field": f,
+            ma, mb = g.at[a, "model"], g.at[b, "model"]
+            row = {"dataset": ds, "model_a": ma, "model_b": mb, "field": f,
                    "value_a": g.at[a, f], "value_b": g.at[b, f]}
             for c in outs:
                 row[f"delta_{c}"] = g.at[b, c] - g.at[a, c]
+            if per_seed:
+                sa, sb = per_seed.get((ds, ma)), per_seed.get((ds, mb))
+                row["n_seeds"] = 0
+                for c in outs:
+                    lo = hi = p = np.nan
+                    if sa is not None and sb is not None and c in sa and c in sb:
+                        lo, hi, p, n = seed_difference(sa[c], sb[c])
+                        row["n_seeds"] = max(row["n_seeds"], n)
+                    row.update({f"delta_{c}_lo": lo, f"delta_{c}_hi": hi, f"p_{c}": p})
             rows.append(row)
-    return pd.DataFrame(rows, columns=cols)
+    out = pd.DataFrame(rows, columns=cols)
+    if per_seed:
+        for c in outs:
+            out[f"p_holm_{c}"] = holm(out[f"p_{c}"].to_numpy(float))
+            out[f"significant_{c}"] = out[f"p_holm_{c}"] < ALPHA
+    return out
+
+
+def baseline_contrasts(df: pd.DataFrame, seeds: pd.DataFrame | None, baseline: str | None = None) -> pd.DataFrame:
+    """Every model against one baseline model (default: the model whose ``objective`` is ``init``, random
+    weights): the question every SSL result answers first. For each outcome: ``delta_<outcome>`` = model -
+    baseline (seed means), ``delta_<outcome>_lo``/``_hi``, ``p_<outcome>`` (:func:`seed_difference`),
+    ``p_holm_<outcome>`` (Holm over the models of the table, one family per outcome), ``significant_<outcome>``.
+    Empty without per-seed rows or without a baseline."""
+    t = _table(df)
+    outs = [c for c in OUTCOMES if c in t]
+    cols = ["dataset", "model", "baseline", "n_seeds"] + [x for c in outs for x in (
+        f"delta_{c}", f"delta_{c}_lo", f"delta_{c}_hi", f"p_{c}", f"p_holm_{c}", f"significant_{c}")]
+    per_seed = _per_seed_values(seeds)
+    rows = []
+    for ds, g in t.groupby("dataset", sort=True):
+        base = baseline
+        if base is None and "objective" in g:
+            hits = g.loc[g["objective"].astype("string") == "init", "model"]
+            base = hits.iloc[0] if len(hits) == 1 else None
+        if base is None or base not in set(g["model"]) or (ds, base) not in per_seed:
+            continue
+        b = g.set_index("model").loc[base]
+        for _, r in g.iterrows():
+            if r["model"] == base or (ds, r["model"]) not in per_seed:
+                continue
+            row = {"dataset": ds, "model": r["model"], "baseline": base, "n_seeds": 0}
+            for c in outs:
+                lo, hi, p, n = seed_difference(per_seed[(ds, base)][c], per_seed[(ds, r["model"])][c])
+                row.update({f"delta_{c}": r[c] - b[c], f"delta_{c}_lo": lo, f"delta_{c}_hi": hi, f"p_{c}": p})
+                row["n_seeds"] = max(row["n_seeds"], n)
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=cols)
+    for c in outs:
+        out[f"p_holm_{c}"] = holm(out[f"p_{c}"].to_numpy(float))
+        out[f"significant_{c}"] = out[f"p_holm_{c}"] < ALPHA
+    return out
+
+
+def seed_ranking_stability(seeds: pd.DataFrame | None, outcome: str = "agg_risk",
+                           max_splits: int = 200) -> tuple[dict, pd.DataFrame]:
+    """How reproducible the model ranking is across pretraining seeds: Kendall tau (tau-b) between the rankings
+    by ``outcome`` averaged over two disjoint halves of the seeds (each of size floor(S / 2), S = the seeds every
+    model with >= 2 seeds has), over all such splits (at most ``max_splits``, in a fixed order).
+
+    Returns ``({dataset: {tau_mean, tau_min, tau_max, n_splits, n_models, half_size}}, splits)`` where
+    ``splits`` has one row per split: dataset, seeds_a, seeds_b ("|"-joined), tau. Empty when fewer than 3
+    models or 2 shared seeds."""
+    import itertools
+
+    per_seed = _per_seed_values(seeds)
+    out, rows = {}, []
+    by_ds: dict = {}
+    for (ds, m), g in per_seed.items():
+        if outcome in g and g[outcome].notna().sum() >= 2:
+            by_ds.setdefault(ds, {})[m] = pd.to_numeric(g[outcome], errors="coerce").dropna()
+    for ds, models in by_ds.items():
+        if len(models) < 3:
+            continue
+        common = sorted(set.intersection(*(set(v.index) for v in models.values())))
+        h = len(common) // 2
+        if h < 1:
+            continue
+        taus = []
+        for half_a in itertools.combinations(common, h):
+            rest = [x for x in common if x not in half_a]
+            for half_b in itertools.combinations(rest, h):
+                if half_b < half_a or len(taus) >= max_splits:
+                    continue
+                ra = [models[m].loc[list(half_a)].mean() for m in models]
+                rb = [models[m].loc[list(half_b)].mean() for m in models]
+                tau = float(stats.kendalltau(ra, rb).statistic)
+                taus.append(tau)
+                rows.append({"dataset": ds, "seeds_a": "|".join(map(str, half_a)),
+                             "seeds_b": "|".join(map(str, half_b)), "tau": tau})
+        fin = [x for x in taus if np.isfinite(x)]
+        out[str(ds)] = {"tau_mean": float(np.mean(fin)) if fin else np.nan,
+                        "tau_min": float(np.min(fin)) if fin else np.nan,
+                        "tau_max": float(np.max(fin)) if fin else np.nan,
+                        "n_splits": len(taus), "n_models": len(models), "half_size": h}
+    return out, pd.DataFrame(rows, columns=["dataset", "seeds_a", "seeds_b", "tau"])
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -500,9 +657,14 @@ def _load(x) -> pd.DataFrame | None:
     return read_leaderboard(path)
 
 
-def analyze(leaderboard=None, published=None, out_dir=None) -> dict:
+def analyze(leaderboard=None, published=None, out_dir=None, seeds=None) -> dict:
     """Run every analysis and write ``summary.json``, ``design_effects.csv``,
     ``controlled_pairs.csv`` (+ ``ranking_moves.csv``, ``scaling_predictions.csv``) into out_dir.
+
+    ``seeds``: our per-seed table (``leaderboard_seeds.csv``, DataFrame or path) when the zoo has pretraining
+    seeds: controlled pairs then carry CIs and Holm-corrected p-values over seeds, ``baseline_contrasts.csv``
+    compares every model with random init (:func:`baseline_contrasts`), and ``summary.json`` gets
+    ``seed_ranking_stability`` (:func:`seed_ranking_stability`; its splits in ``seed_ranking_stability.csv``).
 
     ``leaderboard`` / ``published``: DataFrame or path (a file named all_results.csv is read with
     :func:`riskdecomp.published.load_published`). Each source is analysed separately (the
@@ -520,12 +682,13 @@ def analyze(leaderboard=None, published=None, out_dir=None) -> dict:
     if not sources:
         raise ValueError("analyze needs a leaderboard or the published table")
     summaries, effects, pairs, moves, preds = {}, [], [], [], []
+    seed_table = _load(seeds)
     for name, df in sources.items():
         summaries[name] = summarize(df)
         e = design_effects(df)
         e.insert(0, "source", name)
         effects.append(e)
-        p = controlled_pairs(df)
+        p = controlled_pairs(df, seeds=seed_table if name == "ours" else None)
         p.insert(0, "source", name)
         pairs.append(p)
         _, m = ranking_stability(df)
@@ -542,6 +705,17 @@ def analyze(leaderboard=None, published=None, out_dir=None) -> dict:
     summary["primary_source"] = primary
     if len(summaries) > 1:
         summary["per_source"] = summaries
+    contrasts = baseline_contrasts(sources["ours"], seed_table) if "ours" in sources else pd.DataFrame()
+    if len(contrasts):
+        _atomic_write_csv(contrasts, out_dir / "baseline_contrasts.csv")
+    else:
+        (out_dir / "baseline_contrasts.csv").unlink(missing_ok=True)
+    stability, splits = seed_ranking_stability(seed_table)
+    if stability:
+        summary["seed_ranking_stability"] = stability
+        _atomic_write_csv(splits, out_dir / "seed_ranking_stability.csv")
+    else:
+        (out_dir / "seed_ranking_stability.csv").unlink(missing_ok=True)  # not left over from a seeded run
     _atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), indent=2, sort_keys=False))
     _atomic_write_csv(pd.concat(effects, ignore_index=True), out_dir / "design_effects.csv")
     _atomic_write_csv(pd.concat(pairs, ignore_index=True), out_dir / "controlled_pairs.csv")

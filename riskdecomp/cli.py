@@ -113,8 +113,8 @@ def zoo_list(zoo_path, fmt):
 # ------------------------------------------------------------------------------------------------ common options
 def _zoo_options(f):
     f = click.option("--zoo", "zoo_path", required=True, type=click.Path(dir_okay=False), help="Zoo YAML file.")(f)
-    f = click.option("--dataset", default="digits", show_default=True,
-                     help="digits | imagefolder:PATH | cifar10:PATH")(f)
+    f = click.option("--dataset", default="cifar10-mini", show_default=True,  # = datasets.DEFAULT_DATASET (tested)
+                     help="cifar10-mini (embedded) | digits | imagefolder:PATH | cifar10:PATH")(f)
     f = click.option("--models", default=None,
                      help="Comma-separated subset of model names (their references are added, transitively).")(f)
     f = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -248,7 +248,7 @@ _focused("active", "active")
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="A recipe YAML file.")
 @click.option("--zoo", "zoo_path", type=click.Path(dir_okay=False), help="Take the recipe of a zoo entry...")
 @click.option("--model", default=None, help="...named here.")
-@click.option("--dataset", default="digits", show_default=True)
+@click.option("--dataset", default="cifar10-mini", show_default=True)  # = datasets.DEFAULT_DATASET (tested)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint path (.safetensors).")
 @click.option("--device", default="auto", show_default=True)
 def pretrain(recipe_path, zoo_path, model, dataset, out, device):
@@ -295,7 +295,8 @@ def analyze(leaderboard, published, out):
     board = read_leaderboard(leaderboard) if leaderboard else None
     check_writable_dir(out, "--out")
     pub = load_published(published) if published else None
-    run(leaderboard=board, published=pub, out_dir=out)
+    seeds = Path(leaderboard).with_name("leaderboard_seeds.csv") if leaderboard else None  # per-seed rows
+    run(leaderboard=board, published=pub, out_dir=out, seeds=seeds if seeds and seeds.is_file() else None)
     for name in ("summary.json", "design_effects.csv", "controlled_pairs.csv"):
         click.echo(f"wrote {Path(out) / name}")
 

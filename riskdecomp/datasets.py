@@ -1,14 +1,21 @@
 """Labeled image datasets, named by a spec string.
 
 Specs:
+  ``cifar10-mini``      the default: a class-balanced subset of CIFAR-10 shipped with the package (runs offline):
+                        5,000 train images (the first 500 of each class) and 2,000 test images (the first 200 of
+                        each class of the CIFAR-10 test set), 32x32 RGB, stored as the source JPEG files' bytes
+                        (``riskdecomp/data/cifar10_mini.npz``, built by ``scripts/build_cifar10_mini.py``; see
+                        ``riskdecomp/data/CIFAR10_MINI_SOURCE.txt`` for provenance, license and citation).
   ``digits``            scikit-learn's bundled 8x8 digits, upsampled to 32x32 RGB; fixed stratified
-                        70/30 train/test split (seed 0). Embedded: needs no files, runs offline.
+                        70/30 train/test split. Embedded: needs no files, runs offline (quick runs, tests).
   ``imagefolder:PATH``  ``PATH/train/<class>/*`` and ``PATH/test/<class>/*`` (``val/`` is accepted for test).
   ``cifar10:PATH``      torchvision's CIFAR-10 on disk (``--download`` fetches it when online). torchvision
                         reads the official python batches only after checking their MD5 against the published
                         ones, so no unverified pickle is ever loaded.
 
-A dataset carries its class names, its seed and a fingerprint (used in feature-cache keys). Each split is a
+A dataset carries its class names, its seed and a fingerprint (used in feature-cache keys). No split depends on
+the seed (digits' split is fixed, the others come from the files), so the fingerprint leaves it out: changing
+``--seed`` does not recompute features. Each split is a
 ``torch.utils.data.Dataset`` yielding ``(image, label)`` where ``image`` is a PIL RGB image passed through the
 split's ``transform`` when one is set.
 """
@@ -28,6 +35,11 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DatasetError
 
+DEFAULT_DATASET = "cifar10-mini"
+#: The embedded CIFAR-10 subset and the SHA-256 of its bytes (checked at load: a damaged install is an error).
+CIFAR10_MINI = Path(__file__).resolve().parent / "data" / "cifar10_mini.npz"
+CIFAR10_MINI_SHA256 = "63bde31620711236a2c6f0e5e379e9a7719ab391e95c8324e298cc5d7990ef52"
+DIGITS_SPLIT_SEED = 0  # digits' train/test split is fixed: it does not follow --seed
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 SPLITS = ("train", "test")
 
@@ -140,7 +152,9 @@ def _fingerprint(*parts) -> str:
 
 
 def load_digits_dataset(size: int = 32, test_size: float = 0.3, seed: int = 0) -> ImageDataset:
-    """scikit-learn's 1,797 8x8 digits, upsampled (bilinear) to ``size`` and made 3-channel."""
+    """scikit-learn's 1,797 8x8 digits, upsampled (bilinear) to ``size`` and made 3-channel.
+
+    The stratified split is fixed (``DIGITS_SPLIT_SEED``); ``seed`` is only recorded on the dataset."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -149,14 +163,15 @@ def load_digits_dataset(size: int = 32, test_size: float = 0.3, seed: int = 0) -
     big = np.stack([np.asarray(Image.fromarray(im, mode="L").resize((size, size), Image.BILINEAR)) for im in imgs])
     big = np.repeat(big[..., None], 3, axis=-1)
     idx = np.arange(len(big))
-    tr, te = train_test_split(idx, test_size=test_size, stratify=d.target, random_state=seed)
+    tr, te = train_test_split(idx, test_size=test_size, stratify=d.target,
+                              random_state=DIGITS_SPLIT_SEED)
     classes = [str(c) for c in range(10)]
     name = "digits"
     return ImageDataset(
         name=name, classes=classes, seed=seed,
         train=ArraySplit(name, "train", classes, big[tr], d.target[tr]),
         test=ArraySplit(name, "test", classes, big[te], d.target[te]),
-        fingerprint=_fingerprint("digits-v1", size, test_size, seed),
+        fingerprint=_fingerprint("digits-v2", size, test_size, DIGITS_SPLIT_SEED),
     )
 
 
@@ -227,7 +242,7 @@ def load_imagefolder(path, seed: int = 0, on_corrupt: str = "error") -> ImageDat
         name=short, classes=classes, seed=seed,
         train=FileSplit(short, "train", classes, tr_paths, tr_labels),
         test=FileSplit(short, "test", classes, te_paths, te_labels),
-        fingerprint=_fingerprint(name, stat, seed), skipped=skipped,
+        fingerprint=_fingerprint(name, stat), skipped=skipped,
     )
 
 
@@ -247,7 +262,40 @@ def load_cifar10(path, download: bool = False, seed: int = 0) -> ImageDataset:
         name=name, classes=classes, seed=seed,
         train=ArraySplit(name, "train", classes, tr.data, np.asarray(tr.targets)),
         test=ArraySplit(name, "test", classes, te.data, np.asarray(te.targets)),
-        fingerprint=_fingerprint("cifar10-torchvision", str(root.resolve()), seed),
+        fingerprint=_fingerprint("cifar10-torchvision", str(root.resolve())),
+    )
+
+
+def load_cifar10_mini(seed: int = 0, path: Path = CIFAR10_MINI) -> ImageDataset:
+    """The embedded CIFAR-10 subset (``cifar10-mini``): 500 train / 200 test images per class, 32x32 RGB.
+
+    The file holds plain arrays only (read with ``allow_pickle=False``) and must match ``CIFAR10_MINI_SHA256``.
+    """
+    import io
+
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cifar10-mini: cannot read the embedded data {path} ({exc.strerror}); "
+                           "reinstall riskdecomp") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != CIFAR10_MINI_SHA256:
+        raise DatasetError(f"cifar10-mini: {path} is damaged (SHA-256 {digest[:12]}..., expected "
+                           f"{CIFAR10_MINI_SHA256[:12]}...); reinstall riskdecomp")
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        jpeg, offsets, labels, split = z["jpeg"], z["offsets"], z["labels"], z["split"]
+        classes = [str(c) for c in z["classes"]]
+    images = np.empty((len(labels), 32, 32, 3), dtype=np.uint8)
+    for i in range(len(labels)):
+        with Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())) as img:
+            images[i] = np.asarray(img.convert("RGB"))
+    name = "cifar10-mini"
+    tr, te = split == 0, split == 1
+    return ImageDataset(
+        name=name, classes=classes, seed=seed,
+        train=ArraySplit(name, "train", classes, images[tr], labels[tr]),
+        test=ArraySplit(name, "test", classes, images[te], labels[te]),
+        fingerprint=_fingerprint("cifar10-mini", digest),
     )
 
 
@@ -257,8 +305,11 @@ def load_dataset(spec: str, *, download: bool = False, on_corrupt: str = "error"
     kind, _, arg = spec.partition(":")
     if kind == "digits" and not arg:
         return load_digits_dataset(seed=seed)
+    if kind == "cifar10-mini" and not arg:
+        return load_cifar10_mini(seed=seed)
     if kind == "imagefolder" and arg:
         return load_imagefolder(arg, seed=seed, on_corrupt=on_corrupt)
     if kind == "cifar10" and arg:
         return load_cifar10(arg, download=download, seed=seed)
-    raise DatasetError(f"unknown dataset {spec!r}: expected 'digits', 'imagefolder:PATH' or 'cifar10:PATH'")
+    raise DatasetError(f"unknown dataset {spec!r}: expected 'cifar10-mini', 'digits', "
+                       "'imagefolder:PATH' or 'cifar10:PATH'")

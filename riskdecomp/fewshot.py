@@ -64,7 +64,7 @@ def fewshot_errors(
 ) -> tuple[dict, pd.DataFrame]:
     """Few-shot test errors (percent). Returns (summary dict, tidy table).
 
-    ``shots``: integers >= 1; ``fractions``: in (0, 1]; anything else is a one-line RiskdecompError (never
+    ``shots``: integers >= 1; ``fractions``: in (0, 1); anything else is a one-line RiskdecompError (never
     coerced: -1 shots or a fraction of 0 used to run as other settings under a misleading name).
 
     summary: ``fewshot_<k>shot``, ``fewshot_<k>shot_std``, ``fewshot_<p>pct``, ``fewshot_<p>pct_std``
@@ -76,8 +76,9 @@ def fewshot_errors(
     shots = [check_int(k, "few-shot shots (examples per class)", 1) for k in shots]
     for p in fractions:
         if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) \
-                or not 0 < float(p) <= 1:
-            raise RiskdecompError(f"few-shot fractions must be in (0, 1] (a fraction of the train set), got {p!r}")
+                or not 0 < float(p) < 1:
+            raise RiskdecompError(f"few-shot fractions must be in (0, 1) (a fraction of the train set; 1 would leave "
+                                  f"no validation examples), got {p!r}")
     fractions = [float(p) for p in fractions]
     names = [f"{k}shot" for k in shots] + [_pct_name(p) for p in fractions]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -17,7 +17,9 @@ rows and never drops any, and a failing rerun (full disk, every model failing) l
 ``riskdecomp build --results DIR`` runs the same :func:`build`. ``failures.csv`` lists the (model, dataset) pairs
 whose latest attempt failed (a failed model keeps its earlier valid row, if any).
 
-``leaderboard.csv``: one row per model x dataset; byte-identical for the same seed and inputs on CPU. ``timings.csv``
+``leaderboard.csv``: one row per model x dataset, pooled over pretraining seeds (``leaderboard_seeds.csv``: one
+row per pretraining seed, when the zoo has seeds: see :mod:`riskdecomp.seeds`); byte-identical for the same seed
+and inputs on CPU. ``timings.csv``
 holds wall-clock seconds per stage (kept out of the leaderboard so it stays reproducible).
 """
 
@@ -41,6 +43,7 @@ import pandas as pd
 
 from . import __version__
 from .atomic import atomic_write_text, check_writable_dir, jsonable
+from .datasets import DEFAULT_DATASET
 from .errors import OutputError, RiskdecompError, ZooError
 from .features import Features, featurize
 from .names import parse_stem, result_path, result_stem
@@ -520,6 +523,7 @@ class EvaluationResult:
     failures: pd.DataFrame
     out: Path
     records: list = field(default_factory=list)
+    leaderboard_seeds: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-seed rows (riskdecomp.seeds)
     fewshot: pd.DataFrame = field(default_factory=pd.DataFrame)
     uncertainty: pd.DataFrame = field(default_factory=pd.DataFrame)
     active_learning: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -619,7 +623,7 @@ def _folder_settings(settings: Settings) -> dict:
     return {**settings.key_dict(), "protocol_version": PROTOCOL_VERSION, "riskdecomp_version": __version__}
 
 
-def evaluate(zoo, dataset: str = "digits", out="results", *, models: Optional[Sequence[str]] = None,
+def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Optional[Sequence[str]] = None,
              cache_dir=None, settings: Optional[Settings] = None, jobs: Optional[int] = 1, backend: str = "loky",
              scheduler: Optional[str] = None, force: bool = False) -> EvaluationResult:
     """Evaluate every zoo entry (or ``models`` and, transitively, their references) on ``dataset``; write all
@@ -767,9 +771,13 @@ def build(results, *, settings: Optional[Settings] = None, computed=(), redo_unc
     computed = set(computed)
     for r in recs:  # as in a job's answer: was the record reused (not computed by the calling run)?
         r["skipped"] = (r["model"], r["dataset"]) not in computed
-    res = EvaluationResult(build_leaderboard(recs), pd.DataFrame(), out, recs)
+    from .seeds import aggregate_seeds
+
+    board, per_seed = aggregate_seeds(build_leaderboard(recs))  # one row per model, pooled over pretraining seeds
+    res = EvaluationResult(board, pd.DataFrame(), out, recs)
     tables = {
         "leaderboard": (res.leaderboard, True),
+        "leaderboard_seeds": (per_seed, False),  # None (removed) without seeds
         "timings": (pd.DataFrame([{"model": r["model"], "dataset": r["dataset"], **r.get("timings", {}),
                                    "reused": r["skipped"]} for r in recs]), False),
         "fewshot": (pd.DataFrame([row for r in recs for row in r.get("fewshot", [])]), False),

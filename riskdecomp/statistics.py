@@ -1,7 +1,7 @@
 """Representation statistics of a feature matrix (the study's ``statistics`` columns).
 
 All statistics are computed in float64 on ``z`` (n x d) with integer labels ``y`` (K classes);
-``mu_c`` are class means, ``ẑ = z / ‖z‖``. Definitions (see docs/spec-reporting.md):
+``mu_c`` are class means, ``ẑ = z / ‖z‖``. Definitions:
 
 - ``rank``: effective rank = number of eigenvalues of the d x d Pearson correlation matrix (constant
   features dropped) above ``max(1e-4, 0.01 * largest)``.

@@ -4,6 +4,8 @@ File shape::
 
     defaults:          # optional: fields merged into every entry (the entry wins; metadata merged key by key)
       metadata: {pretraining_data: digits}
+      seeds: [0, 1, 2]  # optional (recipe entries): one entry per pretraining seed, named <name>.s<seed>
+                        # (riskdecomp.seeds); the leaderboard pools them into one row per model
     models:
       - name: dino_vits16                   # unique, [a-z0-9_.-]+, not starting with '.'
         source: timm                        # timm | torch_hub | checkpoint | features | recipe
@@ -354,6 +356,9 @@ def parse_zoo(data: Any, path: Optional[Path] = None) -> Zoo:
     models = data["models"]
     if not isinstance(models, list) or not models:
         raise ZooError(f"{where}: 'models' must be a non-empty list")
+    from .seeds import expand_seeds
+
+    models, defaults = expand_seeds(models, defaults, where)  # `seeds: [0, 1, 2]` -> one entry per seed
     entries, seen = [], set()
     for i, raw in enumerate(models):
         label = f"models[{i}]"

@@ -51,6 +51,18 @@ def test_scaling_law_recovers_known_parameters():
     assert sorted(preds.groupby("setting")["n"].first().tolist()) == [10, 50, 1000, 10_000]
 
 
+def test_scaling_law_fits_models_without_reference_as_approx_zero():
+    """A model without a supervised reference has approx NaN and A + U in usability (approx_merged): the law only
+    needs A + U, so the row is fitted (with A = 0), not dropped, and the known parameters are still recovered."""
+    df = _synthetic()
+    merged = df.index < 4
+    df.loc[merged, "usability"] = df.loc[merged, "approx"] + df.loc[merged, "usability"]
+    df.loc[merged, "approx"] = np.nan
+    params, preds = fit_scaling_law(df)
+    assert params["n_points"] == 4 * len(df) and set(df.loc[merged, "model"]) <= set(preds["model"])
+    assert params["alpha"] == pytest.approx(0.4, abs=1e-4) and params["B"] == pytest.approx(0.3, abs=1e-3)
+
+
 def test_scaling_law_needs_fewshot_columns():
     df = _synthetic().drop(columns=["fewshot_1shot", "fewshot_5shot", "fewshot_10pct"])
     with pytest.raises(ValueError):

@@ -180,7 +180,7 @@ CLI_CASES = {
     "string_labels": ([], ["'m'", "y_train", "integer class labels", "strings"]),
     "npy_named_npz": ([], ["'m'", "f.npz", ".npy"]),
     "negative_shots": (["--shots", "-1"], ["shots", "-1"]),
-    "zero_fraction": (["--fractions", "0"], ["fractions", "(0, 1]", "0"]),
+    "zero_fraction": (["--fractions", "0"], ["fractions", "(0, 1)", "0"]),
     "negative_fraction": (["--fractions", "-0.1"], ["fractions", "-0.1"]),
 }
 
@@ -229,6 +229,8 @@ def _api_case(case):
         kw = {"fractions": (0.0,)}
     elif case == "negative_fraction":
         kw = {"fractions": (-0.1,)}
+    elif case == "whole_train_fraction":
+        kw = {"fractions": (1.0,)}
     elif case == "fractional_shots":
         kw = {"shots": (2.5,)}
     return (x, y, xt, yt), kw
@@ -236,7 +238,7 @@ def _api_case(case):
 
 API_CASES = {"complex": "complex", "subnormal": "subnormal", "beyond_float32": "float32 range",
              "negative_shots": "shots", "zero_fraction": "fractions", "negative_fraction": "fractions",
-             "fractional_shots": "shots"}
+             "fractional_shots": "shots", "whole_train_fraction": "fractions"}
 
 
 @pytest.mark.parametrize("fn, case", [("fewshot_errors", c) for c in sorted(API_CASES)]

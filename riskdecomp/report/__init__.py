@@ -44,7 +44,8 @@ def make_report(results_dir, *, published=None, color_by: str | None = "objectiv
 
     summary, effects = None, None
     if lb is not None or published is not None:
-        summary = analysis.analyze(leaderboard=lb, published=published, out_dir=results_dir / "analysis")
+        summary = analysis.analyze(leaderboard=lb, published=published, out_dir=results_dir / "analysis",
+                                   seeds=_read(results_dir / "leaderboard_seeds.csv"))
         effects = _read(results_dir / "analysis" / "design_effects.csv")
     plots_dir = results_dir / "plots"
     made, notes = collect_plots(results_dir, plots_dir, color_by, published=published,

@@ -364,7 +364,10 @@ def plot_risk_coverage(per_sample_dir: Path, out_dir: Path, name: str = "risk_co
             k = np.arange(1, len(oracle) + 1)
             ax.plot(k / len(oracle), np.cumsum(oracle) / k, color="black", ls="--", lw=1, label="oracle")
             drawn += 1
-        ax.set_title(f.stem.replace("__", " / "), fontsize=8)
+        from ..names import parse_stem
+
+        parsed = parse_stem(f.stem)
+        ax.set_title(" / ".join(parsed) if parsed else f.stem, fontsize=8)
         ax.set_xlabel("coverage")
         ax.set_ylabel("risk (error rate)")
         ax.legend(fontsize=6)
