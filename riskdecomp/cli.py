@@ -211,6 +211,11 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
     from .runner import Settings
     from .runner import evaluate as run
 
+    import time
+
+    from .progress import summary_lines
+
+    t0 = time.perf_counter()
     settings = Settings(seed=seed, n_boot=n_boot, shots=shots, fractions=fractions,
                         fewshot_seeds=fewshot_seeds, uncertainty=uncertainty, aug_views=aug_views, active=active,
                         statistics=statistics,
@@ -223,11 +228,13 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
     if len(board):
         cols = [c for c in ("model", "dataset", "approx", "usability", "probe_gen", "enc_gen", "agg_risk") if c in board]
         click.echo(board[cols].round(2).to_string(index=False))
-    click.echo(f"wrote {Path(out) / 'leaderboard.csv'} ({len(board)} rows)")
+    report_path = None
     if report and len(board):
         from .report import make_report
 
-        click.echo(f"wrote {make_report(out)}")
+        report_path = make_report(out)
+    for line in summary_lines(res, report_path, time.perf_counter() - t0):
+        click.echo(line)
     if not res.ok:
         for _, r in res.failures.iterrows():
             click.echo(f"riskdecomp: model {r['model']!r} failed: {r['error']}", err=True)
@@ -266,22 +273,19 @@ _focused("active", "active")
 @click.option("--device", default="auto", show_default=True)
 def pretrain(recipe_path, zoo_path, model, dataset, out, device):
     """Pretrain an encoder from a recipe on a dataset's train split; save safetensors + JSON sidecar."""
-    import yaml
     from pydantic import ValidationError
 
     from .pretrain import Recipe, pretrain_to_file
-    from .zoo import RecipeEntry, load_zoo
+    from .zoo import RecipeEntry, _describe, load_zoo, read_yaml
 
     if bool(recipe_path) == bool(zoo_path):
         raise RiskdecompError("pretrain: give either --recipe FILE or --zoo FILE --model NAME")
     if recipe_path:
+        data = read_yaml(recipe_path)  # as a zoo file: UTF-8 checked, no tags, alias expansion capped
         try:
-            data = yaml.safe_load(Path(recipe_path).read_text())
             recipe = Recipe.model_validate(data.get("recipe", data) if isinstance(data, dict) else data)
-        except FileNotFoundError:
-            raise RiskdecompError(f"{recipe_path}: recipe file not found") from None
-        except (yaml.YAMLError, ValidationError) as exc:
-            raise RiskdecompError(f"{recipe_path}: invalid recipe ({str(exc).splitlines()[0]})") from None
+        except ValidationError as exc:
+            raise RiskdecompError(f"{recipe_path}: invalid recipe: {_describe(exc)}") from None
     else:
         if not model:
             raise RiskdecompError("pretrain: --zoo needs --model NAME")

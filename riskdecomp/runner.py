@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import math
+import sys
 import time
 import traceback
 import warnings
@@ -46,6 +47,7 @@ from .datasets import DEFAULT_DATASET
 from .errors import OutputError, RiskdecompError, ZooError
 from .features import Features, featurize
 from .names import parse_stem, result_path, result_stem
+from .progress import Progress, is_terminal, stage
 from .zoo import FeaturesEntry, Zoo, load_zoo
 
 log = logging.getLogger(__name__)
@@ -334,6 +336,7 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         dname = dataset_name(entry, ds)
         rpath = result_path(out, "runs", name, dname)
         fingerprint = ds.fingerprint if ds is not None else "npz"
+        stage(name, "weights (a recipe entry is pretrained once, then cached)")
         key = run_key(entry, reference, ds, fingerprint, settings, cache_dir, force)
         meta = jsonable(_flatten_metadata(entry.metadata))
         if not force:
@@ -350,6 +353,7 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
                 return rec
         torch.manual_seed(settings.seed)
         timings = {}
+        stage(name, "featurize")
         t = time.perf_counter()
         feats = _load(entry, dataset_spec, settings, cache_dir, ds_cache, force)
         timings["time_features"] = time.perf_counter() - t
@@ -364,6 +368,7 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
             ref = (rf.x_train, rf.y_train)
             timings["time_reference_features"] = time.perf_counter() - t
         t = time.perf_counter()
+        stage(name, "augmented views")
         extras = _encoder_extras(entry, ds, cache_dir, settings)
         if extras:
             timings["time_encoder_extras"] = time.perf_counter() - t
@@ -428,11 +433,13 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
     timings = {} if timings is None else timings
     x_tr, y_tr, x_te, y_te = feats.x_train, feats.y_train, feats.x_test, feats.y_test
     t = time.perf_counter()
+    stage(feats.model, f"decomposition ({settings.n_boot} bootstrap resamples)")
     dec = decompose(x_tr, y_tr, x_te, y_te, reference=reference, seed=settings.seed, n_boot=settings.n_boot,
                     alternative=settings.alternative, device=settings.device, standardize=settings.standardize)
     timings["time_decomposition"] = time.perf_counter() - t
     row = {"n_classes": int(len(np.unique(y_tr))), **dict(dec)}
     t = time.perf_counter()
+    stage(feats.model, "few-shot")
     summary, table = fewshot_errors(x_tr, y_tr, x_te, y_te, shots=settings.shots, fractions=settings.fractions,
                                     n_seeds=settings.fewshot_seeds, seed=settings.seed, device=settings.device,
                                     standardize=settings.standardize)
@@ -442,11 +449,13 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
         from .statistics import representation_statistics
 
         t = time.perf_counter()
+        stage(feats.model, "statistics")
         row.update(representation_statistics(x_tr, y_tr, prefix="train_", seed=settings.seed))
         row.update(representation_statistics(x_te, y_te, prefix="test_", aug_views=test_views, seed=settings.seed))
         timings["time_statistics"] = time.perf_counter() - t
     if out is not None and settings.uncertainty:
         t = time.perf_counter()
+        stage(feats.model, "uncertainty")
         per_sample = per_sample_table(feats, dec, settings, extra_scores, test_views)
         write_csv(per_sample, result_path(out, "per_sample", feats.model, feats.dataset))
         timings["time_uncertainty"] = time.perf_counter() - t
@@ -454,6 +463,7 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
         from .active import run_active_learning
 
         t = time.perf_counter()
+        stage(feats.model, "active learning")
         curves = run_active_learning(x_tr, y_tr, x_te, y_te, seeds=settings.active_seeds,
                                      budget_per_class=settings.active_budget_per_class, seed=settings.seed)
         curves.insert(0, "model", feats.model)
@@ -547,15 +557,35 @@ def _dask_client(scheduler: Optional[str], jobs: int):
                               f"({why[:200]})") from None
 
 
-def _parallel_map(fn, args: list, jobs: int, client=None) -> list:
+def _indexed(i: int, fn, *a) -> tuple:
+    return i, fn(*a)
+
+
+def _parallel_map(fn, args: list, jobs: int, client=None, on_result=None) -> list:
+    """``[fn(*a) for a in args]``, in processes when ``jobs > 1`` or on dask; ``on_result(result)`` is called in
+    this process as each result comes back (in completion order); the list returned is in ``args`` order."""
+    on_result = on_result or (lambda r: None)
     if client is None and jobs == 1:
-        return [fn(*a) for a in args]
+        results = []
+        for a in args:
+            results.append(fn(*a))
+            on_result(results[-1])
+        return results
     from joblib import Parallel, delayed, parallel_config
 
+    results = [None] * len(args)
+    calls = (delayed(_indexed)(i, fn, *a) for i, a in enumerate(args))
     if client is not None:
         with parallel_config(backend="dask"):
-            return Parallel(n_jobs=-1)(delayed(fn)(*a) for a in args)
-    return Parallel(n_jobs=jobs, backend="loky")(delayed(fn)(*a) for a in args)
+            gen = Parallel(n_jobs=-1, return_as="generator_unordered")(calls)
+            for i, r in gen:
+                results[i] = r
+                on_result(r)
+        return results
+    for i, r in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(calls):
+        results[i] = r
+        on_result(r)
+    return results
 
 
 def with_references(zoo: Zoo, models: Optional[Sequence[str]] = None) -> list:
@@ -651,15 +681,20 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
     if settings.threads is None:
         settings = replace(settings, threads=1 if use_dask else max(1, cores // jobs))
     zoo_source = str(full.path) if full.path is not None else full
+    show = settings.progress
+    # the per-stage bars (pretraining epochs, featurize img/s) only in this process and on a terminal: a worker
+    # cannot draw on the parent's terminal, and a log file gets one line per finished model instead
+    settings = replace(settings, progress=show and jobs == 1 and not use_dask and is_terminal(sys.stderr))
     client = _dask_client(scheduler, jobs) if use_dask else None
     try:
         # with force, references are recomputed first, once, and then read by the models that need them
         refs = {full[n].reference for n in names if full[n].reference}
         waves = [[n for n in names if n in refs], [n for n in names if n not in refs]] if force else [names]
         records = []
-        for wave in waves:
-            args = [(zoo_source, n, dataset, str(out), str(cache_dir), settings, force) for n in wave]
-            records += _parallel_map(run_job, args, jobs, client) if args else []
+        with Progress([n for wave in waves for n in wave], enabled=show) as bar:
+            for wave in waves:
+                args = [(zoo_source, n, dataset, str(out), str(cache_dir), settings, force) for n in wave]
+                records += _parallel_map(run_job, args, jobs, client, on_result=bar.finished) if args else []
     finally:
         if client is not None:
             client.close()

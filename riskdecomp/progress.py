@@ -1,0 +1,129 @@
+"""What a user sees while ``evaluate`` runs (on stderr; nothing with ``--no-progress``).
+
+On a terminal: one updating line ``[3/16] simclr: decomposition`` with the count of finished models and an ETA
+(tqdm), the stage shown for jobs that run in this process; worker processes (loky/dask) cannot draw on the parent's
+terminal, so their models show up as their records come back. Everywhere (terminal or a log file): one line per
+finished model, ``[3/16] simclr done in 12.3 s (agg_risk 31.2), ETA 1m05s``. Stages are reported with
+:func:`stage`, a no-op outside an active :class:`Progress` (i.e. in worker processes).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional, Sequence
+
+_CURRENT: Optional["Progress"] = None
+
+
+def stage(model: str, text: str) -> None:
+    """Show that ``model`` is at stage ``text`` (a no-op unless a :class:`Progress` is active in this process)."""
+    if _CURRENT is not None:
+        _CURRENT.stage(model, text)
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class Progress:
+    """Progress over the jobs of one ``evaluate`` (``names``: the models, in the order they are submitted). A
+    context manager: while active, :func:`stage` calls in this process update its line."""
+
+    def __init__(self, names: Sequence[str], enabled: bool = True, stream=None):
+        self.names, self.enabled = list(names), enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.n, self.finished_count, self.computed_count = len(self.names), 0, 0
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if enabled and is_terminal(self.stream):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.n, file=self.stream, leave=False, dynamic_ncols=True, unit="model",
+                            desc=f"evaluating {self.n} model(s)",
+                            bar_format="{desc} [{n_fmt}/{total_fmt} models, {elapsed}<{remaining}]")
+
+    def __enter__(self):
+        global _CURRENT
+        _CURRENT = self
+        return self
+
+    def __exit__(self, *exc):
+        global _CURRENT
+        _CURRENT = None
+        if self.bar is not None:
+            self.bar.close()
+
+    def _index(self, model: str) -> int:
+        return self.names.index(model) + 1 if model in self.names else self.finished_count + 1
+
+    def stage(self, model: str, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(f"[{self._index(model)}/{self.n}] {model}: {text}")
+
+    def eta(self) -> Optional[float]:
+        """Seconds left, from the mean time of the models computed so far (None before the first or at the end)."""
+        left = self.n - self.finished_count
+        if not self.computed_count or left <= 0:
+            return None
+        return (time.perf_counter() - self.t0) / self.finished_count * left
+
+    def finished(self, rec: dict) -> None:
+        """A job's record came back: one line naming the model, its time and agg_risk (or why it failed)."""
+        self.finished_count += 1
+        model = rec.get("model", "?")
+        if "error" in rec:
+            what = f"FAILED: {rec['error']}"
+        else:
+            self.computed_count += 0 if rec.get("skipped") else 1
+            risk = rec.get("row", {}).get("agg_risk")
+            risk = f"agg_risk {risk:.1f}" if isinstance(risk, (int, float)) else "no agg_risk"
+            took = rec.get("timings", {}).get("time_total")
+            what = (f"reused ({risk})" if rec.get("skipped") or took is None else f"done in {took:.1f} s ({risk})")
+        eta = self.eta()
+        line = f"[{self.finished_count}/{self.n}] {model} {what}" + (f", ETA {_duration(eta)}" if eta else "")
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+            self.bar.update(1)
+        else:
+            print(line, file=self.stream, flush=True)
+
+
+def summary_lines(res, report=None, wall_s: Optional[float] = None) -> list:
+    """Where each output of a finished run is, and a 5-line summary: the best model (lowest ``agg_risk`` with its
+    CI), the largest component (mean across models), failures, computed vs reused runs, wall time."""
+    paths = {**res.paths, **({"report": report} if report else {})}
+    def rows(name):
+        df = getattr(res, name, None)
+        return f" ({len(df)} rows)" if hasattr(df, "columns") else ""
+
+    lines = ["outputs:"] + [f"  {name:<17} {path}{rows(name)}" for name, path in paths.items()]
+    board = res.leaderboard
+    lines.append("summary:")
+    if len(board) and "agg_risk" in board:
+        b = board.loc[board["agg_risk"].idxmin()]
+        ci = (f" [{b['agg_risk_lo']:.2f}, {b['agg_risk_hi']:.2f}] 95% CI"
+              if {"agg_risk_lo", "agg_risk_hi"} <= set(board.columns) else "")
+        lines.append(f"  best model        {b['model']} on {b['dataset']}: agg_risk {b['agg_risk']:.2f}{ci}")
+        comps = [c for c in ("approx", "usability", "probe_gen", "enc_gen") if c in board and board[c].notna().any()]
+        means = board[comps].mean()
+        top = means.idxmax()
+        lines.append(f"  largest component {top} (mean {means[top]:.2f} across {len(board)} model(s); largest for "
+                     f"{int((board[comps].idxmax(axis=1) == top).sum())})")
+    else:
+        lines += ["  best model        none (no results)", "  largest component none"]
+    lines.append(f"  failures          {len(res.failures)}")
+    reused = sum(bool(r.get("skipped")) for r in res.records)
+    lines.append(f"  runs              {len(res.records) - reused} computed, {reused} reused")
+    lines.append(f"  wall time         {wall_s:.1f} s" if wall_s is not None else "  wall time         -")
+    return lines
