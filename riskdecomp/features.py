@@ -158,7 +158,10 @@ def encode_split(encoder: Encoder, split: ImageSplit, *, device: str = "cpu", ba
         module = module.to(memory_format=torch.channels_last)
     loader = _loader(encoder, split, batch_size=batch_size, num_workers=num_workers, cuda=cuda)
     out = []
-    for xb, _yb in tqdm(loader, desc=f"featurize {encoder.name} [{split.split}]", disable=not progress, leave=False):
+    bar = tqdm(total=len(split), desc=f"featurize {encoder.name} [{split.split}]", unit="img", unit_scale=True,
+               disable=not progress, leave=False)
+    for xb, _yb in loader:
+        bar.update(len(xb))
         xb = xb.to(device, non_blocking=True)
         if cuda:
             xb = xb.to(memory_format=torch.channels_last)
@@ -167,6 +170,7 @@ def encode_split(encoder: Encoder, split: ImageSplit, *, device: str = "cpu", ba
         if counter is not None:
             counter.append(len(xb))
         out.append(z.float().reshape(len(xb), -1).cpu().numpy())
+    bar.close()
     if not out:
         raise FeatureError(f"model {encoder.name!r}: the {split.split} split is empty")
     return np.concatenate(out).astype(np.float32, copy=False)
