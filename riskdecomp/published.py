@@ -13,7 +13,7 @@ Column mapping (decisions):
 - hyperparameters / metadata / statistics keep their own names, except the hyperparameter
   ``n_classes`` (number of classes of a clustering SSL objective), which is renamed
   ``ssl_n_classes`` because ``n_classes`` is the number of downstream classes in our schema (1000).
-- ``<component>_clipped`` is inferred as ``value == 0`` (the study clipped negative estimates to 0).
+- ``<component>_was_clipped`` (boolean) is inferred as ``value == 0`` (the study clipped negative estimates to 0); named apart from our leaderboard's numeric ``<component>_clipped`` (the clipped value).
 - Constants: dataset="imagenet", n_train=1,281,167, n_test=50,000 (ImageNet val), n_sub=50,000
   (the held-out subset of train behind the decomposition), n_classes=1000, source="published".
 
@@ -87,7 +87,7 @@ def load_published(path: str | Path) -> pd.DataFrame:
         if comp not in df:
             raise RiskdecompError(f"published table {path} lacks component column {comp!r}")
         df[comp] = pd.to_numeric(df[comp], errors="coerce")
-        df[f"{comp}_clipped"] = (df[comp] == 0).where(df[comp].notna())
+        df[f"{comp}_was_clipped"] = (df[comp] == 0).where(df[comp].notna())
     df.index = df.index.astype(str).str.lower()
     df.index.name = "model"
 

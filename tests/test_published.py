@@ -46,7 +46,7 @@ def test_components_sum_to_aggregated_risk_when_unclipped(published):
     # clipping to zero only ever increases the sum (a negative estimate became 0)
     clipped = comps.notna().all(axis=1) & ~unclipped
     assert (comps.sum(axis=1)[clipped] >= published["agg_risk"][clipped] - 1e-9).all()
-    assert published.loc[clipped, [f"{c}_clipped" for c in COMPONENTS]].any(axis=1).all()
+    assert published.loc[clipped, [f"{c}_was_clipped" for c in COMPONENTS]].any(axis=1).all()
 
 
 def test_statistics_identities(published):
