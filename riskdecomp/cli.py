@@ -46,7 +46,7 @@ class NumberList(click.ParamType):
                 x = self.cast(v.strip())
             except ValueError:
                 self.fail(f"{v.strip()!r} is not {'an integer' if self.cast is int else 'a number'}", param, ctx)
-            if x < self.low or (self.high is not None and x > self.high) or (self.cast is float and x <= self.low):
+            if x < self.low or (self.high is not None and x > self.high) or (self.cast is float and (x <= self.low or (self.high is not None and x >= self.high))):
                 self.fail(f"{v.strip()!r}: {self.what}", param, ctx)
             items.append(x)
         return tuple(items)
@@ -73,7 +73,7 @@ class Jobs(click.ParamType):
 
 
 SHOTS = NumberList(int, 1, what="a shot count is a number of examples per class >= 1")
-FRACTIONS = NumberList(float, 0.0, 1.0, what="a fraction of the train split must be in (0, 1]")
+FRACTIONS = NumberList(float, 0.0, 1.0, what="a fraction of the train split must be in (0, 1): 1 leaves no examples to choose C on")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -195,7 +195,7 @@ def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_work
 @click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(0), help="Bootstrap resamples for CIs.")
 @click.option("--shots", default="1,3,5,10", show_default=True, type=SHOTS, help="Few-shot k per class (>= 1).")
 @click.option("--fractions", default="0.01,0.1", show_default=True, type=FRACTIONS,
-              help="Few-shot fractions of the train split, each in (0, 1].")
+              help="Few-shot fractions of the train split, each in (0, 1).")
 @click.option("--fewshot-seeds", default=5, show_default=True, type=click.IntRange(1))
 @click.option("--uncertainty/--no-uncertainty", default=True, show_default=True)
 @click.option("--aug-views", default=4, show_default=True, type=click.IntRange(0),

@@ -114,8 +114,8 @@ class Settings:
         for k in self.shots:
             _positive(k, "shots: k")
         for f in self.fractions:
-            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
-                raise RiskdecompError(f"fractions: {f!r}: expected a fraction of the train split in (0, 1]")
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+                raise RiskdecompError(f"fractions: {f!r}: expected a fraction of the train split in (0, 1)")
 
     def key_dict(self) -> dict:
         """The settings that change any output (the folder's settings key)."""
