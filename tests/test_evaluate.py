@@ -7,20 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from riskdecomp.cli import main
 from riskdecomp.runner import Settings, evaluate
 
-from zoo_factory import FAST, make_features_zoo
+from zoo_factory import FAST, make_features_zoo, run_cli
 
 COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen"]
-
-
-def run_cli(*args):
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
 
 
 def fast_settings(**kw):

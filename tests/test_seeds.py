@@ -11,10 +11,10 @@ import pytest
 from scipy import stats
 
 from riskdecomp.analysis import controlled_pairs, holm, seed_difference, seed_ranking_stability
-from riskdecomp.cli import main
 from riskdecomp.errors import ZooError
 from riskdecomp.seeds import combine, split_seed
 from riskdecomp.zoo import parse_zoo
+from zoo_factory import run_cli
 
 import yaml
 
@@ -46,14 +46,6 @@ ZOO = textwrap.dedent(f"""
 FAST = ["--n-boot", "100", "--fewshot-seeds", "1", "--shots", "5", "--fractions", "0.1", "--no-report",
         "--no-progress", "--no-uncertainty", "--no-active", "--no-statistics", "--aug-views", "0", "--jobs", "1"]
 COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen", "agg_risk"]
-
-
-def run_cli(*args):
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -58,3 +58,14 @@ def make_features_zoo(root: Path, n_train=240, n_test=80, classes=4, d=8, extra_
 
 FAST = ["--n-boot", "50", "--fewshot-seeds", "2", "--shots", "1,5", "--fractions", "0.1", "--no-report",
         "--no-progress"]
+
+
+def run_cli(*args) -> int:
+    """Run the ``riskdecomp`` command in-process; its exit status (0 when it returns normally)."""
+    from riskdecomp.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
