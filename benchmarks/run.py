@@ -1,7 +1,7 @@
 """Run riskdecomp's benchmark suite: print a table and write ``benchmarks/results.json``.
 
     python benchmarks/run.py [--quick] [--only NAME,...] [--budget SECONDS] [--threads N] [--out PATH]
-                             [--device auto|cpu|cuda] [--large-baseline SECONDS]
+                             [--device auto|cpu|cuda] [--large-baseline SECONDS] [--merge]
 
 Benchmarks (``--only`` takes these names):
 
@@ -13,6 +13,8 @@ Benchmarks (``--only`` takes these names):
   probes_large  the same at 50k x 2048 x 100; the sklearn side only with --large-baseline (it takes hours on
              2 cores, far beyond the 15-minute suite)                          (benchmarks/bench_probes.py)
   gflops     achieved GFLOP/s of the probe fit vs a plain matmul, at both sizes (benchmarks/bench_probes.py)
+  fitspeed   one LinearProbe.fit vs one sklearn LogisticRegression(lbfgs) fit at C = 1e-3..100, CPU, side by
+             side, 50k x 512 x 10                                               (benchmarks/bench_probes.py)
   knn        k-NN search vs sklearn brute force                                (benchmarks/bench_knn.py)
 
 Each benchmark runs in a fresh Python process, so ``peak_memory_mb`` (the child's ``ru_maxrss``, via ``os.wait4``)
@@ -45,7 +47,7 @@ if __package__ in (None, ""):
 from benchmarks.common import ROW_KEYS, machine_info, row, run_function, usable_cores  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
-ORDER = ("scale", "featurize", "probes", "probes_large", "gflops", "knn", "e2e")
+ORDER = ("scale", "featurize", "probes", "probes_large", "gflops", "fitspeed", "knn", "e2e")
 DEFAULT_BUDGET_S = 870.0  # the whole suite ends within 15 minutes; what no longer fits is recorded as skipped
 DEFAULT_TARGETS = {  # used only when a benchmark module's dict states no target of its own
     "probes": ("ratio >= 10 (sklearn time / ours)", 10.0),
@@ -104,6 +106,15 @@ def child_probes(which: str, quick: bool, threads: int, large_baseline: float = 
         res["name"] = "probe_fit_gflops" + ("" if d == 512 else f"_{d}x{k}")
         rows.append(res)
     return rows
+
+
+def child_fitspeed(quick: bool, threads: int) -> list:
+    _threads(threads)
+    try:
+        from benchmarks.bench_probes import bench_fit_speed
+    except ImportError as exc:
+        return _missing("fit_speed", "benchmarks/bench_probes.py", exc)
+    return bench_fit_speed(quick=quick, threads=threads)
 
 
 def child_knn(quick: bool, threads: int) -> list:
@@ -184,13 +195,20 @@ def plan(only, quick: bool) -> list:
             jobs.append((g, g, "benchmarks.run", "child_probes", {"which": g}))
         elif g == "knn":
             jobs.append((g, g, "benchmarks.run", "child_knn", {}))
+        elif g == "fitspeed":
+            jobs.append((g, g, "benchmarks.run", "child_fitspeed", {}))
     return jobs
 
 
 def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None, threads: Optional[int] = None,
               out: Path = DEFAULT_OUT, verbose: bool = True, device: Optional[str] = None,
-              large_baseline: float = 0) -> dict:
-    """Run the benchmarks, write ``out`` (JSON) and return what was written."""
+              large_baseline: float = 0, merge: bool = False) -> dict:
+    """Run the benchmarks, write ``out`` (JSON) and return what was written.
+
+    ``merge``: keep the rows of ``out`` that this run does not produce (matched by name; the new rows replace
+    old ones of the same name), so that ``--only X --merge`` updates X's rows and leaves the others as measured.
+    The document's ``machine`` is then this run's; the earlier ones are listed under ``merged``."""
+    kept, merged = _previous_rows(out) if merge else ([], [])
     if device:
         os.environ["RISKDECOMP_BENCH_DEVICE"] = device  # the children inherit it (see common.bench_device)
     unknown = sorted(set(only or ()) - set(ORDER))
@@ -201,7 +219,8 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
     machine = machine_info()
     results: list = []
     for group, label, module, fn, kwargs in plan(only, quick):
-        _write(out, machine, quick, threads, budget, t0, results, complete=False)  # partial results survive a kill
+        _write(out, machine, quick, threads, budget, t0, _merged(kept, results), complete=False,
+               merged=merged)  # partial results survive a kill
         left = None if budget is None else budget - (time.perf_counter() - t0)
         if left is not None and left < 1:
             results.append(row(group if group != "featurize" else label, notes="skipped: time budget spent"))
@@ -221,19 +240,45 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
                                notes=f"failed: {res.error_line()}"))
         else:
             results.extend(normalise(group, raw, res.peak_memory_mb))
-    doc = _write(out, machine, quick, threads, budget, t0, results, complete=True)
+    doc = _write(out, machine, quick, threads, budget, t0, _merged(kept, results), complete=True, merged=merged)
     if verbose:
         print(format_table(results))
         print(f"wrote {out} ({doc['total_seconds']:.0f} s)")
     return doc
 
 
+def _previous_rows(out: Path) -> tuple:
+    """(rows, merge history) of an existing results document (none when there is no such file)."""
+    out = Path(out)
+    if not out.exists():
+        return [], []
+    try:
+        old = json.loads(out.read_text())
+        rows = list(old["results"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"run.py: error: --merge cannot read {out}: {exc}")
+    history = list(old.get("merged", [])) + [{"machine": old.get("machine"), "quick": old.get("quick"),
+                                               "total_seconds": old.get("total_seconds")}]
+    for r in rows:  # which run measured each kept row
+        r.setdefault("measured", (old.get("machine") or {}).get("date"))
+    return rows, history
+
+
+def _merged(kept: list, results: list) -> list:
+    """Old rows in their order, replaced by the new row of the same name; new rows not seen before appended."""
+    new = {r["name"]: r for r in results}
+    out = [new.pop(r["name"], r) for r in kept]
+    return out + [r for r in results if r["name"] in new]
+
+
 def _write(out: Path, machine: dict, quick: bool, threads: int, budget, t0: float, results: list,
-           complete: bool) -> dict:
+           complete: bool, merged: Optional[list] = None) -> dict:
     """Write the results document atomically (temp file + rename); return it."""
     doc = {"machine": machine, "quick": quick, "threads": threads, "budget_s": budget, "complete": complete,
            "total_seconds": round(time.perf_counter() - t0, 2), "results": results,
            "note": "timings on a shared machine are noisy; ratios are measured side by side in the same run"}
+    if merged:
+        doc["merged"] = merged  # the earlier runs whose rows were kept (each kept row names its date: measured)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
@@ -272,11 +317,13 @@ def main(argv=None) -> None:
     p.add_argument("--large-baseline", type=float, default=0, metavar="SECONDS",
                    help="also run sklearn at 50k x 2048 x 100, stopped after SECONDS (then a lower bound of the "
                         "ratio is reported); it needs far more than the 15-minute suite on 2 cores")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of --out that this run does not produce (e.g. with --only)")
     a = p.parse_args(argv)
     only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only else None
     budget = (None if a.quick else DEFAULT_BUDGET_S) if a.budget is None else (a.budget or None)
     run_suite(quick=a.quick, only=only, budget=budget, threads=a.threads, out=a.out, device=a.device,
-              large_baseline=a.large_baseline)
+              large_baseline=a.large_baseline, merge=a.merge)
 
 
 if __name__ == "__main__":
