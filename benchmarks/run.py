@@ -15,6 +15,8 @@ Benchmarks (``--only`` takes these names):
   gflops     achieved GFLOP/s of the probe fit vs a plain matmul, at both sizes (benchmarks/bench_probes.py)
   fitspeed   one LinearProbe.fit vs one sklearn LogisticRegression(lbfgs) fit at C = 1e-3..100, CPU, side by
              side, 50k x 512 x 10                                               (benchmarks/bench_probes.py)
+  torchmem   peak memory of the torch probe path (run on the CPU), chunked vs one pass, 100k x 32 x 1000
+                                                                                (benchmarks/bench_probes.py)
   knn        k-NN search vs sklearn brute force                                (benchmarks/bench_knn.py)
 
 Each benchmark runs in a fresh Python process, so ``peak_memory_mb`` (the child's ``ru_maxrss``, via ``os.wait4``)
@@ -47,7 +49,7 @@ if __package__ in (None, ""):
 from benchmarks.common import ROW_KEYS, machine_info, row, run_function, usable_cores  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
-ORDER = ("scale", "featurize", "probes", "probes_large", "gflops", "fitspeed", "knn", "e2e")
+ORDER = ("scale", "featurize", "probes", "probes_large", "gflops", "fitspeed", "torchmem", "knn", "e2e")
 DEFAULT_BUDGET_S = 870.0  # the whole suite ends within 15 minutes; what no longer fits is recorded as skipped
 DEFAULT_TARGETS = {  # used only when a benchmark module's dict states no target of its own
     "probes": ("ratio >= 10 (sklearn time / ours)", 10.0),
@@ -197,6 +199,8 @@ def plan(only, quick: bool) -> list:
             jobs.append((g, g, "benchmarks.run", "child_knn", {}))
         elif g == "fitspeed":
             jobs.append((g, g, "benchmarks.run", "child_fitspeed", {}))
+        elif g == "torchmem":
+            jobs.append((g, g, "benchmarks.bench_probes", "bench_torch_memory", {}))
     return jobs
 
 
