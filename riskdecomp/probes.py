@@ -64,8 +64,8 @@ DEFAULT_STANDARDIZE: bool = True
 
 
 #: below this many n * d * classes, ``device="auto"`` fits on the CPU: each L-BFGS iteration on a GPU costs
-#: ~20 kernel launches and a host sync (~0.3 ms), which is what 2 CPU cores need for a 4M-multiply-add fit
-#: evaluation (e.g. digits: 1,400 x 64 x 10 = 0.9M; the 50k x 512 x 10 benchmark, 256M, goes to the GPU)
+#: ~100 small kernel launches (the two-loop recursion over the ring buffer, device-side decisions: ~0.3-0.5 ms),
+#: which is what 2 CPU cores need for a 4M-multiply-add fit evaluation (e.g. digits: 1,400 x 64 x 10 = 0.9M; the 50k x 512 x 10 benchmark, 256M, goes to the GPU)
 GPU_MIN_WORK = 1 << 22
 
 
