@@ -1,7 +1,7 @@
 """Run riskdecomp's benchmark suite: print a table and write ``benchmarks/results.json``.
 
     python benchmarks/run.py [--quick] [--only NAME,...] [--budget SECONDS] [--threads N] [--out PATH]
-                             [--device auto|cpu|cuda] [--large-baseline SECONDS] [--merge]
+                             [--device auto|cpu|cuda] [--large-baseline SECONDS]
 
 Benchmarks (``--only`` takes these names):
 
@@ -28,7 +28,7 @@ two things measured side by side in the same process and run. A benchmark whose 
 
 ``results.json``: ``{"machine": {cpu_model, cores, ram_gb, torch_version, device, date, ...}, "quick", "threads",
 "total_seconds", "complete", "results": [{name, size, seconds, baseline_seconds, ratio, peak_memory_mb, target,
-met, notes}, ...]}``, rewritten after every benchmark (``complete`` is false until the end). ``--budget`` bounds the whole run (default 870 s, so the suite ends within 15 minutes): a benchmark gets the time
+met, notes}, ...]}``, rewritten after every benchmark (``complete`` is false until the end). With ``--only``, the rows of the other groups already in ``out`` are kept (each row carries its ``group`` and the date it was ``measured``). ``--budget`` bounds the whole run (default 870 s, so the suite ends within 15 minutes): a benchmark gets the time
 left, later ones are recorded as skipped.
 ``--quick`` uses tiny sizes and 1 thread (meant to finish within a minute on an idle 2-core machine).
 ``--device`` (default ``auto``: CUDA when present) is where featurization, probes and the scale runs go; it is
@@ -219,13 +219,8 @@ def plan(only, quick: bool) -> list:
 
 def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None, threads: Optional[int] = None,
               out: Path = DEFAULT_OUT, verbose: bool = True, device: Optional[str] = None,
-              large_baseline: float = 0, merge: bool = False) -> dict:
-    """Run the benchmarks, write ``out`` (JSON) and return what was written.
-
-    ``merge``: keep the rows of ``out`` that this run does not produce (matched by name; the new rows replace
-    old ones of the same name), so that ``--only X --merge`` updates X's rows and leaves the others as measured.
-    The document's ``machine`` is then this run's; the earlier ones are listed under ``merged``."""
-    kept, merged = _previous_rows(out) if merge else ([], [])
+              large_baseline: float = 0) -> dict:
+    """Run the benchmarks, write ``out`` (JSON) and return what was written."""
     if device:
         os.environ["RISKDECOMP_BENCH_DEVICE"] = device  # the children inherit it (see common.bench_device)
     unknown = sorted(set(only or ()) - set(ORDER))
@@ -235,9 +230,9 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
     t0 = time.perf_counter()
     machine = machine_info()
     results: list = []
+    kept = kept_rows(out, only, quick)
     for group, label, module, fn, kwargs in plan(only, quick):
-        _write(out, machine, quick, threads, budget, t0, _merged(kept, results), complete=False,
-               merged=merged)  # partial results survive a kill
+        _write(out, machine, quick, threads, budget, t0, results, complete=False, kept=kept)  # partial results survive a kill
         left = None if budget is None else budget - (time.perf_counter() - t0)
         if left is not None and left < 1:
             results.append(row(group if group != "featurize" else label, notes="skipped: time budget spent"))
@@ -246,7 +241,7 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
         if group == "probes_large":
             kw["large_baseline"] = large_baseline
         if group == "studycost":
-            kw["anchors"] = str(out)  # computed from the rows written so far (and kept ones with --merge)
+            kw["anchors"] = str(out)  # computed from the rows written so far (and those kept with --only)
         if group in ("scale", "e2e") and left is not None:
             kw["timeout"] = max(left - 2, 1)  # they run their own children: let them stop in time and report
         if verbose:
@@ -258,46 +253,52 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
             results.append(row(name, seconds=None, peak_memory_mb=res.peak_memory_mb,
                                notes=f"failed: {res.error_line()}"))
         else:
-            results.extend(normalise(group, raw, res.peak_memory_mb))
-    doc = _write(out, machine, quick, threads, budget, t0, _merged(kept, results), complete=True, merged=merged)
+            results.extend({**r, "group": group} for r in normalise(group, raw, res.peak_memory_mb))
+    doc = _write(out, machine, quick, threads, budget, t0, results, complete=True, kept=kept)
     if verbose:
         print(format_table(results))
         print(f"wrote {out} ({doc['total_seconds']:.0f} s)")
     return doc
 
 
-def _previous_rows(out: Path) -> tuple:
-    """(rows, merge history) of an existing results document (none when there is no such file)."""
-    out = Path(out)
-    if not out.exists():
-        return [], []
+def group_of(r: dict) -> str:
+    """The benchmark group a result row belongs to (rows written before rows carried ``group``: from the name)."""
+    if r.get("group"):
+        return r["group"]
+    name = str(r.get("name", ""))
+    if name.startswith("decomposition"):
+        return "probes_large" if "x" in name.split("decomposition", 1)[1] else "probes"
+    if name.startswith("probe_fit_gflops"):
+        return "gflops"
+    for prefix, group in (("fit_speed", "fitspeed"), ("torch_probe_memory", "torchmem"), ("study_cost", "studycost")):
+        if name.startswith(prefix):
+            return group
+    return next((g for g in ORDER if name == g or name.startswith(g + "_") or name.startswith(g + "[")), name)
+
+
+def kept_rows(out: Path, only, quick: bool) -> list:
+    """With ``--only``, the rows of ``out`` of the groups not run now (each row keeps its own ``measured`` date):
+    running one benchmark does not erase the others' measurements. A quick run never mixes with a full one."""
+    if not only or not Path(out).exists():
+        return []
     try:
-        old = json.loads(out.read_text())
-        rows = list(old["results"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(f"run.py: error: --merge cannot read {out}: {exc}")
-    history = list(old.get("merged", [])) + [{"machine": old.get("machine"), "quick": old.get("quick"),
-                                               "total_seconds": old.get("total_seconds")}]
-    for r in rows:  # which run measured each kept row
-        r.setdefault("measured", (old.get("machine") or {}).get("date"))
-    return rows, history
-
-
-def _merged(kept: list, results: list) -> list:
-    """Old rows in their order, replaced by the new row of the same name; new rows not seen before appended."""
-    new = {r["name"]: r for r in results}
-    out = [new.pop(r["name"], r) for r in kept]
-    return out + [r for r in results if r["name"] in new]
+        old = json.loads(Path(out).read_text())
+    except (OSError, ValueError):
+        return []
+    if bool(old.get("quick")) != quick:
+        return []
+    date = old.get("machine", {}).get("date")
+    return [{**r, "group": group_of(r), "measured": r.get("measured", date)} for r in old.get("results", [])
+            if group_of(r) not in only]
 
 
 def _write(out: Path, machine: dict, quick: bool, threads: int, budget, t0: float, results: list,
-           complete: bool, merged: Optional[list] = None) -> dict:
-    """Write the results document atomically (temp file + rename); return it."""
+           complete: bool, kept: tuple = ()) -> dict:
+    """Write the results document atomically (temp file + rename); return it. ``kept``: rows of other groups
+    (see :func:`kept_rows`), written before this run's."""
     doc = {"machine": machine, "quick": quick, "threads": threads, "budget_s": budget, "complete": complete,
-           "total_seconds": round(time.perf_counter() - t0, 2), "results": results,
+           "total_seconds": round(time.perf_counter() - t0, 2), "results": [*kept, *({"group": group_of(r), "measured": machine.get("date"), **r} for r in results)],
            "note": "timings on a shared machine are noisy; ratios are measured side by side in the same run"}
-    if merged:
-        doc["merged"] = merged  # the earlier runs whose rows were kept (each kept row names its date: measured)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
@@ -336,13 +337,11 @@ def main(argv=None) -> None:
     p.add_argument("--large-baseline", type=float, default=0, metavar="SECONDS",
                    help="also run sklearn at 50k x 2048 x 100, stopped after SECONDS (then a lower bound of the "
                         "ratio is reported); it needs far more than the 15-minute suite on 2 cores")
-    p.add_argument("--merge", action="store_true",
-                   help="keep the rows of --out that this run does not produce (e.g. with --only)")
     a = p.parse_args(argv)
     only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only else None
     budget = (None if a.quick else DEFAULT_BUDGET_S) if a.budget is None else (a.budget or None)
     run_suite(quick=a.quick, only=only, budget=budget, threads=a.threads, out=a.out, device=a.device,
-              large_baseline=a.large_baseline, merge=a.merge)
+              large_baseline=a.large_baseline)
 
 
 if __name__ == "__main__":

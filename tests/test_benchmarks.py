@@ -110,7 +110,7 @@ def test_gaussian_mixture_is_float32_and_learnable():
 def test_study_cost_is_computed_from_the_committed_anchors(tmp_path):
     """#16 section 4: the study's cost table is arithmetic on measured rows (the committed results JSONs, written by
     run.py), checked here against the anchors themselves; a figure without an anchor says "not measured"; and
-    ``run.py --only studycost --merge`` adds its rows to a results file without dropping any measured row."""
+    ``run.py --only studycost`` adds its rows to a results file without dropping any measured row."""
     from benchmarks.study_cost import IMAGENET_TEST, IMAGENET_TRAIN, estimate
 
     bench = ROOT / "benchmarks"
@@ -135,10 +135,33 @@ def test_study_cost_is_computed_from_the_committed_anchors(tmp_path):
     out = tmp_path / "results.json"
     out.write_text((bench / "results.json").read_text())
     before = [r["name"] for r in json.loads(out.read_text())["results"] if not r["name"].startswith("study_cost")]
-    proc = subprocess.run([sys.executable, str(bench / "run.py"), "--only", "studycost", "--merge", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(bench / "run.py"), "--only", "studycost", "--out", str(out)],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     names = [r["name"] for r in doc["results"]]
     assert [n for n in names if not n.startswith("study_cost")] == before
-    assert {"study_cost_resnet50", "study_cost_100_vit_small"} <= set(names) and doc["merged"]
+    assert {"study_cost_resnet50", "study_cost_100_vit_small"} <= set(names)
+    assert {r["group"] for r in doc["results"] if r["name"].startswith("study_cost")} == {"studycost"}
+
+
+def test_only_keeps_the_other_groups_rows(tmp_path):
+    """``--only G`` replaces the rows of G and keeps every other group's measurement (with the date it was taken)."""
+    out = tmp_path / "results.json"
+
+    def run(only):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", only,
+                               "--budget", str(BUDGET_S), "--out", str(out)], capture_output=True, text=True,
+                              timeout=BUDGET_S + 15, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(out.read_text())
+
+    first = run("knn")
+    knn = [r for r in first["results"] if r["group"] == "knn"]
+    assert knn and all(r["measured"] == first["machine"]["date"] for r in knn)
+    second = run("scale")
+    groups = {r["group"] for r in second["results"]}
+    assert groups == {"knn", "scale"}
+    assert [r for r in second["results"] if r["group"] == "knn"] == knn  # kept as measured, not rerun
+    third = run("knn")  # rerunning a group replaces its rows instead of adding a second copy
+    assert sum(r["group"] == "knn" for r in third["results"]) == len(knn)
