@@ -65,7 +65,8 @@ DEFAULT_STANDARDIZE: bool = True
 
 #: below this many n * d * classes, ``device="auto"`` fits on the CPU: each L-BFGS iteration on a GPU costs
 #: ~100 small kernel launches (the two-loop recursion over the ring buffer, device-side decisions: ~0.3-0.5 ms),
-#: which is what 2 CPU cores need for a 4M-multiply-add fit evaluation (e.g. digits: 1,400 x 64 x 10 = 0.9M; the 50k x 512 x 10 benchmark, 256M, goes to the GPU)
+#: which is what 2 CPU cores need for a 4M-multiply-add fit evaluation (e.g. digits: 1,400 x 64 x 10 = 0.9M;
+#: the 50k x 512 x 10 benchmark, 256M, goes to the GPU)
 GPU_MIN_WORK = 1 << 22
 
 
@@ -449,7 +450,7 @@ def _solve_whitened(
 
     P32, PT32 = P.astype(np.float32), np.ascontiguousarray(P.T, dtype=np.float32)
 
-    lam_floor = np.maximum(evals, 1e-6 * max(float(evals.max()), 1e-30))[:, None]
+    ev_floored = np.maximum(evals, 1e-6 * max(float(evals.max()), 1e-30))[:, None]
 
     def curvature(Pr):
         """The class factor of the data term's Hessian, mean_i (diag(p_i) - p_i p_i^T) (sigmoid: mean p(1-p)),
@@ -468,7 +469,7 @@ def _solve_whitened(
         lam / s2, so block (j, k) in A's eigenbasis has curvature (evals_j a_k + lam) / s2_j."""
         a, Q = curv
         qU = q[:dK].reshape(d, K) @ Q
-        qU = (s2[:, None] * qU / (lam_floor * a[None, :] + lam)) @ Q.T
+        qU = (s2[:, None] * qU / (ev_floored * a[None, :] + lam)) @ Q.T
         amax = max(float(a.max()), 1e-12)
         qc = ((q[dK:] @ Q) / np.maximum(a, 1e-6 * amax)) @ Q.T
         return np.concatenate([qU.ravel(), qc])
