@@ -165,3 +165,19 @@ def test_only_keeps_the_other_groups_rows(tmp_path):
     assert [r for r in second["results"] if r["group"] == "knn"] == knn  # kept as measured, not rerun
     third = run("knn")  # rerunning a group replaces its rows instead of adding a second copy
     assert sum(r["group"] == "knn" for r in third["results"]) == len(knn)
+
+
+def test_fit_speed_rows_time_both_sides_at_each_C():
+    """The fitspeed benchmark (quick size, two Cs): one row per C with both times, their ratio and both test
+    accuracies, then a summary row with the smallest ratio; the two fits are of the same model (accuracies agree)."""
+    from benchmarks.bench_probes import bench_fit_speed
+
+    rows = bench_fit_speed(quick=True, Cs=(0.01, 1.0), threads=1)
+    assert [r["name"] for r in rows] == ["fit_speed_C0.01", "fit_speed_C1", "fit_speed"]
+    for r in rows[:2]:
+        assert r["seconds"] > 0 and r["baseline_seconds"] > 0
+        assert r["ratio"] == pytest.approx(r["baseline_seconds"] / r["seconds"])
+        assert r["ours_converged"] and r["sklearn_convergence_warnings"] == 0
+        assert r["accuracy_diff_points"] <= 0.3 and r["met"] == (r["ratio"] >= 3)
+    assert rows[2]["ratio"] == min(r["ratio"] for r in rows[:2])
+    assert rows[2]["met"] == all(r["met"] for r in rows[:2])
