@@ -7,6 +7,8 @@ Benchmarks (``--only`` takes these names):
 
   featurize  images/s of ``featurize`` vs the pure forward pass (timm resnet50 and vit_small, real JPEGs), and the
              cached rerun                                                       (benchmarks/bench_featurize.py)
+  featurize_group  4 encoders sharing preprocessing, real JPEGs: one decoding pass for all (featurize_group) vs
+             one-by-one vs their forward passes alone                           (benchmarks/bench_featurize.py)
   scale      time and peak memory of ``decompose`` at N = 25k..200k, log-log slope (benchmarks/bench_scale.py)
   e2e        the README main job from an empty and from a full cache           (benchmarks/bench_e2e.py)
   probes     tuned decomposition at 50k x 512 x 10, our LinearProbe vs sklearn  (benchmarks/bench_probes.py)
@@ -20,6 +22,8 @@ is its own; benchmarks that spawn one process per size (scale, e2e) report each 
 two things measured side by side in the same process and run. A benchmark whose module is absent is recorded as
 ``missing``; one that fails or runs out of time is recorded with the reason, and the suite goes on.
 
+``--only`` over an existing ``--out`` leaves that document as it is except for the rows it measures: they replace
+the rows of the same name (or are appended), each with ``run``: the machine line, threads and time of that run.
 ``results.json``: ``{"machine": {cpu_model, cores, ram_gb, torch_version, device, date, ...}, "quick", "threads",
 "total_seconds", "complete", "results": [{name, size, seconds, baseline_seconds, ratio, peak_memory_mb, target,
 met, notes}, ...]}``, rewritten after every benchmark (``complete`` is false until the end). ``--budget`` bounds the whole run (default 870 s, so the suite ends within 15 minutes): a benchmark gets the time
@@ -45,7 +49,7 @@ if __package__ in (None, ""):
 from benchmarks.common import ROW_KEYS, machine_info, row, run_function, usable_cores  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
-ORDER = ("scale", "featurize", "probes", "probes_large", "gflops", "knn", "e2e")
+ORDER = ("scale", "featurize", "featurize_group", "probes", "probes_large", "gflops", "knn", "e2e")
 DEFAULT_BUDGET_S = 870.0  # the whole suite ends within 15 minutes; what no longer fits is recorded as skipped
 DEFAULT_TARGETS = {  # used only when a benchmark module's dict states no target of its own
     "probes": ("ratio >= 10 (sklearn time / ours)", 10.0),
@@ -72,6 +76,15 @@ def child_featurize(model: str, quick: bool, threads: int) -> list:
     from benchmarks.bench_featurize import bench_featurize, featurize_kwargs
 
     return bench_featurize(model, threads=threads, **featurize_kwargs(quick))
+
+
+def child_featurize_group(quick: bool, threads: int) -> list:
+    from benchmarks.bench_featurize import bench_featurize_group, featurize_kwargs
+
+    kw = featurize_kwargs(quick)
+    if quick:
+        kw["image_size"] = 64
+    return bench_featurize_group(threads=threads, **kw)
 
 
 def _call(fn, **kwargs):
@@ -176,6 +189,8 @@ def plan(only, quick: bool) -> list:
         if g == "featurize":
             for m in (QUICK_MODELS if quick else FULL_MODELS):
                 jobs.append((g, f"featurize[{m}]", "benchmarks.run", "child_featurize", {"model": m}))
+        elif g == "featurize_group":
+            jobs.append((g, "featurize_group4", "benchmarks.run", "child_featurize_group", {}))
         elif g == "scale":
             jobs.append((g, g, "benchmarks.bench_scale", "bench_scale", {}))
         elif g == "e2e":
@@ -200,11 +215,12 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
     t0 = time.perf_counter()
     machine = machine_info()
     results: list = []
+    earlier = _earlier_doc(out) if only else None
     for group, label, module, fn, kwargs in plan(only, quick):
-        _write(out, machine, quick, threads, budget, t0, results, complete=False)  # partial results survive a kill
+        _write(out, machine, quick, threads, budget, t0, results, complete=False, earlier=earlier)  # partial results survive a kill
         left = None if budget is None else budget - (time.perf_counter() - t0)
         if left is not None and left < 1:
-            results.append(row(group if group != "featurize" else label, notes="skipped: time budget spent"))
+            results.append(row(label if group.startswith("featurize") else group, notes="skipped: time budget spent"))
             continue
         kw = {"quick": quick, "threads": threads, **kwargs}
         if group == "probes_large":
@@ -216,24 +232,42 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
         res = run_function(module, fn, kw, timeout=left)
         raw = res.last_json() if res.returncode == 0 else None
         if raw is None:
-            name = label if group == "featurize" else group
+            name = label if group.startswith("featurize") else group
             results.append(row(name, seconds=None, peak_memory_mb=res.peak_memory_mb,
                                notes=f"failed: {res.error_line()}"))
         else:
             results.extend(normalise(group, raw, res.peak_memory_mb))
-    doc = _write(out, machine, quick, threads, budget, t0, results, complete=True)
+    doc = _write(out, machine, quick, threads, budget, t0, results, complete=True, earlier=earlier)
     if verbose:
         print(format_table(results))
         print(f"wrote {out} ({doc['total_seconds']:.0f} s)")
     return doc
 
 
+def _earlier_doc(out: Path) -> Optional[dict]:
+    """An existing results document that an ``--only`` run adds its rows to (None: none, or unreadable)."""
+    try:
+        doc = json.loads(Path(out).read_text())
+        return doc if isinstance(doc, dict) and isinstance(doc.get("results"), list) else None
+    except (OSError, ValueError):
+        return None
+
+
 def _write(out: Path, machine: dict, quick: bool, threads: int, budget, t0: float, results: list,
-           complete: bool) -> dict:
-    """Write the results document atomically (temp file + rename); return it."""
-    doc = {"machine": machine, "quick": quick, "threads": threads, "budget_s": budget, "complete": complete,
-           "total_seconds": round(time.perf_counter() - t0, 2), "results": results,
-           "note": "timings on a shared machine are noisy; ratios are measured side by side in the same run"}
+           complete: bool, earlier: Optional[dict] = None) -> dict:
+    """Write the results document atomically (temp file + rename); return it. ``earlier`` (an ``--only`` run over
+    an existing file): that document stays as it is, header included, except for the rows this run measured: each
+    replaces the earlier row of its name in place (or is appended) and carries ``run``, this run's machine line."""
+    if earlier is not None:
+        run = {"machine": machine, "quick": quick, "threads": threads, "complete": complete,
+               "total_seconds": round(time.perf_counter() - t0, 2)}
+        new = {r["name"]: {**r, "run": run} for r in results}
+        rows = [new.pop(r.get("name"), r) for r in earlier["results"]]
+        doc = {**earlier, "results": rows + list(new.values())}
+    else:
+        doc = {"machine": machine, "quick": quick, "threads": threads, "budget_s": budget, "complete": complete,
+               "total_seconds": round(time.perf_counter() - t0, 2), "results": results,
+               "note": "timings on a shared machine are noisy; ratios are measured side by side in the same run"}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")

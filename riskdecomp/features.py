@@ -7,6 +7,12 @@ misses the cache. Both files are written to a temporary name and renamed into pl
 an entry is trusted only when its sidecar exists and the checksum matches, so a killed run or a truncated file is
 never used — it is recomputed. Concurrent processes compute each entry once (a file lock per entry). Arrays are
 stored with ``allow_pickle=False`` (no pickles) and can be memory-mapped.
+
+Decode once, many encoders: :func:`featurize_group` featurizes zoo entries that share preprocessing
+(:mod:`riskdecomp.decode`) in one pass per split, writing each encoder's entry as :func:`featurize` would (which is
+a group of one). On CUDA, JPEG files are decoded on the device (:func:`riskdecomp.decode.device_plan`). A group
+holds its encoders' features of one split in memory until the pass ends (as one encoder does alone, times the
+group's size).
 """
 
 from __future__ import annotations

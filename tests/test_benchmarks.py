@@ -105,3 +105,25 @@ def test_gaussian_mixture_is_float32_and_learnable():
     assert x.dtype == np.float32 and x.shape == (1500, 32) and set(np.unique(y)) == set(range(10))
     acc = NearestCentroid().fit(x[:1000], y[:1000]).score(x[1000:], y[1000:])
     assert 0.5 < acc < 0.99  # classes overlap: neither chance nor trivially separable
+
+
+def test_an_only_run_replaces_its_own_rows_and_leaves_the_rest_of_the_file(tmp_path):
+    """`run.py --only X` over an existing results.json: the header and the other rows stay as they were; X's rows
+    replace the earlier ones of the same name, in place, with the machine line of the run that measured them."""
+    import json
+
+    from benchmarks import run
+
+    out = tmp_path / "results.json"
+    earlier = {"machine": {"date": "then"}, "total_seconds": 794.19, "complete": True,
+               "results": [{"name": "a", "seconds": 1.0}, {"name": "featurize_group4", "seconds": 9.0},
+                           {"name": "b", "seconds": 2.0}]}
+    out.write_text(json.dumps(earlier))
+    new = [{"name": "featurize_group4", "seconds": 5.0}, {"name": "c", "seconds": 3.0}]
+    run._write(out, {"date": "now"}, False, 2, None, time.perf_counter(), new, complete=True,
+               earlier=run._earlier_doc(out))
+    doc = json.loads(out.read_text())
+    assert {k: v for k, v in doc.items() if k != "results"} == {k: v for k, v in earlier.items() if k != "results"}
+    assert [r["name"] for r in doc["results"]] == ["a", "featurize_group4", "b", "c"]
+    assert doc["results"][0] == earlier["results"][0] and doc["results"][2] == earlier["results"][2]
+    assert doc["results"][1]["seconds"] == 5.0 and doc["results"][1]["run"]["machine"] == {"date": "now"}
