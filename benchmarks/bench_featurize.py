@@ -17,7 +17,10 @@ Measured for one timm model (``pretrained=False``: nothing is downloaded), same 
   first call as baseline; ``ratio`` = first / second (target >= 50). The notes also give the cached read alone
   (encoder passed).
 
-Run: ``python benchmarks/bench_featurize.py [--quick] [--model resnet50]``.
+* ``featurize_group4`` (:func:`bench_featurize_group`): four encoders that share preprocessing featurized in one
+  decoding pass (``featurize_group``) vs one by one vs their forward passes alone (target: grouped <= 1.3x forward).
+
+Run: ``python benchmarks/bench_featurize.py [--quick] [--model resnet50 | --group]``.
 """
 
 from __future__ import annotations
