@@ -107,23 +107,23 @@ def test_gaussian_mixture_is_float32_and_learnable():
     assert 0.5 < acc < 0.99  # classes overlap: neither chance nor trivially separable
 
 
-def test_an_only_run_replaces_its_own_rows_and_leaves_the_rest_of_the_file(tmp_path):
-    """`run.py --only X` over an existing results.json: the header and the other rows stay as they were; X's rows
-    replace the earlier ones of the same name, in place, with the machine line of the run that measured them."""
-    import json
-
-    from benchmarks import run
-
+def test_only_keeps_the_other_groups_rows(tmp_path):
+    """``--only G`` replaces the rows of G and keeps every other group's measurement (with the date it was taken)."""
     out = tmp_path / "results.json"
-    earlier = {"machine": {"date": "then"}, "total_seconds": 794.19, "complete": True,
-               "results": [{"name": "a", "seconds": 1.0}, {"name": "featurize_group4", "seconds": 9.0},
-                           {"name": "b", "seconds": 2.0}]}
-    out.write_text(json.dumps(earlier))
-    new = [{"name": "featurize_group4", "seconds": 5.0}, {"name": "c", "seconds": 3.0}]
-    run._write(out, {"date": "now"}, False, 2, None, time.perf_counter(), new, complete=True,
-               earlier=run._earlier_doc(out))
-    doc = json.loads(out.read_text())
-    assert {k: v for k, v in doc.items() if k != "results"} == {k: v for k, v in earlier.items() if k != "results"}
-    assert [r["name"] for r in doc["results"]] == ["a", "featurize_group4", "b", "c"]
-    assert doc["results"][0] == earlier["results"][0] and doc["results"][2] == earlier["results"][2]
-    assert doc["results"][1]["seconds"] == 5.0 and doc["results"][1]["run"]["machine"] == {"date": "now"}
+
+    def run(only):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", only,
+                               "--budget", str(BUDGET_S), "--out", str(out)], capture_output=True, text=True,
+                              timeout=BUDGET_S + 15, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(out.read_text())
+
+    first = run("knn")
+    knn = [r for r in first["results"] if r["group"] == "knn"]
+    assert knn and all(r["measured"] == first["machine"]["date"] for r in knn)
+    second = run("scale")
+    groups = {r["group"] for r in second["results"]}
+    assert groups == {"knn", "scale"}
+    assert [r for r in second["results"] if r["group"] == "knn"] == knn  # kept as measured, not rerun
+    third = run("knn")  # rerunning a group replaces its rows instead of adding a second copy
+    assert sum(r["group"] == "knn" for r in third["results"]) == len(knn)
