@@ -7,6 +7,8 @@ Benchmarks (``--only`` takes these names):
 
   featurize  images/s of ``featurize`` vs the pure forward pass (timm resnet50 and vit_small, real JPEGs), and the
              cached rerun                                                       (benchmarks/bench_featurize.py)
+  featurize_group  4 encoders sharing preprocessing, real JPEGs: one decoding pass for all (featurize_group) vs
+             one-by-one vs their forward passes alone                           (benchmarks/bench_featurize.py)
   scale      time and peak memory of ``decompose`` at N = 25k..200k, log-log slope (benchmarks/bench_scale.py)
   e2e        the README main job from an empty and from a full cache           (benchmarks/bench_e2e.py)
   probes     tuned decomposition at 50k x 512 x 10, our LinearProbe vs sklearn  (benchmarks/bench_probes.py)
@@ -51,7 +53,8 @@ if __package__ in (None, ""):
 from benchmarks.common import ROW_KEYS, machine_info, row, run_function, usable_cores  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
-ORDER = ("scale", "featurize", "probes", "probes_large", "gflops", "fitspeed", "torchmem", "knn", "e2e", "studycost")
+ORDER = ("scale", "featurize", "featurize_group", "probes", "probes_large", "gflops", "fitspeed", "torchmem", "knn",
+         "e2e", "studycost")
 #: run only when ``--only`` names them: they would not fit the 15-minute suite (fitspeed: ~10 min of sklearn fits
 #: on 2 cores; torchmem: two fits holding 100k x 1000 logits)
 OPT_IN = ("fitspeed", "torchmem")
@@ -81,6 +84,15 @@ def child_featurize(model: str, quick: bool, threads: int) -> list:
     from benchmarks.bench_featurize import bench_featurize, featurize_kwargs
 
     return bench_featurize(model, threads=threads, **featurize_kwargs(quick))
+
+
+def child_featurize_group(quick: bool, threads: int) -> list:
+    from benchmarks.bench_featurize import bench_featurize_group, featurize_kwargs
+
+    kw = featurize_kwargs(quick)
+    if quick:
+        kw["image_size"] = 64
+    return bench_featurize_group(threads=threads, **kw)
 
 
 def _call(fn, **kwargs):
@@ -200,6 +212,8 @@ def plan(only, quick: bool) -> list:
         if g == "featurize":
             for m in (QUICK_MODELS if quick else FULL_MODELS):
                 jobs.append((g, f"featurize[{m}]", "benchmarks.run", "child_featurize", {"model": m}))
+        elif g == "featurize_group":
+            jobs.append((g, "featurize_group4", "benchmarks.run", "child_featurize_group", {}))
         elif g == "scale":
             jobs.append((g, g, "benchmarks.bench_scale", "bench_scale", {}))
         elif g == "e2e":
@@ -235,7 +249,7 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
         _write(out, machine, quick, threads, budget, t0, results, complete=False, kept=kept)  # partial results survive a kill
         left = None if budget is None else budget - (time.perf_counter() - t0)
         if left is not None and left < 1:
-            results.append(row(group if group != "featurize" else label, notes="skipped: time budget spent"))
+            results.append(row(label if group.startswith("featurize") else group, notes="skipped: time budget spent"))
             continue
         kw = {"quick": quick, "threads": threads, **kwargs}
         if group == "probes_large":
@@ -249,7 +263,7 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
         res = run_function(module, fn, kw, timeout=left)
         raw = res.last_json() if res.returncode == 0 else None
         if raw is None:
-            name = label if group == "featurize" else group
+            name = label if group.startswith("featurize") else group
             results.append(row(name, seconds=None, peak_memory_mb=res.peak_memory_mb,
                                notes=f"failed: {res.error_line()}"))
         else:
@@ -270,6 +284,8 @@ def group_of(r: dict) -> str:
         return "probes_large" if "x" in name.split("decomposition", 1)[1] else "probes"
     if name.startswith("probe_fit_gflops"):
         return "gflops"
+    if name.startswith("featurize_group"):  # featurize_group4: not of featurize
+        return "featurize_group"
     for prefix, group in (("fit_speed", "fitspeed"), ("torch_probe_memory", "torchmem"), ("study_cost", "studycost")):
         if name.startswith(prefix):
             return group

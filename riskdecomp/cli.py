@@ -160,11 +160,12 @@ def _workers(v):
 @_zoo_options
 @click.option("--download", is_flag=True, help="Let torchvision download CIFAR-10 (online users).")
 def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_workers, seed, no_progress, download):
-    """Compute (or reuse) the cached features of every zoo entry on a dataset."""
+    """Compute (or reuse) the cached features of every zoo entry on a dataset. Entries that share preprocessing
+    are featurized together: each image is decoded once for all of them."""
     from .atomic import check_writable_dir
     from .datasets import load_dataset
     from .encoders import default_cache_dir
-    from .features import featurize as run
+    from .features import featurize_group
     from .runner import with_references
     from .zoo import FeaturesEntry, load_zoo
 
@@ -174,9 +175,11 @@ def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_work
     ds = None
     if any(not isinstance(e, FeaturesEntry) for e in entries):
         ds = load_dataset(dataset, download=download, seed=seed)
+    feats = featurize_group(entries, ds, cache_dir=cache, device=device, batch_size=batch_size,
+                            num_workers=_workers(num_workers), progress=not no_progress,
+                            mmap=True)  # memory-mapped: a large zoo's features are not all held in memory
     for e in entries:
-        f = run(e, ds, cache_dir=cache, device=device, batch_size=batch_size,
-                num_workers=_workers(num_workers), progress=not no_progress)
+        f = feats[e.name]
         click.echo(f"{e.name}: train {f.x_train.shape}, test {f.x_test.shape}, "
                    f"{'computed' if f.forward_passes else 'cached'}")
 

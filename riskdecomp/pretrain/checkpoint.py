@@ -172,6 +172,9 @@ def eval_transform(recipe_or_sidecar: Union[Recipe, dict, str, Path, None], nati
         return (x - mean_t) / std_t
 
     transform.input_size = size
+    # its content, for riskdecomp.decode.preprocessing_key (encoders with equal keys share one decoding pass)
+    transform.preprocessing_key = json.dumps(["riskdecomp.eval_transform", size, mean_t.flatten().tolist(),
+                                              std_t.flatten().tolist()])
     return transform
 
 
