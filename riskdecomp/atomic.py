@@ -77,6 +77,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def write_csv(df, path) -> None:
+    """A data frame as CSV, atomically: no index, ``\\n`` line ends and floats as ``%.10g`` (ten significant
+    digits: the bytes do not depend on the last bits of a float, which differ between machines and BLAS builds).
+    Every CSV riskdecomp writes goes through here."""
+    atomic_write_text(Path(path), df.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+
+
 def _roots() -> set:
     home = Path.home().resolve()
     return {Path(p).resolve() for p in (os.sep, home, home.parent)}

@@ -166,13 +166,14 @@ def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_work
     from .encoders import default_cache_dir
     from .features import featurize as run
     from .runner import with_references
-    from .zoo import FeaturesEntry, load_zoo
+    from .sources import source_of
+    from .zoo import load_zoo
 
     cache = check_writable_dir(cache_dir or default_cache_dir(), "--cache-dir")  # before any compute
     z = load_zoo(zoo_path)
     entries = [z[n] for n in with_references(z, _csv_list(models))]
     ds = None
-    if any(not isinstance(e, FeaturesEntry) for e in entries):
+    if any(source_of(e).needs_dataset for e in entries):
         ds = load_dataset(dataset, download=download, seed=seed)
     for e in entries:
         f = run(e, ds, cache_dir=cache, device=device, batch_size=batch_size,
@@ -276,7 +277,7 @@ def pretrain(recipe_path, zoo_path, model, dataset, out, device):
     from pydantic import ValidationError
 
     from .pretrain import Recipe, pretrain_to_file
-    from .zoo import RecipeEntry, _describe, load_zoo, read_yaml
+    from .zoo import _describe, load_zoo, read_yaml
 
     if bool(recipe_path) == bool(zoo_path):
         raise RiskdecompError("pretrain: give either --recipe FILE or --zoo FILE --model NAME")
@@ -290,7 +291,7 @@ def pretrain(recipe_path, zoo_path, model, dataset, out, device):
         if not model:
             raise RiskdecompError("pretrain: --zoo needs --model NAME")
         entry = load_zoo(zoo_path)[model]
-        if not isinstance(entry, RecipeEntry):
+        if not isinstance(getattr(entry, "recipe", None), Recipe):
             raise RiskdecompError(f"model {model!r}: source {entry.source!r} has no recipe to pretrain")
         recipe = entry.recipe
     path = pretrain_to_file(recipe, dataset, out, device=device)

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from .datasets import ArraySplit, ImageDataset, ImageSplit
-from .encoders import Encoder, build_encoder, entry_identity, resolve_device
+from .device import resolve_device
+from .encoders import Encoder, build_encoder, entry_identity
 from .atomic import atomic_open, atomic_write_text
 from .errors import FeatureError, RiskdecompError
-from .zoo import FeaturesEntry
+from .sources import source_of
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -241,8 +242,8 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
     """
     from filelock import FileLock
 
-    if isinstance(entry, FeaturesEntry):
-        return load_features_npz(entry)
+    if not source_of(entry).has_encoder:
+        return source_of(entry).load_features(entry)
     if dataset is None:
         raise RiskdecompError(f"model {entry.name!r}: needs a dataset")
     device = resolve_device(device)
@@ -276,7 +277,7 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
                     dataset.test.labels, list(dataset.classes), forward_passes=len(counter))
 
 
-def load_features_npz(entry: FeaturesEntry) -> Features:
+def load_features_npz(entry) -> Features:
     """Read a precomputed-features entry and check its arrays: an ``.npz`` archive (never unpickled) holding
     ``x_train``/``x_test`` (n, d) real numbers a float32 probe can honour and ``y_train``/``y_test`` (n,) integer
     class labels. Anything else is a one-line FeatureError naming the file and the array (see
