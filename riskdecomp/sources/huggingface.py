@@ -6,8 +6,8 @@ Needs ``pip install "riskdecomp[huggingface]"`` (transformers). Safe by construc
 safetensors only (``use_safetensors=True``: a folder or repository with only ``pytorch_model.bin`` is refused, never
 unpickled) and the repository's own code never runs (``trust_remote_code=False``). Loading is strict like every
 other source: a model tensor missing from the file (e.g. a ``pooler`` the checkpoint never trained, which
-transformers would silently initialize at random) is an error; ``strict: false`` tolerates it and lists it in the run
-record. Preprocessing follows the model's ``preprocessor_config.json`` (resize, center crop, normalization).
+transformers would silently initialize at random) is an error when the representation uses it; ``strict: false``
+tolerates it and lists it in the run record. Preprocessing follows the model's ``preprocessor_config.json`` (resize, center crop, normalization).
 
 Representations: ``pooled`` (the model's ``pooler_output``), ``cls`` (first token of ``last_hidden_state``),
 ``avg`` (mean of the patch tokens, after the class and register tokens), ``cls+avg``; ``4xcls`` is timm-only.
@@ -197,8 +197,11 @@ class HuggingFace(Source):
         shapes = list(info.get("mismatched_keys", []))
         if shapes:
             raise WeightsError(f"{who}: weights {where} do not fit the model (shape mismatch: {shapes[0]})")
-        if entry.strict and (missing or unexpected):
-            parts = ([f"missing {', '.join(sorted(missing)[:3])}"] if missing else []) + (
+        # a pooler only makes `pooled` (transformers builds one that e.g. DINO's ViT checkpoints lack): missing,
+        # it changes no other representation
+        needed = [k for k in missing if entry.representation == "pooled" or not k.startswith("pooler.")]
+        if entry.strict and (needed or unexpected):
+            parts = ([f"missing {', '.join(sorted(needed)[:3])}"] if needed else []) + (
                 [f"unexpected {', '.join(sorted(unexpected)[:3])}"] if unexpected else [])
             raise WeightsError(f"{who}: weights {where} do not fit the model ({'; '.join(parts)}: those tensors "
                                "would stay at their random initialization); set strict: false to load anyway")
