@@ -8,8 +8,7 @@ File shape::
                         # (riskdecomp.seeds); the leaderboard pools them into one row per model
     models:
       - name: dino_vits16                   # unique, [a-z0-9_.-]+, not starting with '.'
-        source: timm                        # a registered source (riskdecomp.sources): timm | torch_hub |
-                                            # checkpoint | features | recipe | huggingface
+        source: timm                        # a registered source: see riskdecomp.sources
         model: vit_small_patch16_224.dino   # source-specific fields...
         pretrained: true
         representation: cls                 # pooled | cls | avg | cls+avg | 4xcls
@@ -68,18 +67,6 @@ class Zoo:
     @property
     def names(self) -> list:
         return [e.name for e in self.entries]
-
-    def select(self, names) -> "Zoo":
-        """The sub-zoo of ``names`` (plus the references they need), in zoo order."""
-        if not names:
-            return self
-        wanted = set()
-        for n in names:
-            e = self[n]
-            wanted.add(n)
-            if e.reference:
-                wanted.add(e.reference)
-        return Zoo([e for e in self.entries if e.name in wanted], self.path)
 
     def expanded(self) -> dict:
         """The explicit form of the zoo: ``{'models': [...]}``, one mapping per final entry (after defaults, bases,
