@@ -227,7 +227,9 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
               backend="dask" if dask_scheduler else backend, scheduler=dask_scheduler, force=force)
     board = res.leaderboard
     if len(board):
-        cols = [c for c in ("model", "dataset", "approx", "usability", "probe_gen", "enc_gen", "agg_risk") if c in board]
+        from .schema import OUTCOMES
+
+        cols = [c for c in ("model", "dataset", *OUTCOMES) if c in board]
         click.echo(board[cols].round(2).to_string(index=False))
     report_path = None
     if report and len(board):
