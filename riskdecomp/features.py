@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from .datasets import ArraySplit, ImageDataset, ImageSplit
-from .encoders import Encoder, build_encoder, entry_identity, resolve_device
+from .device import resolve_device
+from .encoders import Encoder, build_encoder, entry_identity
 from .atomic import atomic_open, atomic_write_text
 from .errors import FeatureError, RiskdecompError
-from .zoo import FeaturesEntry
+from .sources import source_of
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -338,8 +339,8 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
     result: dict = {}
     image_entries = []
     for e in entries:
-        if isinstance(e, FeaturesEntry):
-            result[e.name] = load_features_npz(e)
+        if not source_of(e).has_encoder:
+            result[e.name] = source_of(e).load_features(e)
         elif dataset is None:
             raise RiskdecompError(f"model {e.name!r}: needs a dataset")
         else:
@@ -402,7 +403,7 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
     return {n: result[n] for n in names}
 
 
-def load_features_npz(entry: FeaturesEntry) -> Features:
+def load_features_npz(entry) -> Features:
     """Read a precomputed-features entry and check its arrays: an ``.npz`` archive (never unpickled) holding
     ``x_train``/``x_test`` (n, d) real numbers a float32 probe can honour and ``y_train``/``y_test`` (n,) integer
     class labels. Anything else is a one-line FeatureError naming the file and the array (see
