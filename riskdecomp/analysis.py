@@ -95,7 +95,10 @@ def _sizes(df: pd.DataFrame, col: str) -> pd.Series:
     n_train = pd.to_numeric(df.get("n_train"), errors="coerce")
     if col == "agg_risk":
         return n_train.astype(float)
-    k, kind = fewshot_settings(df)[col]
+    m = _SETTING_RE.match(str(col))  # from the name: a column without values (one dataset's) still has a size
+    if m is None:
+        raise ValueError(f"{col!r} is not a few-shot column (fewshot_<k>shot or fewshot_<p>pct)")
+    k, kind = float(m.group(1)), m.group(2)
     if kind == "shot":
         return k * pd.to_numeric(df.get("n_classes"), errors="coerce").astype(float)
     return np.floor(k / 100.0 * n_train.astype(float))

@@ -159,3 +159,16 @@ def test_report_from_published_table(shared_dir, tmp_path):
     pub.head(15).reset_index().to_csv(root / "leaderboard.csv", index=False)
     page = _check_page(make_report(root))
     assert {"components_imagenet", "scaling_law", "design_effects"} <= set(page.figures)
+
+
+def test_ranking_change_with_a_dataset_whose_models_lack_a_fewshot_setting(tmp_path):
+    """Two datasets in one leaderboard, the second without 10-shot values (e.g. too few examples per class): the
+    ranking-change plot is drawn for both (it used to raise KeyError: 'fewshot_10shot'). The leaderboard is the
+    main job's real output (results/), its copy renamed to a second dataset without the 10-shot column's values."""
+    from riskdecomp.report.plots import plot_ranking_change
+
+    real = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "leaderboard.csv")
+    assert real["fewshot_10shot"].notna().all()
+    other = real.assign(dataset="b", fewshot_10shot=float("nan"))
+    made = plot_ranking_change(pd.concat([real, other], ignore_index=True), tmp_path)
+    assert sorted(p.name for p, _ in made) == ["ranking_change_b.png", f"ranking_change_{real['dataset'][0]}.png"]
