@@ -239,6 +239,19 @@ _WHITENING = _WhiteningCache()
 _CENTER_ABOVE = 16.0
 
 
+def _column_mean_std(X: np.ndarray, chunk_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and population standard deviations of X in float64, summed over row chunks: ``X.mean`` /
+    ``X.std`` with ``dtype=np.float64`` each make a full float64 copy of X (2x a float32 X) for a moment."""
+    n = max(len(X), 1)
+    chunks = [slice(i, i + chunk_rows) for i in range(0, len(X), chunk_rows)]
+    mean = sum((X[c].sum(axis=0, dtype=np.float64) for c in chunks), np.zeros(X.shape[1])) / n
+    ss = np.zeros_like(mean)
+    for c in chunks:
+        dev = X[c] - mean
+        ss += np.square(dev, out=dev).sum(axis=0)
+    return mean, np.sqrt(ss / n)
+
+
 def _needs_centering(mean: np.ndarray, std: np.ndarray) -> bool:
     ratio = np.abs(mean) / np.where(std > 0, std, np.inf)
     return bool(ratio.size and float(ratio.max()) > _CENTER_ABOVE)
@@ -491,8 +504,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def _fit_cpu(self, X, y_idx, n_out, lam, prev):
         """numpy float32 BLAS, whitened coordinates, hand-written L-BFGS (see :func:`_solve_whitened`)."""
         n, d = X.shape
-        mean = X.mean(axis=0, dtype=np.float64)
-        std = X.std(axis=0, dtype=np.float64)
+        mean, std = _column_mean_std(X)
         dscale = np.where(std > 0, std, 1.0) if self.standardize else np.ones(d)
         offset = mean if _needs_centering(mean, std) else None
         if offset is None:
@@ -540,7 +552,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         else:
             scale = torch.sqrt(std * std + lam)
             pen = scale.pow(-2)
-        Xt = (Xt - mean) / scale
+        Xt = Xt.sub_(mean).div_(scale)  # in place: Xt is this fit's own device copy (dev is never the CPU here)
         if prev is not None:
             coef = torch.from_numpy(np.asarray(prev[0], dtype=np.float32)).to(dev)
             W0 = (coef * scale).T.contiguous()
