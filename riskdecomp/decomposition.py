@@ -97,42 +97,47 @@ _F32 = np.finfo(np.float32)
 CHUNK_ROWS = 4096
 
 
-def check_feature_values(x: np.ndarray, name: str, dtype=np.float32, hint: str = "rescale the features") -> None:
+def check_feature_values(x: np.ndarray, name: str, dtype=np.float32, hint: str = "rescale the features",
+                         subnormal_ok: bool = False) -> int:
     """Reject feature values that ``dtype`` (default float32, what the probes compute in) cannot honour (one-line
     FeatureError naming ``name``, ending with ``hint``): complex or non-numeric dtypes, NaN/inf, finite values
-    beyond ``dtype``'s range (they would become inf), and feature columns whose non-zero values are all subnormal
-    in ``dtype`` (they lose their precision, and a probe on them is at chance). A lone tiny value in a normal column
-    is kept (it is just ~0). Scans in row chunks (a memory-mapped file is read once, no n x d temporaries)."""
+    beyond ``dtype``'s range (they would become inf), feature columns whose non-zero values all round to 0 in
+    ``dtype``, and (unless ``subnormal_ok``) columns whose non-zero values are all subnormal in ``dtype`` (they lose
+    their precision; in float32, a probe on them is at chance). A lone tiny value in a normal column is kept (it is
+    just ~0). Returns the number of subnormal-only columns. Scans in row chunks (a memory-mapped file is read once,
+    no n x d temporaries)."""
     if np.iscomplexobj(x):
         raise FeatureError(f"{name}: features are complex numbers (dtype {x.dtype}); give real-valued features")
     if x.dtype == bool or not np.issubdtype(x.dtype, np.number):
         raise FeatureError(f"{name}: features must be real numbers, got dtype {x.dtype}")
     if not np.issubdtype(x.dtype, np.floating):
-        return  # integers: finite and (for any realistic feature) within float32 range
+        return 0  # integers: finite and (for any realistic feature) within float32 range
     info, kind = np.finfo(dtype), np.dtype(dtype).name
-    bad, big = 0, 0.0
-    nonzero = np.zeros(x.shape[1:], dtype=bool)
-    normal = np.zeros(x.shape[1:], dtype=bool)
+    bad = 0
+    colmax = np.zeros(x.shape[1:], dtype=x.dtype)  # max |x| per column
     for i in range(0, len(x), CHUNK_ROWS):
         ax = np.abs(x[i:i + CHUNK_ROWS])
         finite = np.isfinite(ax)
         if not finite.all():
             bad += int((~finite).reshape(len(ax), -1).any(axis=1).sum())
-            continue
-        if ax.size:
-            big = max(big, float(ax.max()))
-            nonzero |= (ax > 0).any(axis=0)
-            normal |= (ax >= float(info.tiny)).any(axis=0)
+        elif len(ax):
+            np.maximum(colmax, ax.max(axis=0), out=colmax)
     if bad:
         raise FeatureError(f"{name}: {bad} row(s) contain NaN or inf")
+    big = float(colmax.max()) if colmax.size else 0.0
     if big > float(info.max):
         raise FeatureError(f"{name}: values up to {big:.3g} exceed the {kind} range (|x| <= {info.max:.5g}) the "
                            f"{'probes compute' if kind == 'float32' else 'features are stored'} in; {hint}")
-    tiny = nonzero & ~normal
-    if tiny.any():
-        raise FeatureError(f"{name}: {int(tiny.sum())} feature column(s) hold only {kind}-subnormal values "
-                           f"(0 < |x| < {info.tiny:.3g}, e.g. column {int(np.argmax(tiny))}): they cannot be "
-                           f"represented at {kind} precision; {hint}")
+    lost = (colmax > 0) & (colmax.astype(dtype) == 0)
+    tiny = (colmax > 0) & (colmax < float(info.tiny))
+    if lost.any() or (tiny.any() and not subnormal_ok):
+        what = (f"round to 0 (below {kind}'s smallest subnormal)" if lost.any() else
+                f"are {kind}-subnormal (0 < |x| < {info.tiny:.3g})")
+        cols = lost if lost.any() else tiny
+        raise FeatureError(f"{name}: {int(cols.sum())} feature column(s) hold only values that {what} in {kind} "
+                           f"(e.g. column {int(np.argmax(cols))}): they cannot be represented at {kind} precision; "
+                           f"{hint}")
+    return int(tiny.sum())
 
 
 def check_features(x: np.ndarray, y: np.ndarray | None, name: str) -> tuple[np.ndarray, np.ndarray | None]:
