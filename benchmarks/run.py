@@ -24,7 +24,7 @@ two things measured side by side in the same process and run. A benchmark whose 
 
 ``results.json``: ``{"machine": {cpu_model, cores, ram_gb, torch_version, device, date, ...}, "quick", "threads",
 "total_seconds", "complete", "results": [{name, size, seconds, baseline_seconds, ratio, peak_memory_mb, target,
-met, notes}, ...]}``, rewritten after every benchmark (``complete`` is false until the end). ``--budget`` bounds the whole run (default 870 s, so the suite ends within 15 minutes): a benchmark gets the time
+met, notes}, ...]}``, rewritten after every benchmark (``complete`` is false until the end). With ``--only``, the rows of the other groups already in ``out`` are kept (each row carries its ``group`` and the date it was ``measured``). ``--budget`` bounds the whole run (default 870 s, so the suite ends within 15 minutes): a benchmark gets the time
 left, later ones are recorded as skipped.
 ``--quick`` uses tiny sizes and 1 thread (meant to finish within a minute on an idle 2-core machine).
 ``--device`` (default ``auto``: CUDA when present) is where featurization, probes and the scale runs go; it is
@@ -204,8 +204,9 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
     t0 = time.perf_counter()
     machine = machine_info()
     results: list = []
+    kept = kept_rows(out, only, quick)
     for group, label, module, fn, kwargs in plan(only, quick):
-        _write(out, machine, quick, threads, budget, t0, results, complete=False)  # partial results survive a kill
+        _write(out, machine, quick, threads, budget, t0, results, complete=False, kept=kept)  # partial results survive a kill
         left = None if budget is None else budget - (time.perf_counter() - t0)
         if left is not None and left < 1:
             results.append(row(group if group != "featurize" else label, notes="skipped: time budget spent"))
@@ -224,19 +225,48 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
             results.append(row(name, seconds=None, peak_memory_mb=res.peak_memory_mb,
                                notes=f"failed: {res.error_line()}"))
         else:
-            results.extend(normalise(group, raw, res.peak_memory_mb))
-    doc = _write(out, machine, quick, threads, budget, t0, results, complete=True)
+            results.extend({**r, "group": group} for r in normalise(group, raw, res.peak_memory_mb))
+    doc = _write(out, machine, quick, threads, budget, t0, results, complete=True, kept=kept)
     if verbose:
         print(format_table(results))
         print(f"wrote {out} ({doc['total_seconds']:.0f} s)")
     return doc
 
 
+def group_of(r: dict) -> str:
+    """The benchmark group a result row belongs to (rows written before rows carried ``group``: from the name)."""
+    if r.get("group"):
+        return r["group"]
+    name = str(r.get("name", ""))
+    if name.startswith("decomposition"):
+        return "probes_large" if "x" in name.split("decomposition", 1)[1] else "probes"
+    if name.startswith("probe_fit_gflops"):
+        return "gflops"
+    return next((g for g in ORDER if name == g or name.startswith(g + "_") or name.startswith(g + "[")), name)
+
+
+def kept_rows(out: Path, only, quick: bool) -> list:
+    """With ``--only``, the rows of ``out`` of the groups not run now (each row keeps its own ``measured`` date):
+    running one benchmark does not erase the others' measurements. A quick run never mixes with a full one."""
+    if not only or not Path(out).exists():
+        return []
+    try:
+        old = json.loads(Path(out).read_text())
+    except (OSError, ValueError):
+        return []
+    if bool(old.get("quick")) != quick:
+        return []
+    date = old.get("machine", {}).get("date")
+    return [{**r, "group": group_of(r), "measured": r.get("measured", date)} for r in old.get("results", [])
+            if group_of(r) not in only]
+
+
 def _write(out: Path, machine: dict, quick: bool, threads: int, budget, t0: float, results: list,
-           complete: bool) -> dict:
-    """Write the results document atomically (temp file + rename); return it."""
+           complete: bool, kept: tuple = ()) -> dict:
+    """Write the results document atomically (temp file + rename); return it. ``kept``: rows of other groups
+    (see :func:`kept_rows`), written before this run's."""
     doc = {"machine": machine, "quick": quick, "threads": threads, "budget_s": budget, "complete": complete,
-           "total_seconds": round(time.perf_counter() - t0, 2), "results": results,
+           "total_seconds": round(time.perf_counter() - t0, 2), "results": [*kept, *({"group": group_of(r), "measured": machine.get("date"), **r} for r in results)],
            "note": "timings on a shared machine are noisy; ratios are measured side by side in the same run"}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -178,11 +178,9 @@ def targets(
 
 
 # ----------------------------------------------------------------------------- metrics
-def _tie_mean_sorted(u: np.ndarray, t: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Rows of t in the order ``order`` (u ascending), each value replaced by the mean target of the
-    points of its row with the same u (tied points are contiguous once sorted)."""
-    us = np.take_along_axis(u, order, axis=-1)
-    ts = np.take_along_axis(t, order, axis=-1)
+def _tie_mean_sorted(us: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Rows of targets ``ts`` ordered by the score (``us``: the scores in that order, ascending), each value replaced
+    by the mean target of the points of its row with the same score (tied points are contiguous once sorted)."""
     b, n = us.shape
     new = np.ones((b, n), dtype=bool)
     new[:, 1:] = us[:, 1:] != us[:, :-1]
@@ -247,20 +245,35 @@ def kendall_tau_b_weighted(u: np.ndarray, t: np.ndarray, w: np.ndarray, block_by
         return (s / 2) / np.sqrt((n0 - _pairs_tied(w, u)) * (n0 - _pairs_tied(w, t)))
 
 
-def _metric_values(u: np.ndarray, t: np.ndarray, binary: bool) -> dict[str, np.ndarray]:
-    """All metrics but Kendall's tau for each row of (B, n) arrays u, t (vectorised)."""
+def _score_parts(u: np.ndarray) -> dict:
+    """What every metric needs of the (B, n) score rows: ranks, sort order and sorted values (computed once per
+    score, shared by all its targets)."""
+    order = np.argsort(u, axis=-1, kind="stable")
+    return {"rank": rankdata(u, axis=-1), "order": order, "sorted": np.take_along_axis(u, order, axis=-1)}
+
+
+def _target_parts(t: np.ndarray) -> dict:
+    """The same for the (B, n) target rows (computed once per target, shared by all scores)."""
+    return {"t": t, "rank": rankdata(t, axis=-1), "sorted": np.sort(t, axis=-1)}
+
+
+def _metric_values(u: np.ndarray, t: np.ndarray, binary: bool, *, _u: dict | None = None,
+                   _t: dict | None = None) -> dict[str, np.ndarray]:
+    """All metrics but Kendall's tau for each row of (B, n) arrays u, t (vectorised). ``_u`` / ``_t``: the
+    precomputed :func:`_score_parts` / :func:`_target_parts` of the same rows."""
+    pu = _u if _u is not None else _score_parts(u)
+    pt = _t if _t is not None else _target_parts(t)
     out: dict[str, np.ndarray] = {}
-    ru, rt = rankdata(u, axis=-1), rankdata(t, axis=-1)
-    out["spearman_rho"] = _pearson_rows(ru, rt)
+    ru = pu["rank"]
+    out["spearman_rho"] = _pearson_rows(ru, pt["rank"])
     n = u.shape[-1]
     if binary:
         n1 = t.sum(-1)
         with np.errstate(invalid="ignore", divide="ignore"):
             out["auroc"] = ((ru * t).sum(-1) - n1 * (n1 + 1) / 2) / (n1 * (n - n1))
-    order = np.argsort(u, axis=-1, kind="stable")
-    tm = _tie_mean_sorted(u, t, order)
+    tm = _tie_mean_sorted(pu["sorted"], np.take_along_axis(t, pu["order"], axis=-1))
     out["aurc"] = _aurc_rows(tm)
-    out["excess_aurc"] = out["aurc"] - _aurc_rows(np.sort(t, axis=-1))
+    out["excess_aurc"] = out["aurc"] - _aurc_rows(pt["sorted"])
     bins = _bins_rows(tm)
     kind = ACC_BIN if binary else MEAN_BIN
     vals = 1.0 - bins if binary else bins
@@ -278,6 +291,60 @@ def _boot_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
+def _check_pair(u: np.ndarray, t: np.ndarray) -> None:
+    if u.shape != t.shape:
+        raise FeatureError(f"score has {u.size} values but target has {t.size}")
+    if u.size < 2 * N_BINS:
+        raise FeatureError(f"need at least {2 * N_BINS} test points for the metrics, got {u.size}")
+    if not (np.isfinite(u).all() and np.isfinite(t).all()):
+        raise FeatureError("score or target contains NaN/inf")
+
+
+def _metric_tables(scores: dict, targets: dict, binary: dict, idx: np.ndarray | None) -> dict:
+    """(score, target) -> tidy (metric, value, ci_lo, ci_hi) for every pair of equally long, finite vectors, all
+    pairs on the bootstrap resamples ``idx`` (B x n indices; None: no CIs). Ranks and sort orders are computed once
+    per score and once per target (not once per pair), and each pair's Kendall tau (point + all resamples) is one
+    :func:`kendall_tau_b_weighted` call."""
+    n = len(next(iter(scores.values())))
+    w = np.ones((1, n), dtype=np.float32)
+    if idx is not None:
+        # multiplicity of each point in each resample (B x n float32: 40 MB at B = 1000, n = 10k)
+        counts = np.zeros((len(idx), n), dtype=np.float32)
+        np.add.at(counts, (np.repeat(np.arange(len(idx)), idx.shape[1]), idx.ravel()), 1.0)
+        w = np.vstack([w, counts])
+    point, boot = {}, {}
+    t_point = {tn: _target_parts(t[None]) for tn, t in targets.items()}
+    for sn, u in scores.items():
+        u_point = _score_parts(u[None])
+        for tn, t in targets.items():
+            tau = kendall_tau_b_weighted(u, t, w)
+            point[sn, tn] = {"kendall_tau": tau[:1],
+                             **_metric_values(u[None], t[None], binary[tn], _u=u_point, _t=t_point[tn])}
+            boot[sn, tn] = {"kendall_tau": [tau[1:]]}
+    for lo in range(0, 0 if idx is None else len(idx), 100):  # blocks of 100 resamples: memory ~100 n floats
+        block = idx[lo:lo + 100]
+        t_rows = {tn: t[block] for tn, t in targets.items()}
+        t_parts = {tn: _target_parts(tr) for tn, tr in t_rows.items()}
+        for sn, u in scores.items():
+            ub = u[block]
+            u_parts = _score_parts(ub)
+            for tn, tr in t_rows.items():
+                for key, val in _metric_values(ub, tr, binary[tn], _u=u_parts, _t=t_parts[tn]).items():
+                    boot[sn, tn].setdefault(key, []).append(val)
+    tables = {}
+    for pair, vals in point.items():
+        rows = []
+        for key, val in vals.items():
+            if idx is not None:
+                bv = np.concatenate(boot[pair][key])
+                lo_, hi_ = np.nanpercentile(bv, [2.5, 97.5]) if np.isfinite(bv).any() else (np.nan, np.nan)
+            else:
+                lo_ = hi_ = np.nan
+            rows.append((key, float(val[0]), float(lo_), float(hi_)))
+        tables[pair] = pd.DataFrame(rows, columns=["metric", "value", "ci_lo", "ci_hi"])
+    return tables
+
+
 def score_metrics(
     u: np.ndarray,
     target_values: np.ndarray,
@@ -285,7 +352,6 @@ def score_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     binary: bool | None = None,
-    _boot: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Tidy table (metric, value, ci_lo, ci_hi) of one uncertainty score against one target.
 
@@ -294,60 +360,49 @@ def score_metrics(
     """
     u = np.asarray(u, dtype=np.float64).ravel()
     t = np.asarray(target_values, dtype=np.float64).ravel()
-    if u.shape != t.shape:
-        raise FeatureError(f"score has {u.size} values but target has {t.size}")
-    if u.size < 2 * N_BINS:
-        raise FeatureError(f"need at least {2 * N_BINS} test points for the metrics, got {u.size}")
-    if not (np.isfinite(u).all() and np.isfinite(t).all()):
-        raise FeatureError("score or target contains NaN/inf")
+    _check_pair(u, t)
     binary = _is_binary(t) if binary is None else binary
-    point = {"kendall_tau": kendall_tau_b_weighted(u, t, np.ones((1, u.size))),
-             **_metric_values(u[None], t[None], binary)}
-    rows = []
-    if n_boot > 0:
-        idx = _boot_indices(u.size, n_boot, seed) if _boot is None else _boot
-        # multiplicity of each point in each resample (B x n float32: 40 MB at B = 1000, n = 10k)
-        counts = np.zeros((len(idx), u.size), dtype=np.float32)
-        np.add.at(counts, (np.repeat(np.arange(len(idx)), idx.shape[1]), idx.ravel()), 1.0)
-        boot = {"kendall_tau": [kendall_tau_b_weighted(u, t, counts)]}
-        for lo in range(0, len(idx), 100):  # blocks of 100 resamples keep memory at ~100 n floats
-            block = idx[lo:lo + 100]
-            for key, val in _metric_values(u[block], t[block], binary).items():
-                boot.setdefault(key, []).append(val)
-        boot = {key: np.concatenate(val) for key, val in boot.items()}
-    for key, val in point.items():
-        if n_boot > 0:
-            lo_, hi_ = np.nanpercentile(boot[key], [2.5, 97.5]) if np.isfinite(boot[key]).any() else (np.nan, np.nan)
-        else:
-            lo_ = hi_ = np.nan
-        rows.append((key, float(val[0]), float(lo_), float(hi_)))
-    return pd.DataFrame(rows, columns=["metric", "value", "ci_lo", "ci_hi"])
+    idx = _boot_indices(u.size, n_boot, seed) if n_boot > 0 else None
+    return _metric_tables({"u": u}, {"t": t}, {"t": binary}, idx)["u", "t"]
 
 
 def evaluate_scores(scores: pd.DataFrame, targets: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Every score column against every target column -> tidy (score, target, metric, value, ci_lo, ci_hi).
 
-    Rows where a score is NaN are dropped for that score (and the bootstrap is then redrawn
-    for that subset); otherwise all pairs share the same bootstrap resamples.
+    Rows where a score or target is NaN are dropped for that pair (and the bootstrap is then redrawn for that
+    subset, as :func:`score_metrics` does); the pairs without NaN share the same bootstrap resamples. A score with
+    fewer than ``2 * N_BINS`` finite values is left out.
     """
     if len(scores) != len(targets):
         raise FeatureError(f"{len(scores)} score rows but {len(targets)} target rows")
     n = len(scores)
     shared = _boot_indices(n, n_boot, seed) if n_boot > 0 else None
-    parts = []
+    t_all = {tn: targets[tn].to_numpy(dtype=np.float64) for tn in targets.columns}
+    binary = {tn: _is_binary(t[np.isfinite(t)]) for tn, t in t_all.items()}
+    full_t = {tn: t for tn, t in t_all.items() if np.isfinite(t).all()}
+    full_u, tables = {}, {}
     for s in scores.columns:
         u = scores[s].to_numpy(dtype=np.float64)
         keep = np.isfinite(u)
         if keep.sum() < 2 * N_BINS:
             continue
-        for tname in targets.columns:
-            t = targets[tname].to_numpy(dtype=np.float64)
-            ok = keep & np.isfinite(t)
-            boot = shared if ok.all() else None
-            tab = score_metrics(u[ok], t[ok], n_boot=n_boot, seed=seed, _boot=boot)
-            tab.insert(0, "target", tname)
-            tab.insert(0, "score", s)
-            parts.append(tab)
+        if keep.all():
+            full_u[s] = u
+        for tn, t in t_all.items():
+            if not (keep.all() and tn in full_t):  # NaNs in the pair: its own subset and resamples
+                tables[s, tn] = score_metrics(u[keep & np.isfinite(t)], t[keep & np.isfinite(t)], n_boot=n_boot,
+                                              seed=seed, binary=binary[tn])
+    if full_u and full_t:
+        _check_pair(next(iter(full_u.values())), next(iter(full_t.values())))
+        tables.update(_metric_tables(full_u, full_t, binary, shared))
+    parts = []
+    for s in scores.columns:  # in column order
+        for tn in targets.columns:
+            if (s, tn) in tables:
+                tab = tables[s, tn].copy()
+                tab.insert(0, "target", tn)
+                tab.insert(0, "score", s)
+                parts.append(tab)
     if not parts:
         return pd.DataFrame(columns=["score", "target", "metric", "value", "ci_lo", "ci_hi"])
     return pd.concat(parts, ignore_index=True)

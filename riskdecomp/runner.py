@@ -732,7 +732,7 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
         if redo:
             ens_records = [valid[(m, d)] for m, d, _ in current if m in full.names]
             zoo_ensembles(full, ens_records, dataset, out, cache_dir, settings)
-    res = build(out, settings=settings, computed=computed, redo_uncertainty=redo)
+    res = build(out, settings=settings, computed=computed, redo_uncertainty=redo, jobs=1 if use_dask else jobs)
     if settings.uncertainty and redo:
         _write_state(stages_path, {**stages, "uncertainty": zoo_key})
     return res
@@ -751,14 +751,14 @@ def _update_failures(out: Path, ok: list, failed: list, settings: Settings) -> N
         _write_state(path, state)
 
 
-def build(results, *, settings: Optional[Settings] = None, computed=(), redo_uncertainty: bool = True
-          ) -> EvaluationResult:
+def build(results, *, settings: Optional[Settings] = None, computed=(), redo_uncertainty: bool = True,
+          jobs: int = 1) -> EvaluationResult:
     """Rebuild every summary CSV of a results folder from its run records (``riskdecomp build --results DIR``;
     :func:`evaluate` ends with it). Uses the valid records of the folder's settings (``settings``, default: those
     in ``runs/_folder.json``); invalid records and records of other settings are left out with a warning. A summary
     that has no rows (e.g. ``uncertainty.csv`` with uncertainty off) is removed, so no file of other settings stays
     beside the others. ``computed``: (model, dataset) pairs computed by the calling run (``timings.csv``'s
-    ``reused`` column). ``redo_uncertainty=False`` keeps an existing ``uncertainty.csv``."""
+    ``reused`` column). ``redo_uncertainty=False`` keeps an existing ``uncertainty.csv``. ``jobs``: processes for the uncertainty metrics."""
     out = Path(results)
     runs = out / "runs"
     if not runs.is_dir():
@@ -801,7 +801,7 @@ def build(results, *, settings: Optional[Settings] = None, computed=(), redo_unc
                                   columns=["model", "dataset", "error_type", "error"]), False),
     }
     if settings.uncertainty and redo_uncertainty:
-        tables["uncertainty"] = (zoo_uncertainty_metrics(recs, out, settings), False)
+        tables["uncertainty"] = (zoo_uncertainty_metrics(recs, out, settings, jobs), False)
     elif settings.uncertainty:  # unchanged since it was written (evaluate checked its key)
         tables["uncertainty"] = (pd.read_csv(out / "uncertainty.csv"), False)
     else:
@@ -889,22 +889,25 @@ def zoo_ensembles(zoo: Zoo, records: list, dataset: str, out: Path, cache_dir: P
             write_csv(ps, path)
 
 
-def zoo_uncertainty_metrics(records: list, out: Path, settings: Settings) -> pd.DataFrame:
-    """Every per-sample score's metrics (``reliability.evaluate_scores``) per (model, dataset) record."""
+def _record_uncertainty(path: str, model: str, dataset: str, n_boot: int, seed: int) -> Optional[pd.DataFrame]:
+    """One record's score metrics (``reliability.evaluate_scores``) from its per-sample file."""
     from .reliability import evaluate_scores
 
-    frames = []
-    for r in records:
-        path = result_path(out, "per_sample", r["model"], r["dataset"])
-        if not path.exists():
-            continue
-        ps = pd.read_csv(path)
-        target_cols = [c for c in ("err01", "loss", "brier_ovo") if c in ps.columns]
-        score_cols = [c for c in ps.columns if c not in ("index", "y", "pred", *target_cols)]
-        res = evaluate_scores(ps[score_cols], ps[target_cols], n_boot=settings.uncertainty_boot, seed=settings.seed)
-        res.insert(0, "model", r["model"])
-        res.insert(1, "dataset", r["dataset"])
-        frames.append(res)
+    ps = pd.read_csv(path)
+    target_cols = [c for c in ("err01", "loss", "brier_ovo") if c in ps.columns]
+    score_cols = [c for c in ps.columns if c not in ("index", "y", "pred", *target_cols)]
+    res = evaluate_scores(ps[score_cols], ps[target_cols], n_boot=n_boot, seed=seed)
+    res.insert(0, "model", model)
+    res.insert(1, "dataset", dataset)
+    return res
+
+
+def zoo_uncertainty_metrics(records: list, out: Path, settings: Settings, jobs: int = 1) -> pd.DataFrame:
+    """Every per-sample score's metrics (``reliability.evaluate_scores``) per (model, dataset) record, ``jobs``
+    records at a time (the result does not depend on ``jobs``)."""
+    args = [(str(p), r["model"], r["dataset"], settings.uncertainty_boot, settings.seed) for r in records
+            if (p := result_path(out, "per_sample", r["model"], r["dataset"])).exists()]
+    frames = _parallel_map(_record_uncertainty, args, max(1, min(jobs, len(args))))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

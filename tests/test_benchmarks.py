@@ -105,3 +105,25 @@ def test_gaussian_mixture_is_float32_and_learnable():
     assert x.dtype == np.float32 and x.shape == (1500, 32) and set(np.unique(y)) == set(range(10))
     acc = NearestCentroid().fit(x[:1000], y[:1000]).score(x[1000:], y[1000:])
     assert 0.5 < acc < 0.99  # classes overlap: neither chance nor trivially separable
+
+
+def test_only_keeps_the_other_groups_rows(tmp_path):
+    """``--only G`` replaces the rows of G and keeps every other group's measurement (with the date it was taken)."""
+    out = tmp_path / "results.json"
+
+    def run(only):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", only,
+                               "--budget", str(BUDGET_S), "--out", str(out)], capture_output=True, text=True,
+                              timeout=BUDGET_S + 15, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(out.read_text())
+
+    first = run("knn")
+    knn = [r for r in first["results"] if r["group"] == "knn"]
+    assert knn and all(r["measured"] == first["machine"]["date"] for r in knn)
+    second = run("scale")
+    groups = {r["group"] for r in second["results"]}
+    assert groups == {"knn", "scale"}
+    assert [r for r in second["results"] if r["group"] == "knn"] == knn  # kept as measured, not rerun
+    third = run("knn")  # rerunning a group replaces its rows instead of adding a second copy
+    assert sum(r["group"] == "knn" for r in third["results"]) == len(knn)

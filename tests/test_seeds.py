@@ -298,3 +298,28 @@ def test_findings_paragraph_is_generated_from_the_results(seeded_run, tmp_path):
     tau = json.loads((out / "analysis" / "summary.json").read_text())["seed_ranking_stability"]["digits"]
     assert f"disjoint halves of the seeds {tau['tau_mean']:.2f}" in text
     assert subprocess.run(cmd + ["--check"], capture_output=True).returncode == 0
+
+
+def test_report_draws_seed_contrasts_and_ranking_stability_from_real_output(seeded_run, tmp_path):
+    """The report of a seeded run (real evaluate output) has the seed-contrast figure, the ranking-stability figure
+    and the significance table, whose * marks are exactly the producer's significant_* flags."""
+    import shutil
+
+    _, out = seeded_run
+    res = tmp_path / "res"
+    shutil.copytree(out, res)
+    assert run_cli("report", "--results", str(res)) == 0
+    page = (res / "report.html").read_text()
+    assert "<figure id='seed_contrasts'>" in page and "<figure id='seed_ranking_digits'>" in page
+    assert "differences over seeds:" not in page and "ranking stability:" not in page  # no skip note of theirs
+    contrasts = pd.read_csv(res / "analysis" / "baseline_contrasts.csv")
+    pairs = pd.read_csv(res / "analysis" / "controlled_pairs.csv")
+    assert len(contrasts) == 3 and len(pairs) >= 1
+    from riskdecomp.report.html import seed_contrast_rows, significance_view
+
+    view = significance_view(seed_contrast_rows(pairs, contrasts))
+    assert len(view) == len(contrasts) + len(pairs)
+    for c in ("usability", "probe_gen", "enc_gen", "agg_risk"):
+        flags = list(contrasts[f"significant_{c}"]) + list(pairs[f"significant_{c}"])
+        assert [v.endswith(" *") for v in view[c]] == flags, c
+    assert "Differences over pretraining seeds" in page and view["comparison"].iloc[0] in page

@@ -51,10 +51,16 @@ def make_report(results_dir, *, published=None, color_by: str | None = "objectiv
     made, notes = collect_plots(results_dir, plots_dir, color_by, published=published,
                                 effects=effects if effects is not None else pd.DataFrame())
     rel = [(_data_uri(Path(p)), caption, Path(p).stem) for p, caption in made]
-    tables = {
-        "Label efficiency": _read(results_dir / "label_efficiency.csv"),
-        "Controlled pairs": _read(results_dir / "analysis" / "controlled_pairs.csv"),
-    }
+    from riskdecomp.report.html import seed_contrast_rows, significance_view
+
+    pairs = _read(results_dir / "analysis" / "controlled_pairs.csv")
+    contrasts = seed_contrast_rows(pairs, _read(results_dir / "analysis" / "baseline_contrasts.csv"))
+    tables = {"Label efficiency": _read(results_dir / "label_efficiency.csv")}
+    if contrasts.empty:
+        tables["Controlled pairs"] = pairs
+    else:  # with pretraining seeds: every difference with its CI, * = significant after Holm's correction
+        tables["Differences over pretraining seeds (points; * = significant after Holm's correction, "
+               "p_Holm < 0.05)"] = significance_view(contrasts)
     unc = _read(results_dir / "uncertainty.csv")
     if unc is not None and "metric" in unc:  # the decile bins are drawn, not tabulated
         from riskdecomp.reliability import BIN_METRIC_RE

@@ -60,6 +60,42 @@ def leaderboard_view(lb: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def seed_contrast_rows(pairs: pd.DataFrame | None, contrasts: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per seed-level comparison of ``analysis/baseline_contrasts.csv`` (``model - baseline``) and
+    ``analysis/controlled_pairs.csv`` (``model_b - model_a``, the field that differs), with ``label``, ``family``
+    and the producer's ``delta_<x>``, ``_lo``, ``_hi``, ``p_holm_<x>``, ``significant_<x>`` columns as they are."""
+    parts = []
+    if contrasts is not None and not contrasts.empty and "baseline" in contrasts:
+        c = contrasts.copy()
+        c["label"] = c["model"].astype(str) + " − " + c["baseline"].astype(str)
+        c["family"] = "vs " + c["baseline"].astype(str)
+        parts.append(c)
+    if pairs is not None and not pairs.empty and "p_holm_agg_risk" in pairs and pairs["p_holm_agg_risk"].notna().any():
+        c = pairs[pairs["p_holm_agg_risk"].notna()].copy()
+        c["label"] = (c["model_b"].astype(str) + " − " + c["model_a"].astype(str) + " (" + c["field"].astype(str)
+                      + ")")
+        c["family"] = "controlled pairs"
+        parts.append(c)
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat(parts, ignore_index=True)
+
+
+def significance_view(rows: pd.DataFrame) -> pd.DataFrame:
+    """The table under the seed-contrast figure: one row per comparison (:func:`seed_contrast_rows`), per outcome
+    ``"<delta> [<lo>, <hi>]"`` with ``*`` when significant after Holm, and agg_risk's ``p_Holm``."""
+    outs = [c for c in ("usability", "probe_gen", "enc_gen", "agg_risk") if f"delta_{c}_lo" in rows]
+    view = pd.DataFrame({"comparison": rows["label"], "seeds": rows.get("n_seeds")})
+    for c in outs:
+        sig = rows[f"significant_{c}"].astype("boolean").fillna(False)
+        view[c] = [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (" *" if s else "") if np.isfinite(lo) else f"{d:+.2f}"
+                   for d, lo, hi, s in zip(rows[f"delta_{c}"].astype(float), rows[f"delta_{c}_lo"].astype(float),
+                                           rows[f"delta_{c}_hi"].astype(float), sig)]
+    if "p_holm_agg_risk" in rows:
+        view["p_Holm agg_risk"] = rows["p_holm_agg_risk"].astype(float)
+    return view
+
+
 def _summary_html(summary: dict) -> str:
     if not summary:
         return "<p class='note'>No analysis summary (no leaderboard or published table).</p>"

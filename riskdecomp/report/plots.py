@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from riskdecomp import analysis  # noqa: E402
+from riskdecomp.report.html import seed_contrast_rows  # noqa: E402
 
 COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen"]
 COMPONENT_LABELS = {"approx": "approximation", "usability": "usability", "probe_gen": "probe generalization",
@@ -401,6 +402,118 @@ def plot_active_learning(al: pd.DataFrame, out_dir: Path, name: str = "active_le
 
 
 # ----------------------------------------------------------------------------- orchestration
+# ----------------------------------------------------------------------------- pretraining seeds
+SEED_OUTCOMES = ["usability", "probe_gen", "enc_gen", "agg_risk"]  # approx: the reference's, equal within a pair
+MAX_CONTRASTS = 40
+SIGNIFICANT_COLOR, NOT_SIGNIFICANT_COLOR = "#D55E00", "#7F7F7F"  # Okabe-Ito vermillion, grey
+
+
+def plot_seed_contrasts(pairs: pd.DataFrame | None, contrasts: pd.DataFrame | None, out_dir: Path,
+                        name: str = "seed_contrasts") -> tuple[Path, str]:
+    """Forest plot of every seed-level difference (each model vs random init, each controlled pair) per component:
+    the mean difference over pretraining seeds with its 95 % t-interval; filled vermillion = significant after
+    Holm's correction (p_Holm < 0.05, one family per component and file), hollow grey = not significant."""
+    rows = seed_contrast_rows(pairs, contrasts)
+    outs = [c for c in SEED_OUTCOMES if f"delta_{c}_lo" in rows and rows[f"delta_{c}_lo"].notna().any()]
+    if rows.empty or "agg_risk" not in outs:
+        raise PlotSkipped("differences over seeds: no pretraining seeds in this zoo (analysis/baseline_contrasts.csv "
+                          "and controlled_pairs.csv have no seed CIs)")
+    shown = rows
+    if len(rows) > MAX_CONTRASTS:  # keep the most significant by agg_risk
+        shown = rows.sort_values("p_holm_agg_risk", kind="stable").head(MAX_CONTRASTS)
+        shown = rows.loc[sorted(shown.index)]
+    n = len(shown)
+    fig, axes = plt.subplots(1, len(outs), figsize=(2.9 * len(outs) + 2.6, max(3.0, 0.3 * n + 1.4)), sharey=True,
+                             squeeze=False)
+    y = np.arange(n)[::-1]
+    for ax, c in zip(axes[0], outs):
+        d, lo, hi = (pd.to_numeric(shown[k], errors="coerce").to_numpy(float)
+                     for k in (f"delta_{c}", f"delta_{c}_lo", f"delta_{c}_hi"))
+        sig = shown[f"significant_{c}"].astype("boolean").fillna(False).to_numpy(bool)
+        ax.axvline(0, color="black", lw=0.8)
+        for mask, color, face in ((~sig, NOT_SIGNIFICANT_COLOR, "white"), (sig, SIGNIFICANT_COLOR, SIGNIFICANT_COLOR)):
+            if mask.any():
+                ax.errorbar(d[mask], y[mask], xerr=[d[mask] - lo[mask], hi[mask] - d[mask]], fmt="o", ms=5,
+                            color=color, mfc=face, mec=color, ecolor=color, elinewidth=1.2, capsize=2)
+        ax.set_title(COMPONENT_LABELS.get(c, c), fontsize=9)
+        ax.set_xlabel("difference (points)")
+        fam = shown["family"].to_numpy()
+        for k in range(1, n):
+            if fam[k] != fam[k - 1]:
+                ax.axhline(y[k] + 0.5, color="#bbbbbb", lw=0.8, ls="--")
+    axes[0][0].set_yticks(y, shown["label"].tolist(), fontsize=8)
+    axes[0][0].set_ylim(-0.7, n - 0.3)
+    fig.suptitle("Differences over pretraining seeds: filled = significant after Holm's correction", fontsize=10)
+    path = _save(fig, out_dir, name)
+    n_sig = int(rows["significant_agg_risk"].astype("boolean").fillna(False).sum())
+    cut = (f" The {MAX_CONTRASTS} comparisons with the smallest Holm p-value on agg_risk of {len(rows)} are shown."
+           if len(rows) > MAX_CONTRASTS else "")
+    seeds = pd.to_numeric(rows.get("n_seeds"), errors="coerce")
+    seed_txt = f"{int(seeds.min())}-{int(seeds.max())}" if seeds.notna().any() else "n/a"
+    return path, (f"Each model minus random init (top) and each controlled pair (model b minus model a, the one design "
+                  f"field that differs), per component, in points: mean over pretraining seeds and 95 % t-interval "
+                  f"of the per-seed paired differences ({seed_txt} seeds). Filled vermillion: significant after "
+                  f"Holm's correction (p_Holm < 0.05; one family per component and per file); hollow grey: not "
+                  f"significant. {n_sig} of {len(rows)} agg_risk differences are significant. Negative = lower "
+                  f"error than the comparison model.{cut}")
+
+
+def plot_seed_ranking(per_seed: pd.DataFrame | None, splits: pd.DataFrame | None, out_dir: Path,
+                      name: str = "seed_ranking") -> list[tuple[Path, str]]:
+    """Ranking stability over pretraining seeds, per dataset: each model's agg_risk per seed (dots) and seed mean
+    (bar), sorted by the mean; and the Kendall tau between the rankings of two disjoint halves of the seeds, per
+    split (``analysis/seed_ranking_stability.csv``)."""
+    if per_seed is None or per_seed.empty or not {"base_model", "pretrain_seed", "agg_risk"} <= set(per_seed):
+        raise PlotSkipped("ranking stability: no pretraining seeds in this zoo (no leaderboard_seeds.csv)")
+    if splits is None or splits.empty or "tau" not in splits:
+        raise PlotSkipped("ranking stability: fewer than 3 models with 2 shared pretraining seeds")
+    ps = per_seed[per_seed["pretrain_seed"].notna()].copy()
+    if "dataset" not in ps:
+        ps["dataset"] = "default"
+    out = []
+    for ds, sp in list(splits.groupby("dataset", sort=True))[:MAX_DATASETS]:
+        g = ps[ps["dataset"].astype(str) == str(ds)]
+        if g.empty:
+            continue
+        order = g.groupby("base_model")["agg_risk"].mean().sort_values().index.tolist()
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.5, max(3.2, 0.28 * len(order) + 1.4)),
+                                      gridspec_kw={"width_ratios": [3, 1.2]})
+        ypos = {m: i for i, m in enumerate(order[::-1])}
+        means = g.groupby("base_model")["agg_risk"].mean()
+        ax.barh([ypos[m] for m in order], [means[m] for m in order], color="#dddddd", height=0.6)
+        seeds = sorted(g["pretrain_seed"].astype(int).unique())
+        pal = sns.color_palette("colorblind", len(seeds))
+        for s, col in zip(seeds, pal):
+            h = g[g["pretrain_seed"].astype(int) == s]
+            ax.scatter(h["agg_risk"], [ypos[m] for m in h["base_model"]], s=16, color=col, label=f"seed {s}",
+                       zorder=3)
+        ax.set_yticks(list(ypos.values()), list(ypos.keys()), fontsize=8)
+        lo = g["agg_risk"].min()
+        ax.set_xlim(max(0.0, lo - 0.1 * (g["agg_risk"].max() - lo) - 1), None)
+        ax.set_xlabel("agg_risk (%) per pretraining seed; bar = seed mean")
+        ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=min(len(seeds), 8), frameon=False,
+                  handletextpad=0.2, columnspacing=0.8)
+        taus = pd.to_numeric(sp["tau"], errors="coerce").dropna()
+        ax2.scatter(taus, np.zeros(len(taus)) + np.linspace(-0.15, 0.15, len(taus)), color="#0072B2", s=18)
+        ax2.axvline(taus.mean(), color="#0072B2", lw=1.2)
+        ax2.set_xlim(-1.05, 1.05)
+        ax2.set_ylim(-1, 1)
+        ax2.set_yticks([])
+        ax2.set_xlabel("Kendall tau between halves")
+        ax2.set_title(f"mean tau {taus.mean():.2f}", fontsize=9)
+        fig.suptitle(f"Ranking stability over pretraining seeds — {ds}", fontsize=10)
+        path = _save(fig, out_dir, f"{name}_{_slug(ds)}")
+        half = sp["seeds_a"].astype(str).str.count(r"\|").iloc[0] + 1
+        out.append((path, f"Left: each model's agg_risk for every pretraining seed (dots) and the seed mean (bar), "
+                          f"best first, on {ds}. Right: Kendall tau between the model rankings computed on two "
+                          f"disjoint halves of the seeds ({half} seed(s) each), one dot per split ({len(taus)} "
+                          f"splits); mean {taus.mean():.2f}, min {taus.min():.2f}, max {taus.max():.2f}. A tau near "
+                          f"1 means another set of seeds would give the same ranking."))
+    if not out:
+        raise PlotSkipped("ranking stability: no dataset with per-seed rows")
+    return out
+
+
 def _read(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
@@ -443,6 +556,12 @@ def collect_plots(results_dir, out_dir, color_by: str | None = "objective", *,
         if eff is None:
             eff = analysis.design_effects(lb)
         attempt(plot_design_effects, eff, out_dir)
+        per_seed = _read(results_dir / "leaderboard_seeds.csv")
+        if per_seed is not None:  # a zoo with pretraining seeds (without: nothing to draw, not a failure)
+            attempt(plot_seed_contrasts, _read(results_dir / "analysis" / "controlled_pairs.csv"),
+                    _read(results_dir / "analysis" / "baseline_contrasts.csv"), out_dir)
+            attempt(plot_seed_ranking, per_seed, _read(results_dir / "analysis" / "seed_ranking_stability.csv"),
+                    out_dir)
     unc = _read(results_dir / "uncertainty.csv")
     attempt(plot_uncertainty_metrics, unc, out_dir)
     attempt(plot_uncertainty_bins, unc, out_dir)
