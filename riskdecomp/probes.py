@@ -552,7 +552,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         else:
             scale = torch.sqrt(std * std + lam)
             pen = scale.pow(-2)
-        Xt = Xt.sub_(mean).div_(scale)  # in place: Xt is this fit's own device copy (dev is never the CPU here)
+        Xt = (Xt - mean) / scale
         if prev is not None:
             coef = torch.from_numpy(np.asarray(prev[0], dtype=np.float32)).to(dev)
             W0 = (coef * scale).T.contiguous()
