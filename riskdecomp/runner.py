@@ -338,12 +338,14 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         zoo = load_zoo(zoo_source) if isinstance(zoo_source, (str, Path)) else zoo_source
         entry = zoo[name]
         reference = zoo[entry.reference] if entry.reference else None
+        # the reference of other entries is its own reference: approx = its own train->train error, usability = 0
+        self_ref = reference is None and any(zoo[n].reference == name for n in zoo.names)
         ds = _dataset_for(entry, dataset_spec, settings.seed, ds_cache)
         dname = dataset_name(entry, ds)
         rpath = result_path(out, "runs", name, dname)
         fingerprint = ds.fingerprint if ds is not None else "npz"
         stage(name, "weights (a recipe entry is pretrained once, then cached)")
-        key = run_key(entry, reference, ds, fingerprint, settings, cache_dir, force)
+        key = run_key(entry, entry if self_ref else reference, ds, fingerprint, settings, cache_dir, force)
         meta = jsonable(_flatten_metadata(entry.metadata))
         if not force:
             rec, why = read_record(rpath, name, dname)
@@ -373,6 +375,8 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
                                       "train split")
             ref = (rf.x_train, rf.y_train)
             timings["time_reference_features"] = time.perf_counter() - t
+        elif self_ref:
+            ref = (feats.x_train, feats.y_train)
         t = time.perf_counter()
         stage(name, "augmented views")
         extras = _encoder_extras(entry, ds, cache_dir, settings)

@@ -37,7 +37,7 @@ def test_leaderboard_rows_satisfy_the_identity_with_cis_and_fewshot(full_run):
     res, out = full_run
     board = pd.read_csv(out / "leaderboard.csv")
     assert list(board["model"]) == ["sup", "good", "weak"] and set(board["dataset"]) == {"synth"}
-    ref = board[board.model != "sup"]
+    ref = board  # every row, the reference's too (it is its own reference)
     total = ref[COMPONENTS].sum(axis=1)
     np.testing.assert_allclose(total, ref["agg_risk"], rtol=0, atol=1e-7)
     np.testing.assert_allclose(ref["agg_risk"], ref["err_test"], atol=1e-7)
@@ -46,9 +46,13 @@ def test_leaderboard_rows_satisfy_the_identity_with_cis_and_fewshot(full_run):
         ok = ref[[f"{c}_lo", c, f"{c}_hi"]].dropna()
         assert (ok[f"{c}_lo"] <= ok[c] + 1e-9).all() and (ok[c] <= ok[f"{c}_hi"] + 1e-9).all()
     assert {"fewshot_1shot", "fewshot_5shot", "fewshot_10pct"} <= set(board.columns)
-    # a weaker representation has a larger aggregated risk; the reference row has no reference of its own
-    assert board.set_index("model").loc["weak", "agg_risk"] > board.set_index("model").loc["good", "agg_risk"]
-    assert bool(board.set_index("model").loc["sup", "approx_merged"]) is True
+    # a weaker representation has a larger aggregated risk; the reference is its own reference: approx = its
+    # train->train error (the approx of every entry that references it), usability = 0
+    b = board.set_index("model")
+    assert b.loc["weak", "agg_risk"] > b.loc["good", "agg_risk"]
+    assert not board["approx_merged"].any()
+    assert b.loc["sup", "approx"] == b.loc["sup", "err_train_train"] == b.loc["good", "approx"]
+    assert b.loc["sup", "usability"] == 0 and b.loc["sup", "approx_lo"] <= b.loc["sup", "approx_hi"]
     assert board.set_index("model").loc["good", "objective"] == "simclr"
     assert (out / "runs" / "good@synth.json").exists()
 
