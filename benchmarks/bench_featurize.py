@@ -17,7 +17,10 @@ Measured for one timm model (``pretrained=False``: nothing is downloaded), same 
   first call as baseline; ``ratio`` = first / second (target >= 50). The notes also give the cached read alone
   (encoder passed).
 
-Run: ``python benchmarks/bench_featurize.py [--quick] [--model resnet50]``.
+* ``featurize_group4`` (:func:`bench_featurize_group`): four encoders that share preprocessing featurized in one
+  decoding pass (``featurize_group``) vs one by one vs their forward passes alone (target: grouped <= 1.3x forward).
+
+Run: ``python benchmarks/bench_featurize.py [--quick] [--model resnet50 | --group]``.
 """
 
 from __future__ import annotations
@@ -163,6 +166,92 @@ def bench_featurize(model: str = "resnet50", n_images: int = 128, batch_size: in
         return [feat, cached]
 
 
+GROUP_MODELS = ("resnet18", "resnet34", "efficientnet_b0", "regnety_002")  # one preprocessing at image_size 224
+
+
+def bench_featurize_group(models=GROUP_MODELS, n_images: int = 128, batch_size: int = 32, image_size: int = 224,
+                          threads: int = 0, quick: bool = False) -> list:
+    """Row ``featurize_group4``: decode once, many encoders (``features.featurize_group``).
+
+    Four timm encoders (``pretrained=False``) given the same ``image_size`` -- resize + center crop to that side,
+    bicubic, ImageNet mean/std: one preprocessing key, so one group -- featurize both splits of the Imagenette
+    subset, measured side by side in this process: ``seconds`` = the group pass (one decode per image, fresh cache,
+    encoders built beforehand), ``one_by_one_seconds`` = ``featurize`` per encoder (today's way: a decode per image
+    per encoder), ``baseline_seconds`` = the four forward passes alone over the images already decoded and
+    transformed into tensors (timed before and after, averaged). ``ratio`` = grouped / forward (target <= 1.3).
+    On CUDA the group pass decodes the JPEGs on the device (``decode="auto"``)."""
+    import numpy as np
+    import torch
+
+    from riskdecomp.datasets import load_dataset
+    from riskdecomp.decode import device_plan, preprocessing_key
+    from riskdecomp.encoders import build_encoder
+    from riskdecomp.features import featurize, featurize_group
+    from riskdecomp.zoo import TimmEntry
+
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    device = bench_device()
+    name = f"featurize_group{len(models)}"
+    shared = shared_dir()
+    if shared is None or not (shared / VAL_TARBALL).is_file():
+        return [row(name, notes="skipped: shared data not found (set RISKDECOMP_SHARED)")]
+    with tempfile.TemporaryDirectory(prefix="rd-bench-group-") as tmp:
+        tmp = Path(tmp)
+        n_train = n_images // 2
+        extract_subset(shared / VAL_TARBALL, tmp / "images", n_train, n_images - n_train)
+        ds = load_dataset(f"imagefolder:{tmp / 'images'}")
+        entries = [TimmEntry(name=f"bench-{m}", source="timm", model=m, pretrained=False, representation="pooled",
+                             image_size=image_size) for m in models]
+        encoders = {e.name: build_encoder(e, device=device, progress=False) for e in entries}
+        keys = {preprocessing_key(enc.transform) for enc in encoders.values()}
+        if len(keys) != 1:
+            return [row(name, notes=f"failed: the {len(models)} encoders do not share preprocessing")]
+        cuda = device.startswith("cuda")
+        modules = []
+        for enc in encoders.values():
+            m = enc.module.to(device).eval()
+            modules.append(m.to(memory_format=torch.channels_last) if cuda else m)
+        transform = next(iter(encoders.values())).transform
+        tensors = [torch.stack([s.with_transform(transform)[i][0] for i in range(len(s))]) for s in (ds.train, ds.test)]
+        if cuda:
+            tensors = [t.to(device).contiguous(memory_format=torch.channels_last) for t in tensors]
+
+        def forward_all() -> float:
+            return sum(_forward_all(m, tensors, batch_size, device) for m in modules)
+
+        for m in modules:  # warm-up (allocator, kernels)
+            _forward_all(m, [tensors[0][:batch_size]], batch_size, device)
+        base1 = forward_all()
+        kw = dict(device=device, batch_size=batch_size, progress=False)
+        t0 = time.perf_counter()
+        grouped = featurize_group(entries, ds, cache_dir=tmp / "group", encoders=encoders, **kw)
+        grouped_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        single = {e.name: featurize(e, ds, cache_dir=tmp / "single", encoder=encoders[e.name], **kw)
+                  for e in entries}
+        single_s = time.perf_counter() - t0
+        base2 = forward_all()
+        baseline = (base1 + base2) / 2
+        same = all(np.array_equal(grouped[n].x_train, single[n].x_train) and
+                   np.array_equal(grouped[n].x_test, single[n].x_test) for n in grouped)
+        n = len(ds.train) + len(ds.test)
+        decode = "device" if device_plan(ds.train, transform, device) is not None else "pil"
+        size = (f"{len(models)} encoders x {n} JPEGs {tuple(tensors[0].shape[-2:])} bs{batch_size} threads{threads} "
+                f"{device}")
+        ratio = grouped_s / baseline
+        return [row(name, size=size, seconds=grouped_s, baseline_seconds=baseline, ratio=ratio,
+                    target="ratio <= 1.3 (grouped featurize time / the encoders' summed forward time)",
+                    met=ratio <= 1.3 and same,
+                    notes=(f"grouped {grouped_s:.2f} s, one-by-one {single_s:.2f} s ({single_s / baseline:.2f}x "
+                           f"forward), forward alone {baseline:.2f} s (before/after: {base1:.2f}/{base2:.2f} s); "
+                           f"decode={decode}; identical features grouped vs one-by-one: {same}; models: "
+                           f"{', '.join(models)}"),
+                    one_by_one_seconds=round(single_s, 4), one_by_one_ratio=round(single_s / baseline, 4),
+                    identical=same, decode=decode, models=list(models))]
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -171,7 +260,11 @@ def main(argv=None) -> None:
     p.add_argument("--model", action="append", help="timm architecture (repeatable)")
     p.add_argument("--n-images", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--group", action="store_true", help="the 4-encoder group row instead (bench_featurize_group)")
     a = p.parse_args(argv)
+    if a.group:
+        print(json.dumps(bench_featurize_group(**featurize_kwargs(a.quick, a.n_images, a.batch_size)), indent=1))
+        return
     models = a.model or (QUICK_MODELS if a.quick else FULL_MODELS)
     rows = []
     for m in models:

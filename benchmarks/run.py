@@ -7,6 +7,8 @@ Benchmarks (``--only`` takes these names):
 
   featurize  images/s of ``featurize`` vs the pure forward pass (timm resnet50 and vit_small, real JPEGs), and the
              cached rerun                                                       (benchmarks/bench_featurize.py)
+  featurize_group  4 encoders sharing preprocessing, real JPEGs: one decoding pass for all (featurize_group) vs
+             one-by-one vs their forward passes alone                           (benchmarks/bench_featurize.py)
   scale      time and peak memory of ``decompose`` at N = 25k..200k, log-log slope (benchmarks/bench_scale.py)
   memory     peak memory of ``decompose`` at 50k x 512 x 10 on cached features: float32 in memory vs float16
              memory-mapped (the default cache)                               (benchmarks/bench_memory.py)
@@ -47,7 +49,7 @@ if __package__ in (None, ""):
 from benchmarks.common import ROW_KEYS, machine_info, row, run_function, usable_cores  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
-ORDER = ("scale", "memory", "featurize", "probes", "probes_large", "gflops", "knn", "e2e")
+ORDER = ("scale", "memory", "featurize", "featurize_group", "probes", "probes_large", "gflops", "knn", "e2e")
 DEFAULT_BUDGET_S = 870.0  # the whole suite ends within 15 minutes; what no longer fits is recorded as skipped
 DEFAULT_TARGETS = {  # used only when a benchmark module's dict states no target of its own
     "probes": ("ratio >= 10 (sklearn time / ours)", 10.0),
@@ -74,6 +76,15 @@ def child_featurize(model: str, quick: bool, threads: int) -> list:
     from benchmarks.bench_featurize import bench_featurize, featurize_kwargs
 
     return bench_featurize(model, threads=threads, **featurize_kwargs(quick))
+
+
+def child_featurize_group(quick: bool, threads: int) -> list:
+    from benchmarks.bench_featurize import bench_featurize_group, featurize_kwargs
+
+    kw = featurize_kwargs(quick)
+    if quick:
+        kw["image_size"] = 64
+    return bench_featurize_group(threads=threads, **kw)
 
 
 def _call(fn, **kwargs):
@@ -178,6 +189,8 @@ def plan(only, quick: bool) -> list:
         if g == "featurize":
             for m in (QUICK_MODELS if quick else FULL_MODELS):
                 jobs.append((g, f"featurize[{m}]", "benchmarks.run", "child_featurize", {"model": m}))
+        elif g == "featurize_group":
+            jobs.append((g, "featurize_group4", "benchmarks.run", "child_featurize_group", {}))
         elif g == "scale":
             jobs.append((g, g, "benchmarks.bench_scale", "bench_scale", {}))
         elif g == "e2e":
@@ -209,7 +222,7 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
         _write(out, machine, quick, threads, budget, t0, results, complete=False, kept=kept)  # partial results survive a kill
         left = None if budget is None else budget - (time.perf_counter() - t0)
         if left is not None and left < 1:
-            results.append(row(group if group != "featurize" else label, notes="skipped: time budget spent"))
+            results.append(row(label if group.startswith("featurize") else group, notes="skipped: time budget spent"))
             continue
         kw = {"quick": quick, "threads": threads, **kwargs}
         if group == "probes_large":
@@ -221,7 +234,7 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
         res = run_function(module, fn, kw, timeout=left)
         raw = res.last_json() if res.returncode == 0 else None
         if raw is None:
-            name = label if group == "featurize" else group
+            name = label if group.startswith("featurize") else group
             results.append(row(name, seconds=None, peak_memory_mb=res.peak_memory_mb,
                                notes=f"failed: {res.error_line()}"))
         else:
@@ -242,6 +255,8 @@ def group_of(r: dict) -> str:
         return "probes_large" if "x" in name.split("decomposition", 1)[1] else "probes"
     if name.startswith("probe_fit_gflops"):
         return "gflops"
+    if name.startswith("featurize_group"):  # featurize_group4: not of featurize
+        return "featurize_group"
     return next((g for g in ORDER if name == g or name.startswith(g + "_") or name.startswith(g + "[")), name)
 
 

@@ -33,19 +33,13 @@ ACQUISITIONS = ("random", "least_confidence", "entropy", "margin", "density", "c
 
 
 def _default_probe_factory(C: float = 1.0, max_iter: int = 100) -> Callable[[], object]:
-    """Warm-started LinearProbe(C, max_iter) if riskdecomp.probes exists, else sklearn's LogisticRegression.
+    """Warm-started LinearProbe(C, max_iter).
 
     One probe object serves a whole (acquisition, seed) run and is refitted each round, so
     warm starts carry the previous round's weights."""
-    try:
-        from .probes import LinearProbe
-    except ImportError:
-        LinearProbe = None
-    if LinearProbe is not None:
-        return lambda: LinearProbe(C=C, max_iter=max_iter, warm_start=True)
-    from sklearn.linear_model import LogisticRegression
+    from .probes import LinearProbe
 
-    return lambda: LogisticRegression(C=C, max_iter=max_iter, warm_start=True)
+    return lambda: LinearProbe(C=C, max_iter=max_iter, warm_start=True)
 
 
 def seed_set(y: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:

@@ -24,10 +24,9 @@ import pandas as pd
 from scipy import optimize, stats
 
 from .atomic import atomic_write_text as _atomic_write_text
-from .atomic import jsonable
+from .atomic import jsonable, write_csv
+from .schema import COMPONENTS, OUTCOMES
 
-COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen"]
-OUTCOMES = COMPONENTS + ["agg_risk"]
 
 #: Treatments analysed by default (those present in the table are used).
 DEFAULT_TREATMENTS = [
@@ -100,10 +99,6 @@ def _sizes(df: pd.DataFrame, col: str) -> pd.Series:
     if kind == "shot":
         return k * pd.to_numeric(df.get("n_classes"), errors="coerce").astype(float)
     return np.floor(k / 100.0 * n_train.astype(float))
-
-
-def _atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
-    _atomic_write_text(path, df.to_csv(index=False))
 
 
 # ----------------------------------------------------------------------------- summary
@@ -207,7 +202,7 @@ def scaling_law_predict(A, U, P, E, N, n, alpha: float, B: float) -> np.ndarray:
 
 def _scaling_long(t: pd.DataFrame) -> pd.DataFrame:
     settings = ["agg_risk"] + list(fewshot_settings(t))
-    need = COMPONENTS + ["n_train", "n_sub"]
+    need = [*COMPONENTS, "n_train", "n_sub"]
     if any(c not in t for c in need):
         return pd.DataFrame()
     rows = []
@@ -707,19 +702,19 @@ def analyze(leaderboard=None, published=None, out_dir=None, seeds=None) -> dict:
         summary["per_source"] = summaries
     contrasts = baseline_contrasts(sources["ours"], seed_table) if "ours" in sources else pd.DataFrame()
     if len(contrasts):
-        _atomic_write_csv(contrasts, out_dir / "baseline_contrasts.csv")
+        write_csv(contrasts, out_dir / "baseline_contrasts.csv")
     else:
         (out_dir / "baseline_contrasts.csv").unlink(missing_ok=True)
     stability, splits = seed_ranking_stability(seed_table)
     if stability:
         summary["seed_ranking_stability"] = stability
-        _atomic_write_csv(splits, out_dir / "seed_ranking_stability.csv")
+        write_csv(splits, out_dir / "seed_ranking_stability.csv")
     else:
         (out_dir / "seed_ranking_stability.csv").unlink(missing_ok=True)  # not left over from a seeded run
     _atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), indent=2, sort_keys=False))
-    _atomic_write_csv(pd.concat(effects, ignore_index=True), out_dir / "design_effects.csv")
-    _atomic_write_csv(pd.concat(pairs, ignore_index=True), out_dir / "controlled_pairs.csv")
-    _atomic_write_csv(pd.concat(moves, ignore_index=True), out_dir / "ranking_moves.csv")
+    write_csv(pd.concat(effects, ignore_index=True), out_dir / "design_effects.csv")
+    write_csv(pd.concat(pairs, ignore_index=True), out_dir / "controlled_pairs.csv")
+    write_csv(pd.concat(moves, ignore_index=True), out_dir / "ranking_moves.csv")
     if preds:
-        _atomic_write_csv(pd.concat(preds, ignore_index=True), out_dir / "scaling_predictions.csv")
+        write_csv(pd.concat(preds, ignore_index=True), out_dir / "scaling_predictions.csv")
     return summary

@@ -77,6 +77,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def write_csv(df, path) -> None:
+    """A data frame as CSV, atomically: no index, ``\\n`` line ends and floats as ``%.10g`` (ten significant
+    digits: the bytes do not depend on the last bits of a float, which differ between machines and BLAS builds),
+    also in a column of plain numbers that pandas holds as objects (e.g. after concatenating frames with None).
+    Every CSV riskdecomp writes goes through here."""
+    def numbers(col) -> bool:
+        vals = col.dropna()
+        return len(vals) > 0 and all(isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+                                     for v in vals)
+
+    mixed = [c for c in df.columns if df[c].dtype == object and numbers(df[c])]
+    if mixed:
+        df = df.copy()
+        for c in mixed:
+            df[c] = df[c].astype(float)
+    atomic_write_text(Path(path), df.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+
+
 def _roots() -> set:
     home = Path.home().resolve()
     return {Path(p).resolve() for p in (os.sep, home, home.parent)}

@@ -165,23 +165,27 @@ def _workers(v):
 @click.option("--download", is_flag=True, help="Let torchvision download CIFAR-10 (online users).")
 def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_workers, seed, no_progress, feature_dtype,
               download):
-    """Compute (or reuse) the cached features of every zoo entry on a dataset."""
+    """Compute (or reuse) the cached features of every zoo entry on a dataset. Entries that share preprocessing
+    are featurized together: each image is decoded once for all of them."""
     from .atomic import check_writable_dir
     from .datasets import load_dataset
     from .encoders import default_cache_dir
-    from .features import featurize as run
+    from .features import featurize_group
     from .runner import with_references
-    from .zoo import FeaturesEntry, load_zoo
+    from .sources import source_of
+    from .zoo import load_zoo
 
     cache = check_writable_dir(cache_dir or default_cache_dir(), "--cache-dir")  # before any compute
     z = load_zoo(zoo_path)
     entries = [z[n] for n in with_references(z, _csv_list(models))]
     ds = None
-    if any(not isinstance(e, FeaturesEntry) for e in entries):
+    if any(source_of(e).needs_dataset for e in entries):
         ds = load_dataset(dataset, download=download, seed=seed)
+    feats = featurize_group(entries, ds, cache_dir=cache, device=device, batch_size=batch_size,
+                            num_workers=_workers(num_workers), progress=not no_progress, dtype=feature_dtype,
+                            mmap=True)  # memory-mapped: a large zoo's features are not all held in memory
     for e in entries:
-        f = run(e, ds, cache_dir=cache, device=device, batch_size=batch_size,
-                num_workers=_workers(num_workers), progress=not no_progress, dtype=feature_dtype)
+        f = feats[e.name]
         click.echo(f"{e.name}: train {f.x_train.shape}, test {f.x_test.shape}, "
                    f"{'computed' if f.forward_passes else 'cached'}")
 
@@ -232,7 +236,9 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
               backend="dask" if dask_scheduler else backend, scheduler=dask_scheduler, force=force)
     board = res.leaderboard
     if len(board):
-        cols = [c for c in ("model", "dataset", "approx", "usability", "probe_gen", "enc_gen", "agg_risk") if c in board]
+        from .schema import OUTCOMES
+
+        cols = [c for c in ("model", "dataset", *OUTCOMES) if c in board]
         click.echo(board[cols].round(2).to_string(index=False))
     report_path = None
     if report and len(board):
@@ -282,7 +288,7 @@ def pretrain(recipe_path, zoo_path, model, dataset, out, device):
     from pydantic import ValidationError
 
     from .pretrain import Recipe, pretrain_to_file
-    from .zoo import RecipeEntry, _describe, load_zoo, read_yaml
+    from .zoo import _describe, load_zoo, read_yaml
 
     if bool(recipe_path) == bool(zoo_path):
         raise RiskdecompError("pretrain: give either --recipe FILE or --zoo FILE --model NAME")
@@ -296,7 +302,7 @@ def pretrain(recipe_path, zoo_path, model, dataset, out, device):
         if not model:
             raise RiskdecompError("pretrain: --zoo needs --model NAME")
         entry = load_zoo(zoo_path)[model]
-        if not isinstance(entry, RecipeEntry):
+        if not isinstance(getattr(entry, "recipe", None), Recipe):
             raise RiskdecompError(f"model {model!r}: source {entry.source!r} has no recipe to pretrain")
         recipe = entry.recipe
     path = pretrain_to_file(recipe, dataset, out, device=device)

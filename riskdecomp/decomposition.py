@@ -62,11 +62,10 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from riskdecomp.errors import FeatureError, RiskdecompError
+from riskdecomp.schema import ALT_COMPONENTS, COMPONENTS
 from riskdecomp.probes import (DEFAULT_STANDARDIZE, LinearProbe, PathFitter, _as_grid, fit_path, refit_from,
                                stratified_split)
 
-COMPONENTS = ("approx", "usability", "probe_gen", "enc_gen")
-ALT_COMPONENTS = ("probe_gen_alt", "enc_gen_alt")
 RAW_ERRORS = ("err_train_train", "err_heldout", "err_test", "err_ref_train_train", "err_sub_test")
 HOLDOUTS = ("auto", "crossfit", "single")
 #: ``holdout="auto"`` cross-fits below this many train points and holds out one S above. Below it one S of

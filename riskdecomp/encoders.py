@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from .errors import RiskdecompError, WeightsError
-from .zoo import CheckpointEntry, RecipeEntry, TimmEntry, TorchHubEntry, file_sha256  # noqa: F401 (re-exported)
+from .sources import source_of
+from .sources.base import file_sha256  # noqa: F401 (re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -183,14 +184,6 @@ def load_weights(model: nn.Module, sd: dict, who: str, path, arch: str, strict: 
     return {"missing": missing, "unexpected": unexpected}
 
 
-def _own_backbones():
-    try:
-        from .pretrain import backbones
-    except ImportError:  # pragma: no cover
-        return None
-    return backbones
-
-
 def _create_timm(arch: str, who: str, kwargs: dict, pretrained: bool = False, img_size: Optional[int] = None):
     """``timm.create_model`` without a classifier; unknown names and timm's own load errors become one line.
 
@@ -250,163 +243,39 @@ def _load_timm_file(model: nn.Module, path, who: str, arch: str, strict: bool) -
     return load_weights(model, _drop_classifier(model, sd), who, path, arch, strict)
 
 
-def _build_timm(entry: TimmEntry):
-    who = f"model {entry.name!r}"
-    ignored = {"missing": [], "unexpected": []}
-    if entry.weights is not None:
-        if not Path(entry.weights).is_file():
-            raise WeightsError(f"{who}: weights file {entry.weights} not found")
-        if Path(entry.weights).suffix not in (".safetensors", ".pt", ".pth", ".bin"):
-            raise WeightsError(f"{who}: weights {entry.weights}: expected .safetensors or a weights-only .pt/.pth")
-        model = _create_timm(entry.model, who, dict(entry.model_kwargs), img_size=_image_size(entry, who))
-        ignored = _load_timm_file(model, entry.weights, who, entry.model, entry.strict)
-    else:
-        model = _create_timm(entry.model, who, dict(entry.model_kwargs), pretrained=bool(entry.pretrained),
-                             img_size=_image_size(entry, who))
-    transform = _timm_transform(model, _image_size(entry, who))
-    return Representation(model, entry.representation, who), transform, ignored
-
-
-def _build_hub(entry: TorchHubEntry):
-    who = f"model {entry.name!r}"
-    try:
-        model = torch.hub.load(entry.repo, entry.entrypoint, trust_repo=True, **entry.kwargs)
-    except Exception as exc:
-        raise RiskdecompError(f"{who}: torch.hub.load({entry.repo!r}, {entry.entrypoint!r}) failed: "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    if entry.representation == "pooled" and isinstance(getattr(model, "fc", None), nn.Linear):
-        model.fc = nn.Identity()  # torchvision-style ResNets from SSL repos keep a (random) classifier: drop it
-    if entry.representation != "pooled":
-        model = Representation(model, entry.representation, who)
-    return model, _imagenet_transform()
-
-
-def _build_checkpoint(entry: CheckpointEntry, dataset):
-    who = f"model {entry.name!r}"
-    ignored = {"missing": [], "unexpected": []}
-    own = _own_backbones()
-    if own is not None and entry.architecture in getattr(own, "BACKBONES", ()):
-        from .pretrain import eval_transform, load_checkpoint
-        from .pretrain.checkpoint import sidecar_path
-
-        if entry.representation != "pooled":
-            raise RiskdecompError(f"{who}: representation {entry.representation!r}: "
-                                  f"{entry.architecture} gives a pooled vector only")
-        native = _native_size(dataset) or 32
-        if sidecar_path(entry.weights).is_file():
-            # a riskdecomp-pretrained checkpoint: its sidecar knows the input size, normalization, stochastic head
-            model, _recipe = load_checkpoint(entry.weights)
-            transform = eval_transform(entry.weights, native, size=entry.image_size)
-        else:
-            model = own.create_backbone(entry.architecture, **entry.model_kwargs)
-            ignored = load_weights(model, load_state_dict(entry.weights, who), who, entry.weights,
-                                   entry.architecture, entry.strict)
-            transform = eval_transform(None, native, size=entry.image_size)
-        rep = model
-    else:
-        try:
-            model = _create_timm(entry.architecture, who, dict(entry.model_kwargs), img_size=_image_size(entry, who))
-        except RiskdecompError as exc:
-            if "unknown timm architecture" in str(exc):
-                raise RiskdecompError(f"{who}: unknown architecture {entry.architecture!r} "
-                                      "(neither a timm model nor one of riskdecomp's backbones)") from None
-            raise
-        ignored = _load_timm_file(model, entry.weights, who, entry.architecture, entry.strict)
-        transform = _timm_transform(model, _image_size(entry, who))
-        rep = Representation(model, entry.representation, who)
-    return rep, transform, ignored
-
-
-def _recipe_checkpoint(entry: RecipeEntry, dataset, cache_dir, device, progress, force) -> Path:
-    from . import pretrain
-
-    if dataset is None:
-        raise RiskdecompError(f"model {entry.name!r}: a recipe entry needs a dataset to pretrain on")
-    return pretrain.pretrained_checkpoint(entry.recipe, dataset, Path(cache_dir or default_cache_dir()),
-                                          device=device, progress=progress, force=force)
-
-
-def _build_recipe(path: Path, dataset, image_size: Optional[int]):
-    from . import pretrain
-
-    encoder, recipe = pretrain.load_checkpoint(path)
-    transform = pretrain.eval_transform(recipe, _native_size(dataset) or 32, size=image_size)
-    return encoder, transform, {"missing": [], "unexpected": []}
-
-
 def build_encoder(entry, *, dataset=None, cache_dir=None, device: str = "cpu", progress: bool = True,
                   force: bool = False) -> Encoder:
-    """Build the frozen encoder of a zoo entry (``features`` entries have none: see :mod:`riskdecomp.features`).
-    ``force``: a recipe entry is pretrained again even when its checkpoint is cached (once per process)."""
-    ignored, sha = {"missing": [], "unexpected": []}, None
-    if isinstance(entry, TimmEntry):
-        module, transform, ignored = _build_timm(entry)
-    elif isinstance(entry, TorchHubEntry):
-        module, transform = _build_hub(entry)
-    elif isinstance(entry, CheckpointEntry):
-        module, transform, ignored = _build_checkpoint(entry, dataset)
-    elif isinstance(entry, RecipeEntry):
-        path = _recipe_checkpoint(entry, dataset, cache_dir, device, progress, force)
-        module, transform, ignored = _build_recipe(path, dataset, entry.image_size)
-        sha = _checkpoint_sha256(path)
-    else:
+    """Build the frozen encoder of a zoo entry through its source (:mod:`riskdecomp.sources`; ``features``
+    entries have none: see :mod:`riskdecomp.features`). ``force``: a recipe entry is pretrained again even when
+    its checkpoint is cached (once per process)."""
+    src = source_of(entry)
+    if not src.has_encoder:
         raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder to build")
+    kw = dict(cache_dir=cache_dir, device=device, progress=progress, force=force)
+    module, transform, ignored, sha = src.build(entry, dataset, **kw)
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    sha = sha or _file_weights_sha256(entry)
+    sha = sha or src.weights_sha256(entry, dataset, **kw)
     size, native = getattr(transform, "input_size", None), _native_size(dataset)
-    return Encoder(entry.name, module, transform, _identity(entry, dataset, sha), ignored_keys=ignored,
+    return Encoder(entry.name, module, transform, src.identity(entry, dataset, sha), ignored_keys=ignored,
                    weights_sha256=sha, input_size=size,
                    upscaled=None if size is None or native is None else size > native)
-
-
-def _file_weights_sha256(entry) -> Optional[str]:
-    weights = getattr(entry, "weights", None)
-    if weights is None:
-        return None
-    if not Path(weights).is_file():
-        raise WeightsError(f"model {entry.name!r}: weights file {weights} not found")
-    return file_sha256(weights)
-
-
-def _checkpoint_sha256(path: Path) -> str:
-    """The weights checksum a (verified) recipe checkpoint's sidecar records."""
-    from .pretrain.checkpoint import read_sidecar
-
-    return read_sidecar(path)["sha256"]
 
 
 def entry_identity(entry, dataset=None, *, cache_dir=None, device: str = "cpu", progress: bool = False,
                    force: bool = False) -> str:
     """What determines an entry's features, without building the model (a fully cached rerun builds nothing):
-    source, architecture, the SHA-256 of the weights used (file entries: the file; recipe entries: the cached
-    checkpoint, pretrained first when it is not in ``cache_dir`` -- with ``force``, pretrained again), the hub tag
-    or random init, representation, options, and the library version that defines the preprocessing. Part of the
-    feature-cache key and of the run key, so both change when the weights do."""
-    if isinstance(entry, RecipeEntry):
-        sha = _checkpoint_sha256(_recipe_checkpoint(entry, dataset, cache_dir, device, progress, force))
-    else:
-        sha = _file_weights_sha256(entry)
-    return _identity(entry, dataset, sha)
-
-
-def _identity(entry, dataset, sha: Optional[str]) -> str:
-    import timm
-
-    rep, tv = entry.representation, f"timm{timm.__version__}"
-    if getattr(entry, "image_size", None):
-        rep = f"{rep}|size{entry.image_size}"
-    if isinstance(entry, TimmEntry):
-        w = f"file:{sha}" if sha else (f"hub:{entry.model}" if entry.pretrained else "random-init")
-        return f"timm|{entry.model}|{w}|{rep}|{sorted(entry.model_kwargs.items())}|{tv}"
-    if isinstance(entry, TorchHubEntry):
-        return f"hub|{entry.repo}|{entry.entrypoint}|{sorted(entry.kwargs.items())}|{rep}|imagenet224"
-    if isinstance(entry, CheckpointEntry):
-        return f"ckpt|{entry.architecture}|{sha}|{rep}|{sorted(entry.model_kwargs.items())}|{tv}"
-    if isinstance(entry, RecipeEntry):
-        return f"recipe|{entry.recipe.key()}|{dataset.fingerprint}|{sha}|{rep}"
-    raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder")
+    its source's :meth:`~riskdecomp.sources.base.Source.identity` of the SHA-256 of the weights used (file entries:
+    the file; recipe entries: the cached checkpoint, pretrained first when it is not in ``cache_dir`` -- with
+    ``force``, pretrained again), architecture, hub tag or random init, representation, options, and the library
+    version that defines the preprocessing. Part of the feature-cache key and of the run key, so both change when
+    the weights do."""
+    src = source_of(entry)
+    if not src.has_encoder:
+        raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder")
+    sha = src.weights_sha256(entry, dataset, cache_dir=cache_dir, device=device, progress=progress, force=force)
+    return src.identity(entry, dataset, sha)
 
 
 def default_cache_dir() -> Path:
@@ -414,15 +283,3 @@ def default_cache_dir() -> Path:
     import os
 
     return Path(os.environ.get("RISKDECOMP_CACHE", Path.home() / ".cache" / "riskdecomp")).expanduser()
-
-
-def resolve_device(device: Optional[str] = "auto") -> str:
-    """``auto`` picks cuda > mps > cpu."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return "mps"
-        return "cpu"
-    return device

@@ -14,6 +14,12 @@ move a tuned linear probe's errors by far less than their bootstrap CIs (tested:
 decomposition number of a real encoder). Features float16 cannot hold (beyond +-65504, or a column whose
 values would all round to 0) are a FeatureError naming the model, never stored as inf or 0; a column of only
 float16-subnormal values (< 6.1e-5) is stored with fewer digits, with a warning. float32 is opt-in.
+
+Decode once, many encoders: :func:`featurize_group` featurizes zoo entries that share preprocessing
+(:mod:`riskdecomp.decode`) in one pass per split, writing each encoder's entry as :func:`featurize` would (which is
+a group of one). On CUDA, JPEG files are decoded on the device (:func:`riskdecomp.decode.device_plan`). A group
+holds its encoders' features of one split in memory until the pass ends (as one encoder does alone, times the
+group's size).
 """
 
 from __future__ import annotations
@@ -24,16 +30,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from .datasets import ArraySplit, ImageDataset, ImageSplit
-from .encoders import Encoder, build_encoder, entry_identity, resolve_device
+from .device import resolve_device
+from .encoders import Encoder, build_encoder, entry_identity
 from .atomic import atomic_open, atomic_write_text
 from .errors import FeatureError, RiskdecompError
-from .zoo import FeaturesEntry
+from .sources import source_of
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -146,43 +153,97 @@ def _num_workers(split: ImageSplit, num_workers) -> tuple[int, Optional[str]]:
     return n, "fork"
 
 
-def _loader(encoder: Encoder, split: ImageSplit, *, batch_size: int, num_workers, cuda: bool = False):
-    """A DataLoader over ``split`` with the encoder's transform, in order; workers per :func:`_num_workers`."""
+def _loader_kwargs(split: ImageSplit, num_workers, cuda: bool) -> dict:
     nw, context = _num_workers(split, num_workers)
     extra = {"multiprocessing_context": context, "prefetch_factor": 4} if nw else {}
+    return {"num_workers": nw, "pin_memory": cuda, **extra}
+
+
+def _loader(encoder: Encoder, split: ImageSplit, *, batch_size: int, num_workers, cuda: bool = False):
+    """A DataLoader over ``split`` with the encoder's transform, in order; workers per :func:`_num_workers`."""
     return torch.utils.data.DataLoader(split.with_transform(encoder.transform), batch_size=batch_size, shuffle=False,
-                                       num_workers=nw, pin_memory=cuda, **extra)
+                                       **_loader_kwargs(split, num_workers, cuda))
+
+
+def input_batches(encoder: Encoder, split: ImageSplit, *, device: str, batch_size: int, num_workers="auto",
+                  decode: str = "auto"):
+    """The encoder's preprocessed input for ``split``, batch by batch in order, on ``device`` (channels-last on
+    CUDA): decoded on the device where :func:`riskdecomp.decode.device_plan` says so, else by PIL and the
+    encoder's transform in loader workers (the CPU path)."""
+    from .decode import device_batches, device_plan
+
+    cuda = device.startswith("cuda")
+    plan = device_plan(split, encoder.transform, device, decode)
+    if plan is not None:
+        batches = device_batches(split, plan, encoder.transform, device=device, batch_size=batch_size,
+                                 loader_kwargs=_loader_kwargs(split, num_workers, False))
+    else:
+        batches = (xb.to(device, non_blocking=True)
+                   for xb, _yb in _loader(encoder, split, batch_size=batch_size, num_workers=num_workers, cuda=cuda))
+    for xb in batches:
+        yield xb.to(memory_format=torch.channels_last) if cuda else xb
+
+
+def encode_split(encoder: Encoder, split: ImageSplit, *, device: str = "cpu", batch_size: int = 256,
+                 num_workers="auto", progress: bool = True, counter: Optional[list] = None,
+                 decode: str = "auto") -> np.ndarray:
+    """Run the encoder over a split (eval mode, batched, AMP + channels-last on CUDA). Returns float32 (N, D)."""
+    z, errors, counts = encode_group([encoder], split, device=device, batch_size=batch_size, num_workers=num_workers,
+                                     progress=progress, decode=decode)
+    if counter is not None:
+        counter.extend([1] * counts[encoder.name])
+    if errors:
+        raise errors[encoder.name]
+    return z[encoder.name]
 
 
 @torch.inference_mode()
-def encode_split(encoder: Encoder, split: ImageSplit, *, device: str = "cpu", batch_size: int = 256,
-                 num_workers="auto", progress: bool = True, counter: Optional[list] = None) -> np.ndarray:
-    """Run the encoder over a split (eval mode, batched, AMP + channels-last on CUDA). Returns float32 (N, D)."""
+def encode_group(encoders: Sequence[Encoder], split: ImageSplit, *, device: str = "cpu", batch_size: int = 256,
+                 num_workers="auto", progress: bool = True, decode: str = "auto") -> tuple[dict, dict, dict]:
+    """One pass over ``split`` for encoders that share preprocessing (equal
+    :func:`riskdecomp.decode.preprocessing_key`): each batch is decoded and transformed once, with the first
+    encoder's transform, and fed to every encoder (each gets its own copy but the last, so a module that writes
+    into its input cannot change another's). Returns ``(features, errors, batches)`` keyed by encoder name: float32
+    (N, D) arrays of the encoders that went through, the exception of each encoder whose forward raised (it is
+    dropped from the rest of the pass; the others go on), and the number of batches each encoder processed."""
     from tqdm.auto import tqdm
 
     device = resolve_device(device)
-    module = encoder.module.to(device).eval()
     cuda = device.startswith("cuda")
-    if cuda:
-        module = module.to(memory_format=torch.channels_last)
-    loader = _loader(encoder, split, batch_size=batch_size, num_workers=num_workers, cuda=cuda)
-    out = []
-    bar = tqdm(total=len(split), desc=f"featurize {encoder.name} [{split.split}]", unit="img", unit_scale=True,
+    modules = {}
+    for enc in encoders:
+        m = enc.module.to(device).eval()
+        modules[enc.name] = m.to(memory_format=torch.channels_last) if cuda else m
+    out: dict = {enc.name: [] for enc in encoders}
+    errors: dict = {}
+    counts = {enc.name: 0 for enc in encoders}
+    who = "+".join(enc.name for enc in encoders)
+    bar = tqdm(total=len(split), desc=f"featurize {who} [{split.split}]", unit="img", unit_scale=True,
                disable=not progress, leave=False)
-    for xb, _yb in loader:
+    for xb in input_batches(encoders[0], split, device=device, batch_size=batch_size, num_workers=num_workers,
+                            decode=decode):
         bar.update(len(xb))
-        xb = xb.to(device, non_blocking=True)
-        if cuda:
-            xb = xb.to(memory_format=torch.channels_last)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
-            z = module(xb)
-        if counter is not None:
-            counter.append(len(xb))
-        out.append(z.float().reshape(len(xb), -1).cpu().numpy())
+        live = [name for name in modules if name not in errors]
+        for i, name in enumerate(live):
+            try:
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
+                    z = modules[name](xb if i == len(live) - 1 else xb.clone())
+                out[name].append(z.float().reshape(len(xb), -1).cpu().numpy())
+                counts[name] += 1
+            except Exception as exc:  # one encoder failing does not stop the others of its group
+                errors[name] = exc
+        if len(errors) == len(modules):
+            break
     bar.close()
-    if not out:
-        raise FeatureError(f"model {encoder.name!r}: the {split.split} split is empty")
-    return np.concatenate(out).astype(np.float32, copy=False)
+    feats = {}
+    for name, chunks in out.items():
+        if name in errors:
+            continue
+        if not chunks:
+            errors[name] = FeatureError(f"model {name!r}: the {split.split} split is empty")
+            continue
+        feats[name] = np.concatenate(chunks).astype(np.float32, copy=False)
+    return feats, errors, counts
 
 
 @torch.inference_mode()
@@ -262,7 +323,7 @@ def _check_finite(x: np.ndarray, who: str) -> None:
 
 def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto", batch_size: int = 256,
               num_workers="auto", dtype: str = FEATURE_DTYPES[0], progress: bool = True, encoder: Optional[Encoder] = None,
-              mmap: bool = False, force: bool = False) -> Features:
+              mmap: bool = False, force: bool = False, decode: str = "auto") -> Features:
     """Train and test features of one zoo entry on ``dataset``, from the cache when possible.
 
     ``features`` entries read their ``.npz`` (``allow_pickle=False``). For the others the encoder is built (a
@@ -271,49 +332,115 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
     the cache key). The arrays come back as in-memory float32, or with ``mmap`` as read-only memory maps of the cache
     files in ``dtype`` (nothing is read until used; ``decompose`` reads them without a full float32 copy of each).
     ``force``: cached features are not read (recomputed and rewritten), and a recipe entry is pretrained again.
+    ``decode``: where JPEGs are decoded (:func:`riskdecomp.decode.device_plan`). A group of one
+    (:func:`featurize_group`).
     """
+    return featurize_group([entry], dataset, cache_dir=cache_dir, device=device, batch_size=batch_size,
+                           num_workers=num_workers, dtype=dtype, progress=progress, mmap=mmap, force=force,
+                           decode=decode, encoders=None if encoder is None else {entry.name: encoder})[entry.name]
+
+
+def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto",
+                    batch_size: int = 256, num_workers="auto", dtype: str = FEATURE_DTYPES[0], progress: bool = True,
+                    encoders: Optional[dict] = None, mmap: bool = False, force: bool = False,
+                    decode: str = "auto") -> dict:
+    """:func:`featurize` for many zoo entries at once, decoding each image once per group: ``{name: Features}``.
+
+    Per split, the entries whose cache entry is valid are read (a fully cached rerun builds no encoder); the others
+    are locked (one file lock per cache entry, taken in sorted path order so two processes cannot deadlock),
+    checked again, their encoders built, and grouped by :func:`riskdecomp.decode.preprocessing_key`: each group
+    makes one pass over the split (:func:`encode_group`) and every encoder's features are written to its own cache
+    entry exactly as :func:`featurize` writes them (same key, :func:`write_cached`: atomic array then sidecar with
+    the checksum), so the files are byte-identical to one-by-one featurization. Entries with different
+    preprocessing form different groups, run one after the other.
+
+    Resuming: each (entry, split) file is complete or absent. A pass killed midway leaves the entries and splits
+    written before it, which a rerun reads; only the rest is recomputed. An encoder whose forward raises is dropped
+    from its group's pass, the others' files are written, and the first such error is raised at the end.
+    ``encoders``: already built encoders by name (not rebuilt). Features entries read their ``.npz``.
+    """
+    from contextlib import ExitStack
+
     from filelock import FileLock
 
-    if isinstance(entry, FeaturesEntry):
-        return load_features_npz(entry)
-    if dataset is None:
-        raise RiskdecompError(f"model {entry.name!r}: needs a dataset")
+    from .decode import preprocessing_key
+
     dtype = check_feature_dtype(dtype)
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise RiskdecompError(f"featurize_group: entries named twice: {sorted({n for n in names if names.count(n) > 1})}")
+    built = dict(encoders or {})
+    result: dict = {}
+    image_entries = []
+    for e in entries:
+        if not source_of(e).has_encoder:
+            result[e.name] = source_of(e).load_features(e)
+        elif dataset is None:
+            raise RiskdecompError(f"model {e.name!r}: needs a dataset")
+        else:
+            image_entries.append(e)
+    if not image_entries:
+        return result
     device = resolve_device(device)
     cache_dir = Path(cache_dir)
-    identity = encoder.identity if encoder is not None else entry_identity(
-        entry, dataset, cache_dir=cache_dir, device=device, progress=progress, force=force)
-    counter: list = []
-    arrays = {}
+    identity = {e.name: built[e.name].identity if e.name in built else entry_identity(
+        e, dataset, cache_dir=cache_dir, device=device, progress=progress, force=force) for e in image_entries}
+    arrays: dict = {e.name: {} for e in image_entries}
+    passes = {e.name: 0 for e in image_entries}
+    failed: dict = {}
     for split in ("train", "test"):
-        key = cache_key(identity, dataset.fingerprint, split, dtype)
-        path = cache_path(cache_dir, entry.name, dataset.name, split, key)
-        arr = None if force else read_cached(path, mmap=True)
-        if arr is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(path) + ".lock"):
-                arr = None if force else read_cached(path, mmap=True)  # another process may have written it
-                if arr is None:
-                    if encoder is None:  # built only when something is missing: a cached rerun builds nothing
-                        encoder = build_encoder(entry, dataset=dataset, cache_dir=cache_dir, device=device,
-                                                progress=progress, force=force)
-                    z = encode_split(encoder, dataset.split(split), device=device, batch_size=batch_size,
-                                     num_workers=num_workers, progress=progress, counter=counter)
-                    _check_finite(z, f"model {entry.name!r} ({split} split)")
-                    z = storage_array(z, dtype, f"model {entry.name!r} ({split} split)")
-                    write_cached(path, z, {"model": entry.name, "dataset": dataset.name,
-                                                         "split": split, "identity": identity,
-                                                         "fingerprint": dataset.fingerprint})
-                    log.info("computed features: model=%s dataset=%s split=%s", entry.name, dataset.name, split)
-                    arr = read_cached(path, mmap=True)
-        # read through a memory map either way: an in-memory float32 array is then the only copy (no transient
-        # float16 one); np.array copies, so it does not stay tied to the file
-        arrays[split] = arr if mmap else np.array(arr, dtype=np.float32)
-    return Features(entry.name, dataset.name, arrays["train"], dataset.train.labels, arrays["test"],
-                    dataset.test.labels, list(dataset.classes), forward_passes=len(counter))
+        todo = [e for e in image_entries if e.name not in failed]
+        paths = {e.name: cache_path(cache_dir, e.name, dataset.name, split,
+                                    cache_key(identity[e.name], dataset.fingerprint, split, dtype)) for e in todo}
+        for e in todo:
+            arrays[e.name][split] = None if force else read_cached(paths[e.name], mmap=True)
+        missing = [e for e in todo if arrays[e.name][split] is None]
+        if not missing:
+            continue
+        with ExitStack() as locks:
+            for p in sorted(paths[e.name] for e in missing):
+                p.parent.mkdir(parents=True, exist_ok=True)
+                locks.enter_context(FileLock(str(p) + ".lock"))
+            for e in missing:  # another process may have written it meanwhile
+                arrays[e.name][split] = None if force else read_cached(paths[e.name], mmap=True)
+            groups: dict = {}
+            for e in missing:
+                if arrays[e.name][split] is not None:
+                    continue
+                if e.name not in built:  # built only when something is missing: a cached rerun builds nothing
+                    built[e.name] = build_encoder(e, dataset=dataset, cache_dir=cache_dir, device=device,
+                                                  progress=progress, force=force)
+                groups.setdefault(preprocessing_key(built[e.name].transform), []).append(built[e.name])
+            for group in groups.values():
+                z, errors, counts = encode_group(group, dataset.split(split), device=device, batch_size=batch_size,
+                                                 num_workers=num_workers, progress=progress, decode=decode)
+                for name, n in counts.items():
+                    passes[name] += n
+                failed.update(errors)
+                for name, arr in z.items():
+                    try:
+                        _check_finite(arr, f"model {name!r} ({split} split)")
+                        arr = storage_array(arr, dtype, f"model {name!r} ({split} split)")
+                    except FeatureError as exc:
+                        failed[name] = exc
+                        continue
+                    write_cached(paths[name], arr, {
+                        "model": name, "dataset": dataset.name, "split": split, "identity": identity[name],
+                        "fingerprint": dataset.fingerprint})
+                    log.info("computed features: model=%s dataset=%s split=%s", name, dataset.name, split)
+                    arrays[name][split] = read_cached(paths[name], mmap=True)
+    if failed:
+        raise next(failed[n] for n in names if n in failed)
+    for e in image_entries:
+        # read through memory maps either way: an in-memory float32 array is then the only copy (no transient float16
+        # one); np.array copies, so it does not stay tied to the file
+        a = {s: v if mmap else np.array(v, dtype=np.float32) for s, v in arrays[e.name].items()}
+        result[e.name] = Features(e.name, dataset.name, a["train"], dataset.train.labels, a["test"],
+                                  dataset.test.labels, list(dataset.classes), forward_passes=passes[e.name])
+    return {n: result[n] for n in names}
 
 
-def load_features_npz(entry: FeaturesEntry) -> Features:
+def load_features_npz(entry) -> Features:
     """Read a precomputed-features entry and check its arrays: an ``.npz`` archive (never unpickled) holding
     ``x_train``/``x_test`` (n, d) real numbers a float32 probe can honour and ``y_train``/``y_test`` (n,) integer
     class labels. Anything else is a one-line FeatureError naming the file and the array (see

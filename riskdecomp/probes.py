@@ -47,6 +47,8 @@ from sklearn.model_selection import StratifiedShuffleSplit
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .device import resolve_device
+
 #: Default regularization grid: 10 values of C log-spaced over 1e-4 .. 1e2 (sklearn's meaning of C,
 #: i.e. the penalty relative to the *sum* of losses). For n training points the effective weight decay
 #: on the mean loss is 1/(n C): with n = 50,000 this spans 0.2 .. 2e-7 (strong to essentially none);
@@ -67,24 +69,10 @@ DEFAULT_STANDARDIZE: bool = True
 GPU_MIN_WORK = 1 << 22
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda if available, else mps if available, else cpu; anything else as given."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
 def fit_device(device: str | torch.device, n: int, d: int, n_out: int) -> torch.device:
     """Where a fit of n points x d features x ``n_out`` outputs runs: ``resolve_device(device)``, except that
     ``"auto"`` keeps problems below ``GPU_MIN_WORK`` on the CPU."""
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     if isinstance(device, str) and device == "auto" and n * d * n_out < GPU_MIN_WORK:
         return torch.device("cpu")
     return dev
@@ -443,8 +431,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     device : "auto" (cuda > mps > cpu, but the CPU for problems with n * d * classes below
         ``GPU_MIN_WORK``: there a GPU's per-iteration launch and sync costs exceed the whole CPU fit),
         "cpu", "cuda", ...
-    random_state : kept for API compatibility; the solver starts from zero and is deterministic.
     warm_start : start from the previous ``coef_``/``intercept_`` when refitting on the same classes.
+
+    There is no ``random_state``: the solver starts from zero (or the warm start) and is deterministic, so a seed
+    would change nothing.
 
     Attributes: ``classes_``, ``coef_`` (n_classes x d, or 1 x d for binary), ``intercept_``,
     ``n_features_in_``, ``n_iter_`` (function evaluations), ``converged_``.
@@ -457,7 +447,6 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         max_iter: int = 500,
         tol: float = 1e-4,
         device: str = "auto",
-        random_state: int | None = 0,
         warm_start: bool = False,
     ):
         self.C = C
@@ -465,7 +454,6 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
         self.device = device
-        self.random_state = random_state
         self.warm_start = warm_start
 
     def fit(self, X, y):

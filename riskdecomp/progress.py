@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from .schema import COMPONENTS
+
 _CURRENT: Optional["Progress"] = None
 
 
@@ -115,7 +117,7 @@ def summary_lines(res, report=None, wall_s: Optional[float] = None) -> list:
         ci = (f" [{b['agg_risk_lo']:.2f}, {b['agg_risk_hi']:.2f}] 95% CI"
               if {"agg_risk_lo", "agg_risk_hi"} <= set(board.columns) else "")
         lines.append(f"  best model        {b['model']} on {b['dataset']}: agg_risk {b['agg_risk']:.2f}{ci}")
-        comps = [c for c in ("approx", "usability", "probe_gen", "enc_gen") if c in board and board[c].notna().any()]
+        comps = [c for c in COMPONENTS if c in board and board[c].notna().any()]
         means = board[comps].mean()
         top = means.idxmax()
         lines.append(f"  largest component {top} (mean {means[top]:.2f} across {len(board)} model(s); largest for "

@@ -31,8 +31,8 @@ from pathlib import Path
 import pandas as pd
 
 from riskdecomp.errors import RiskdecompError
+from riskdecomp.schema import COMPONENTS
 
-COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen"]
 
 IMAGENET_N_TRAIN = 1_281_167
 IMAGENET_N_TEST = 50_000

@@ -26,7 +26,6 @@ holds wall-clock seconds per stage (kept out of the leaderboard so it stays repr
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -42,20 +41,21 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .atomic import atomic_write_text, check_writable_dir, jsonable
+from .atomic import atomic_write_text, check_writable_dir, jsonable, write_csv
 from .datasets import DEFAULT_DATASET
 from .errors import OutputError, RiskdecompError, ZooError
 from .features import Features, featurize
 from .names import parse_stem, result_path, result_stem
 from .progress import Progress, is_terminal, stage
-from .zoo import FeaturesEntry, Zoo, load_zoo
+from .schema import COMPONENTS, OUTCOMES, PER_SAMPLE_TARGETS, score_columns
+from .sources import source_of
+from .zoo import Zoo, load_zoo
 
 log = logging.getLogger(__name__)
 RECORD_VERSION = 2
 # Bump when an estimator changes its numbers (decomposition, few-shot, statistics, uncertainty, active learning):
 # records of an older protocol are then recomputed, and a results folder is not mixed across protocols.
 PROTOCOL_VERSION = 2
-COMPONENTS = ("approx", "usability", "probe_gen", "enc_gen", "agg_risk")
 SUM_TOL = 1e-9  # relative: agg_risk is computed as the sum of its components, so they agree to float rounding
 FOLDER_STATE = "_folder.json"
 FAILURES_STATE = "_failures.json"
@@ -149,7 +149,7 @@ def _digest(obj) -> str:
 
 
 def _file_digest(path) -> str:
-    from .encoders import file_sha256
+    from .sources.base import file_sha256
 
     p = Path(path)
     return file_sha256(p) if p.is_file() else "missing"
@@ -161,9 +161,10 @@ def entry_key(entry, ds=None, cache_dir=None, settings: Optional[Settings] = Non
     checkpoint) or, for a ``features`` entry, the SHA-256 of its file."""
     from . import encoders
 
-    d = entry.model_dump(mode="json", exclude={"metadata", "path", "weights"})  # files: by content, not location
-    if isinstance(entry, FeaturesEntry):
-        d["path_sha256"] = _file_digest(entry.path)
+    src = source_of(entry)
+    d = entry.model_dump(mode="json", exclude={"metadata", *src.files})  # files: by content, not location
+    if not src.has_encoder:
+        d.update({f"{f}_sha256": _file_digest(getattr(entry, f)) for f in src.files})
     else:
         kw = {"device": settings.device, "progress": settings.progress} if settings is not None else {}
         d["identity"] = encoders.entry_identity(entry, ds, cache_dir=cache_dir, force=force, **kw)
@@ -182,9 +183,7 @@ def run_key(entry, reference, ds, dataset_fingerprint: str, settings: Settings, 
 def dataset_name(entry, ds) -> str:
     """The dataset name of an entry's results: a ``features`` entry's ``dataset:`` (else its file's stem), else the
     loaded dataset's name."""
-    if isinstance(entry, FeaturesEntry):
-        return entry.dataset or Path(entry.path).stem
-    return ds.name
+    return source_of(entry).dataset_name(entry) or ds.name
 
 
 def _flatten_metadata(meta: dict) -> dict:
@@ -192,13 +191,6 @@ def _flatten_metadata(meta: dict) -> dict:
     for k, v in meta.items():
         out[k] = "|".join(map(str, v)) if isinstance(v, (list, tuple)) else v
     return out
-
-
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Atomic CSV write with fixed float formatting (reproducible bytes)."""
-    buf = io.StringIO()
-    df.to_csv(buf, index=False, float_format="%.10g", lineterminator="\n")
-    atomic_write_text(Path(path), buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------------------ records
@@ -226,7 +218,7 @@ def check_record(rec, model: str, dataset: str) -> Optional[str]:
     if not _number(row.get("agg_risk")):
         return "agg_risk missing or not a finite number"
     parts = []
-    for c in COMPONENTS[:-1]:
+    for c in COMPONENTS:
         v = row.get(c)
         if v is None and c == "approx":
             continue
@@ -285,8 +277,8 @@ def _write_state(path: Path, data: dict) -> None:
 _DATASETS: dict = {}  # per process: a dataset is scanned once, however many jobs use it
 
 
-def _dataset_for(entry, dataset_spec: str, seed: int, cache: Optional[dict] = None):
-    if isinstance(entry, FeaturesEntry):
+def _dataset_for(entry, dataset_spec: str, seed: int):
+    if entry is not None and not source_of(entry).needs_dataset:
         return None
     if (dataset_spec, seed) not in _DATASETS:
         from .datasets import load_dataset
@@ -295,8 +287,8 @@ def _dataset_for(entry, dataset_spec: str, seed: int, cache: Optional[dict] = No
     return _DATASETS[(dataset_spec, seed)]
 
 
-def _load(entry, dataset_spec, settings, cache_dir, ds_cache, force: bool = False, mmap: bool = False) -> Features:
-    ds = _dataset_for(entry, dataset_spec, settings.seed, ds_cache)
+def _load(entry, dataset_spec, settings, cache_dir, force: bool = False, mmap: bool = False) -> Features:
+    ds = _dataset_for(entry, dataset_spec, settings.seed)
     return featurize(entry, ds, cache_dir=cache_dir, device=settings.device, batch_size=settings.batch_size,
                      num_workers=settings.num_workers, progress=settings.progress, force=force,
                      dtype=settings.feature_dtype, mmap=mmap)
@@ -331,7 +323,6 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
     if settings.threads:
         torch.set_num_threads(settings.threads)
     t0 = time.perf_counter()
-    ds_cache: dict = {}
     dname = dataset_spec
     out = Path(out)
     try:
@@ -340,7 +331,7 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         reference = zoo[entry.reference] if entry.reference else None
         # the reference of other entries is its own reference: approx = its own train->train error, usability = 0
         self_ref = reference is None and any(zoo[n].reference == name for n in zoo.names)
-        ds = _dataset_for(entry, dataset_spec, settings.seed, ds_cache)
+        ds = _dataset_for(entry, dataset_spec, settings.seed)
         dname = dataset_name(entry, ds)
         rpath = result_path(out, "runs", name, dname)
         fingerprint = ds.fingerprint if ds is not None else "npz"
@@ -363,13 +354,13 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         timings = {}
         stage(name, "featurize")
         t = time.perf_counter()
-        feats = _load(entry, dataset_spec, settings, cache_dir, ds_cache, force, mmap=True)
+        feats = _load(entry, dataset_spec, settings, cache_dir, force, mmap=True)
         timings["time_features"] = time.perf_counter() - t
         ref = None
         if reference is not None:
             t = time.perf_counter()
             # (with force, evaluate recomputed the reference's features first, in its own job)
-            rf = _load(reference, dataset_spec, settings, cache_dir, ds_cache, mmap=True)
+            rf = _load(reference, dataset_spec, settings, cache_dir, mmap=True)
             if len(rf.y_train) != len(feats.y_train) or not np.array_equal(rf.y_train, feats.y_train):
                 raise RiskdecompError(f"model {name!r}: reference {reference.name!r} features are not on the same "
                                       "train split")
@@ -407,9 +398,7 @@ def _encoder_extras(entry, ds, cache_dir, settings: Settings) -> dict:
     """What needs the encoder itself, not just its cached features: ``test_views`` (``settings.aug_views`` random
     views of every test image, :func:`features.augmented_views_split`) and, for a stochastic recipe,
     ``extra_scores`` with ``post_var`` per test point. Empty for ``features`` entries (no encoder)."""
-    from .zoo import RecipeEntry
-
-    stochastic = isinstance(entry, RecipeEntry) and entry.recipe.objective == "stochastic"
+    stochastic = source_of(entry).stochastic(entry)
     want_views = settings.aug_views >= 2 and (settings.uncertainty or settings.statistics)
     if ds is None or not ((stochastic and settings.uncertainty) or want_views):
         return {}
@@ -658,7 +647,8 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
     import os
     from dataclasses import replace
 
-    from .encoders import default_cache_dir, resolve_device
+    from .device import resolve_device
+    from .encoders import default_cache_dir
 
     settings = settings or Settings()
     if backend not in ("loky", "dask"):
@@ -670,13 +660,13 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
     out = check_writable_dir(out, "--out")
     cache_dir = check_writable_dir(Path(cache_dir) if cache_dir else default_cache_dir(), "--cache-dir")
     ds = None
-    if any(not isinstance(full[n], FeaturesEntry) for n in names):
+    if any(source_of(full[n]).needs_dataset for n in names):
         ds = _dataset_for(None, dataset, settings.seed)  # a bad dataset is one error up front, not one per model
     for n in names:  # every output file name is valid before any compute
         try:
             result_stem(n, dataset_name(full[n], ds))
         except RiskdecompError as exc:
-            hint = ("set the entry's dataset: field" if isinstance(full[n], FeaturesEntry) else
+            hint = ("set the entry's dataset: field" if source_of(full[n]).dataset_name(full[n]) else
                     "the dataset's name comes from its folder: rename it or link it under a valid name")
             raise RiskdecompError(f"{exc} ({hint})") from None
     folder_path = out / "runs" / FOLDER_STATE
@@ -827,9 +817,9 @@ def build(results, *, settings: Optional[Settings] = None, computed=(), redo_unc
 
 def build_leaderboard(records: list) -> pd.DataFrame:
     if not records:
-        return pd.DataFrame(columns=["model", "dataset", *COMPONENTS])
+        return pd.DataFrame(columns=["model", "dataset", *OUTCOMES])
     df = pd.DataFrame([r["row"] for r in records])
-    first = ["model", "dataset", "n_train", "n_test", "n_classes", "n_sub", *COMPONENTS, "approx_merged"]
+    first = ["model", "dataset", "n_train", "n_test", "n_classes", "n_sub", *OUTCOMES, "approx_merged"]
 
     def group(c: str) -> int:
         if c in first:
@@ -858,7 +848,6 @@ def zoo_ensembles(zoo: Zoo, records: list, dataset: str, out: Path, cache_dir: P
     whose features cannot be loaded with this run's dataset are left as they are."""
     from .uncertainty import ensemble_scores
 
-    ds_cache: dict = {}
     per_ds: dict = {}
     for r in records:
         per_ds.setdefault(r["dataset"], []).append(r["model"])
@@ -867,7 +856,7 @@ def zoo_ensembles(zoo: Zoo, records: list, dataset: str, out: Path, cache_dir: P
         for n in names:
             entry = zoo[n]
             try:
-                f = _load(entry, dataset, settings, cache_dir, ds_cache)
+                f = _load(entry, dataset, settings, cache_dir)
             except RiskdecompError:
                 continue
             if f.dataset != ds_name:
@@ -898,8 +887,8 @@ def _record_uncertainty(path: str, model: str, dataset: str, n_boot: int, seed: 
     from .reliability import evaluate_scores
 
     ps = pd.read_csv(path)
-    target_cols = [c for c in ("err01", "loss", "brier_ovo") if c in ps.columns]
-    score_cols = [c for c in ps.columns if c not in ("index", "y", "pred", *target_cols)]
+    target_cols = [c for c in PER_SAMPLE_TARGETS if c in ps.columns]
+    score_cols = score_columns(ps.columns)
     res = evaluate_scores(ps[score_cols], ps[target_cols], n_boot=n_boot, seed=seed)
     res.insert(0, "model", model)
     res.insert(1, "dataset", dataset)

@@ -8,7 +8,7 @@ File shape::
                         # (riskdecomp.seeds); the leaderboard pools them into one row per model
     models:
       - name: dino_vits16                   # unique, [a-z0-9_.-]+, not starting with '.'
-        source: timm                        # timm | torch_hub | checkpoint | features | recipe
+        source: timm                        # a registered source: see riskdecomp.sources
         model: vit_small_patch16_224.dino   # source-specific fields...
         pretrained: true
         representation: cls                 # pooled | cls | avg | cls+avg | 4xcls
@@ -22,194 +22,26 @@ the zoo file's folder. Every problem is reported as one line naming the file, th
 
 from __future__ import annotations
 
-import hashlib
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
-                      field_validator)
+from pydantic import Field, TypeAdapter, ValidationError
 
+from . import sources
 from .errors import ZooError
-from .names import name_problem
-from .pretrain.recipe import Recipe, check_arch
-from .zoo_expand import expand, with_recipe_metadata
+from .pretrain.recipe import Recipe
+# the entry models live with their sources (riskdecomp.sources); re-exported here, where users look for them
+from .sources.base import METADATA_FIELDS, REPRESENTATIONS, file_sha256  # noqa: F401
+from .sources.checkpoint import CheckpointEntry  # noqa: F401
+from .sources.features import FeaturesEntry  # noqa: F401
+from .sources.recipe import RecipeEntry  # noqa: F401
+from .sources.timm import TimmEntry  # noqa: F401
+from .sources.torch_hub import TorchHubEntry  # noqa: F401
+from .zoo_expand import expand
 
-# torch.hub repositories: 'owner/name' or 'owner/name:ref' (torch.hub names its cache folder after them)
-REPO_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*/[A-Za-z0-9_-][A-Za-z0-9_.-]*(:[A-Za-z0-9_-][A-Za-z0-9_./-]*)?$")
-REPRESENTATIONS = ("pooled", "cls", "avg", "cls+avg", "4xcls")
-
-# Design-choice fields of the published table (hyperparameters and metadata groups of all_results.csv).
-METADATA_FIELDS = frozenset("""
-objective ssl_mode version n_negatives n_classes is_stopgrad is_ema other pred_dim projection_hid_width
-projection_hid_depth architecture_exact architecture family patch_size projection1_arch projection2_arch
-projection_same n_parameters projection_nparameters pretraining_data finetuning_data img_size views
-is_aug_invariant augmentations z_dim z_layer epochs batch_size optimizer learning_rate weight_decay scheduler
-is_aug_autoaug is_aug_blur is_aug_color is_aug_crop is_aug_erasing is_aug_flip is_aug_gray is_aug_jigsaw
-is_aug_masking is_aug_normalize is_aug_photometric is_aug_rotate is_aug_solarize is_aug_anygeometric
-is_aug_anycolor n_augmentations nviews projection_nparameters_hidden
-where notes month year license is_official is_industry is_our_extract n_pus pu_type time_hours
-top1acc_in1k_official top1acc_in1k-1%_official top1acc_in1k-c5_official date_published
-""".split())
-
-MetaValue = Union[bool, int, float, str, list, None]
-
-
-class _Entry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str
-    representation: str = "pooled"
-    reference: Optional[str] = None
-    metadata: dict[str, MetaValue] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        problem = name_problem(v)
-        if problem:
-            raise ValueError(f"name {problem}")
-        return v
-
-    @field_validator("representation")
-    @classmethod
-    def _known_representation(cls, v: str) -> str:
-        if v not in REPRESENTATIONS:
-            raise ValueError(f"unknown representation {v!r}: expected one of {', '.join(REPRESENTATIONS)}")
-        return v
-
-    @field_validator("metadata")
-    @classmethod
-    def _known_metadata(cls, v: dict) -> dict:
-        unknown = sorted(set(v) - METADATA_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown metadata field(s) {', '.join(unknown)} (use the published table's names)")
-        return v
-
-
-class TimmEntry(_Entry):
-    """A timm architecture; weights from the hub (``pretrained: true``), a local file (``weights``), or a random
-    initialization, which must be asked for (``pretrained: false``): an entry with neither is an error, since
-    evaluating random weights by accident (``vit_small_patch16_224.dino`` without ``pretrained``) looks like a
-    result."""
-
-    source: Literal["timm"]
-    model: str
-    weights: Optional[Path] = None
-    pretrained: Optional[bool] = Field(None, validate_default=True)
-    strict: bool = True  # false: a weights file may miss / add tensors (listed in the run record); see encoders
-    image_size: Optional[int] = Field(None, ge=8, le=4096)  # input side in px (default: the model's own)
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("pretrained")
-    @classmethod
-    def _weights_chosen(cls, v: Optional[bool], info: ValidationInfo) -> Optional[bool]:
-        weights = info.data.get("weights")
-        if weights is None and v is None and "weights" in info.data:
-            raise ValueError("missing: write pretrained: true (the hub's weights) or pretrained: false (a random "
-                             "initialization), or give weights: FILE")
-        if weights is not None and v is False:
-            raise ValueError("pretrained: false contradicts weights: FILE (drop one)")
-        return v
-
-    @field_validator("strict")
-    @classmethod
-    def _strict_needs_file(cls, v: bool, info: ValidationInfo) -> bool:
-        if not v and info.data.get("weights") is None:
-            raise ValueError("strict: false applies to a weights: FILE only (hub weights always load strictly)")
-        return v
-
-    @field_validator("model")
-    @classmethod
-    def _safe_model(cls, v: str) -> str:
-        return check_arch(v, "model")
-
-
-class TorchHubEntry(_Entry):
-    """A torch.hub entry point; runs the repository's code, so it needs an explicit ``trust_repo: true``."""
-
-    source: Literal["torch_hub"]
-    repo: str
-    entrypoint: str
-    trust_repo: bool = Field(False, validate_default=True)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("repo")
-    @classmethod
-    def _safe_repo(cls, v: str) -> str:
-        if not REPO_RE.match(v) or ".." in v.split(":")[0]:
-            raise ValueError(f"repo {v!r}: expected 'owner/name' or 'owner/name:ref' (GitHub)")
-        return v
-
-    @field_validator("entrypoint")
-    @classmethod
-    def _safe_entrypoint(cls, v: str) -> str:
-        if not v.isidentifier():
-            raise ValueError(f"entrypoint {v!r}: expected a Python function name")
-        return v
-
-    @field_validator("trust_repo")
-    @classmethod
-    def _must_trust(cls, v: bool) -> bool:
-        if v is not True:
-            raise ValueError("torch_hub runs the repository's code: set trust_repo: true to allow it")
-        return v
-
-
-class CheckpointEntry(_Entry):
-    """An architecture (timm name or one of riskdecomp's backbones) + a local ``.safetensors`` / ``.pt`` file."""
-
-    source: Literal["checkpoint"]
-    architecture: str
-    weights: Path
-    strict: bool = True  # false: the file may miss / add tensors (listed in the run record); see encoders
-    image_size: Optional[int] = Field(None, ge=8, le=4096)  # input side in px (default: the model's / sidecar's)
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("architecture")
-    @classmethod
-    def _safe_architecture(cls, v: str) -> str:
-        return check_arch(v)
-
-    @field_validator("weights")
-    @classmethod
-    def _safe_suffix(cls, v: Path) -> Path:
-        if v.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
-            raise ValueError(f"weights {str(v)!r}: expected a .safetensors (or a weights-only .pt/.pth) file")
-        return v
-
-
-class FeaturesEntry(_Entry):
-    """Precomputed embeddings: an ``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test``."""
-
-    source: Literal["features"]
-    path: Path
-    dataset: Optional[str] = None  # the name of the dataset the features come from (default: the file's stem)
-
-    @field_validator("dataset")
-    @classmethod
-    def _safe_dataset(cls, v: Optional[str]) -> Optional[str]:
-        problem = None if v is None else name_problem(v)
-        if problem:
-            raise ValueError(f"dataset {problem}")
-        return v
-
-
-class RecipeEntry(_Entry):
-    """An encoder pretrained by riskdecomp itself on the dataset's train split (cached by recipe hash)."""
-
-    source: Literal["recipe"]
-    recipe: Recipe
-    image_size: Optional[int] = Field(None, ge=8, le=4096)  # evaluation input side (default: recipe.image_size)
-
-
-ZooEntry = Annotated[
-    Union[TimmEntry, TorchHubEntry, CheckpointEntry, FeaturesEntry, RecipeEntry], Field(discriminator="source")
-]
+ZooEntry = Annotated[Union[tuple(sources.entry_classes().values())], Field(discriminator="source")]
 _ENTRY = TypeAdapter(ZooEntry)
-SOURCES = ("timm", "torch_hub", "checkpoint", "features", "recipe")
-_SOURCE_CLASSES = {"timm": TimmEntry, "torch_hub": TorchHubEntry, "checkpoint": CheckpointEntry,
-                   "features": FeaturesEntry, "recipe": RecipeEntry}
 
 
 class Zoo:
@@ -236,18 +68,6 @@ class Zoo:
     def names(self) -> list:
         return [e.name for e in self.entries]
 
-    def select(self, names) -> "Zoo":
-        """The sub-zoo of ``names`` (plus the references they need), in zoo order."""
-        if not names:
-            return self
-        wanted = set()
-        for n in names:
-            e = self[n]
-            wanted.add(n)
-            if e.reference:
-                wanted.add(e.reference)
-        return Zoo([e for e in self.entries if e.name in wanted], self.path)
-
     def expanded(self) -> dict:
         """The explicit form of the zoo: ``{'models': [...]}``, one mapping per final entry (after defaults, bases,
         sweeps), recipes in full (every field), other fields only where they differ from the default, metadata
@@ -255,8 +75,8 @@ class Zoo:
         models = []
         for e in self.entries:
             d = {"name": e.name, "source": e.source, **e.model_dump(mode="json", exclude_defaults=True)}
-            if e.source == "recipe":
-                d["recipe"] = e.recipe.model_dump(mode="json")
+            for fld in sources.source_of(e).full_fields:
+                d[fld] = getattr(e, fld).model_dump(mode="json")
             d["metadata"] = d.pop("metadata", {})
             models.append(d)
         return {"models": models}
@@ -268,38 +88,16 @@ class Zoo:
 
         rows = []
         for e in self.entries:
-            what = {"timm": "model", "torch_hub": "entrypoint", "checkpoint": "architecture",
-                    "features": "path", "recipe": "recipe"}[e.source]
-            val = getattr(e, what)
-            if e.source == "recipe":
-                val = f"{val.objective}/{val.backbone}"
-            rows.append({"name": e.name, "source": e.source, "what": str(val), "weights": weights_label(e),
+            src = sources.source_of(e)
+            rows.append({"name": e.name, "source": e.source, "what": src.what(e), "weights": src.weights_label(e),
                          "representation": e.representation, "reference": e.reference or "", **e.metadata})
         return pd.DataFrame(rows).convert_dtypes()
 
 
-def file_sha256(path, chunk: int = 1 << 22) -> str:
-    """SHA-256 (hex) of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weights_label(entry) -> str:
-    """Where an entry's weights come from, in a few characters: ``hub`` (downloaded by timm / torch.hub),
-    ``file:<sha256[:12]>`` (a local file; ``file:missing`` when absent), ``random`` (a random initialization:
-    ``pretrained: false`` or a recipe with ``objective: init``), ``recipe`` (pretrained by riskdecomp), ``none``
-    (precomputed features)."""
-    weights = getattr(entry, "weights", None)
-    if weights is not None:
-        return "file:" + file_sha256(weights)[:12] if Path(weights).is_file() else "file:missing"
-    if entry.source == "timm":
-        return "hub" if entry.pretrained else "random"
-    if entry.source == "recipe":
-        return "random" if entry.recipe.objective == "init" else "recipe"
-    return {"torch_hub": "hub", "features": "none"}[entry.source]
+    """Where an entry's weights come from, in a few characters (see :meth:`riskdecomp.sources.Source.weights_label`):
+    ``hub``, ``file:<sha256[:12]>`` (``file:missing``), ``random``, ``recipe``, ``none``."""
+    return sources.source_of(entry).weights_label(entry)
 
 
 def format_table(df, width: int = 120, max_cell: int = 40) -> str:
@@ -328,16 +126,16 @@ def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
     # drop the discriminator tag pydantic inserts (e.g. 'timm') from the location
-    if loc and loc[0] in SOURCES:
+    if loc and loc[0] in sources.names():
         loc = loc[1:]
     field = ".".join(loc) or "entry"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "union_tag_invalid":
         src = first["input"].get("source") if isinstance(first["input"], dict) else first["input"]
-        msg = f"unknown source {src!r} (expected one of {', '.join(SOURCES)})"
+        msg = f"unknown source {src!r} (expected one of {', '.join(sources.names())})"
         field = "source"
     elif first["type"] == "union_tag_not_found":
-        field, msg = "source", f"missing (expected one of {', '.join(SOURCES)})"
+        field, msg = "source", f"missing (expected one of {', '.join(sources.names())})"
     elif first["type"] == "extra_forbidden":
         msg = "unknown field"
     extra = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
@@ -362,7 +160,8 @@ def parse_zoo(data: Any, path: Optional[Path] = None) -> Zoo:
     from .seeds import expand_seeds, split_seed
 
     default_seeds = {"seeds": defaults["seeds"]} if "seeds" in defaults else {}
-    shaped = expand(models, {k: v for k, v in defaults.items() if k != "seeds"}, where, _SOURCE_CLASSES, Recipe)
+    shaped = expand(models, {k: v for k, v in defaults.items() if k != "seeds"}, where, sources.entry_classes(),
+                    Recipe)
     label_of = {e.get("name"): label for label, e in shaped}
     # `seeds: [0, 1, 2]` (an entry's, or defaults') -> one entry per seed, <name>.s<seed>
     seeded, _ = expand_seeds([e for _, e in shaped], default_seeds, where)
@@ -374,16 +173,16 @@ def parse_zoo(data: Any, path: Optional[Path] = None) -> Zoo:
             entry = _ENTRY.validate_python(raw)
         except ValidationError as err:
             raise ZooError(f"{where}: {label}: {_describe(err)}") from None
-        if entry.source == "recipe":
-            try:
-                entry = entry.model_copy(update={"metadata": with_recipe_metadata(entry.metadata, entry.recipe)})
-            except ValueError as exc:
-                raise ZooError(f"{where}: {label}: {exc}") from None
+        src = sources.source_of(entry)
+        try:
+            entry = src.complete(entry)
+        except ValueError as exc:
+            raise ZooError(f"{where}: {label}: {exc}") from None
         if entry.name in seen:
             raise ZooError(f"{where}: {label}: field 'name': duplicate name {entry.name!r}")
         seen.add(entry.name)
         updates = {}
-        for fld in ("weights", "path"):
+        for fld in src.files:
             p = getattr(entry, fld, None)
             if p is not None and not p.is_absolute():
                 updates[fld] = (base / p).resolve()

@@ -128,7 +128,7 @@ def _expand_sweep(entry: dict, label: str, where: str, source_classes: dict, rec
     for key, values in sweep.items():
         at = f"{where}: {label}: field 'sweep.{key}'"
         try:
-            path = _path_in(str(key), cls, recipe_cls if entry.get("source") == "recipe" else None)
+            path = _path_in(str(key), cls, recipe_cls if "recipe" in cls.model_fields else None)
         except ValueError as exc:
             raise ZooError(f"{at}: {exc}") from None
         if path[0] in _NOT_INHERITED or path[0] == "source":
@@ -190,7 +190,7 @@ def recipe_metadata(recipe) -> dict:
     input normalization. Projection fields describe the SSL head (None for supervised / init); ``n_negatives``
     counts the other views of a batch for contrastive objectives. ``scheduler`` is ``constant``: riskdecomp's
     pretraining uses no learning-rate schedule."""
-    from .pretrain.backbones import build_encoder, count_parameters
+    from .pretrain.backbones import build_recipe_encoder, count_parameters
 
     obj, head = recipe.objective, recipe.head
     ssl = obj not in ("supervised", "init")
@@ -200,9 +200,9 @@ def recipe_metadata(recipe) -> dict:
         import torch
 
         with torch.device("meta"):  # counts parameters without allocating them
-            n_params = count_parameters(build_encoder(recipe).backbone)
+            n_params = count_parameters(build_recipe_encoder(recipe).backbone)
     except Exception:  # noqa: BLE001 - a backbone that cannot be built on 'meta': build it for real
-        n_params = count_parameters(build_encoder(recipe).backbone)
+        n_params = count_parameters(build_recipe_encoder(recipe).backbone)
     meta = {
         "objective": obj, "ssl_mode": SSL_MODES[obj], "architecture": recipe.backbone,
         "architecture_exact": recipe.backbone, "z_dim": recipe.z_dim, "epochs": recipe.epochs if trained else 0,

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from riskdecomp.schema import COMPONENTS
+
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
-COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -178,5 +178,11 @@ def test_analyze_writes_outputs_for_both_sources(tmp_path, monkeypatch):
     pairs = pd.read_csv(tmp_path / "controlled_pairs.csv")
     assert "source" in pairs.columns
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temp files
+    # written like every other CSV (riskdecomp.atomic.write_csv): at most 10 significant digits
+    import re
+
+    digits = [len(re.sub(r"^0*", "", m.replace(".", ""))) for f in tmp_path.glob("*.csv")
+              for m in re.findall(r"(?<![\w.])\d+\.\d+(?=e|,|$)", f.read_text(), re.M)]
+    assert digits and max(digits) <= 10
     with pytest.raises(ValueError):
         analyze(out_dir=tmp_path)

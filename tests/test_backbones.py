@@ -7,7 +7,7 @@ import torch
 from riskdecomp.errors import WeightsError
 from riskdecomp.pretrain import Recipe, create_backbone
 from riskdecomp.pretrain import augment as A
-from riskdecomp.pretrain.backbones import build_encoder
+from riskdecomp.pretrain.backbones import build_recipe_encoder
 from riskdecomp.pretrain.recipe import AugmentConfig
 
 
@@ -41,7 +41,7 @@ def test_timm_backbone_z_dim():
 
 def test_stochastic_encoder_returns_mu():
     torch.manual_seed(0)
-    enc = build_encoder(Recipe(objective="stochastic", width=4, z_dim=6)).eval()
+    enc = build_recipe_encoder(Recipe(objective="stochastic", width=4, z_dim=6)).eval()
     x = torch.randn(3, 3, 16, 16)
     mu, logvar = enc.posterior(x)
     assert mu.shape == logvar.shape == (3, 6)
@@ -51,7 +51,7 @@ def test_stochastic_encoder_returns_mu():
     raw = enc.backbone(x)[:, 6:]
     torch.testing.assert_close(logvar, raw - 6.0)
     with pytest.raises(TypeError):
-        build_encoder(Recipe(objective="simclr", width=4, z_dim=6)).posterior(x)
+        build_recipe_encoder(Recipe(objective="simclr", width=4, z_dim=6)).posterior(x)
 
 
 def _batch(n=6, size=16, seed=0):

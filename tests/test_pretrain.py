@@ -15,11 +15,19 @@ from riskdecomp.pretrain import (Recipe, eval_transform, load_checkpoint, pretra
                                  save_checkpoint)
 from riskdecomp.pretrain import checkpoint as ckpt_mod
 from riskdecomp.pretrain import objectives as O
+from riskdecomp.pretrain.augment import to_float
 from riskdecomp.pretrain.backbones import create_backbone
-from riskdecomp.pretrain.train import embed
+from riskdecomp.pretrain.train import normalize
 
 TINY = dict(width=4, z_dim=8, epochs=2, batch_size=64, image_size=16,
             head={"kind": "mlp", "depth": 2, "width": 16, "out_dim": 8})
+
+
+@torch.no_grad()
+def embed(enc, images: torch.Tensor) -> np.ndarray:
+    """The encoder's eval-mode representation of a uint8 image tensor (as training normalizes its inputs)."""
+    return enc.eval()(normalize(to_float(images))).numpy()
+
 
 # ------------------------------------------------------------------------------------------ losses
 
@@ -136,10 +144,10 @@ def digits():
 
 
 def _init_state(recipe):
-    from riskdecomp.pretrain.backbones import build_encoder
+    from riskdecomp.pretrain.backbones import build_recipe_encoder
 
     torch.manual_seed(recipe.seed)
-    return build_encoder(recipe).state_dict()
+    return build_recipe_encoder(recipe).state_dict()
 
 
 @pytest.mark.parametrize("objective", ["simclr", "byol", "simsiam", "vicreg", "barlow_twins", "stochastic",
@@ -182,11 +190,11 @@ def test_checkpoint_is_bit_identical_whatever_the_thread_count(tmp_path, digits,
 
 
 def test_byol_target_is_ema_of_online(digits):
-    from riskdecomp.pretrain.backbones import build_encoder
+    from riskdecomp.pretrain.backbones import build_recipe_encoder
 
     r = Recipe(objective="byol", ema=0.5, **TINY)
     torch.manual_seed(0)
-    enc = build_encoder(r)
+    enc = build_recipe_encoder(r)
     obj = O.build_objective(r, enc)
     before = obj.target_encoder.backbone.fc.weight.clone()
     with torch.no_grad():
@@ -221,9 +229,8 @@ def test_checkpoint_roundtrip(tmp_path, digits):
     x = digits.test.to_uint8(16)[:20]
     np.testing.assert_array_equal(embed(enc, x), embed(enc2, x))
     torch.testing.assert_close(enc.posterior(torch.zeros(2, 3, 16, 16)), enc2.posterior(torch.zeros(2, 3, 16, 16)))
-    from riskdecomp.pretrain.train import embed_posterior
-
-    mu, logvar = embed_posterior(enc2, x)
+    with torch.no_grad():
+        mu, logvar = (t.numpy() for t in enc2.eval().posterior(normalize(to_float(x))))
     np.testing.assert_allclose(mu, embed(enc, x), rtol=1e-6)
     assert logvar.shape == mu.shape and np.isfinite(logvar).all()
     # the bare backbone loads strictly from the sidecar's architecture + model_kwargs (source: checkpoint)

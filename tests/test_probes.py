@@ -52,6 +52,10 @@ def test_deterministic_across_runs():
     b = LinearProbe(C=0.1, device="cpu").fit(Xtr, ytr)
     np.testing.assert_array_equal(a.coef_, b.coef_)
     np.testing.assert_array_equal(a.intercept_, b.intercept_)
+    # deterministic by construction, so there is no seed parameter that would change nothing
+    assert "random_state" not in a.get_params()
+    with pytest.raises(TypeError, match="random_state"):
+        LinearProbe(random_state=0)
 
 
 def test_sklearn_check_estimator_passes():

@@ -14,7 +14,7 @@ import pytest
 from riskdecomp.cli import main
 from riskdecomp.errors import RiskdecompError
 from riskdecomp.report import make_report
-from riskdecomp.report.plots import make_plots
+from riskdecomp.report.plots import collect_plots
 
 from zoo_factory import make_features_zoo
 
@@ -144,8 +144,8 @@ def test_empty_results_dir_and_bad_dir(tmp_path):
         make_report(tmp_path / "missing")
 
 
-def test_make_plots_returns_captions(evaluated, tmp_path):
-    plots = make_plots(evaluated, tmp_path / "out", color_by=None)
+def test_collect_plots_returns_captions(evaluated, tmp_path):
+    plots = collect_plots(evaluated, tmp_path / "out", color_by=None)[0]
     assert {p.stem for p, _ in plots} == ALL_FIGURES
     assert all(p.is_file() and p.read_bytes()[:8] == PNG_MAGIC and c for p, c in plots)
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from riskdecomp.cli import main
-from riskdecomp.pretrain.backbones import build_encoder, count_parameters
+from riskdecomp.pretrain.backbones import build_recipe_encoder, count_parameters
 from riskdecomp.pretrain.recipe import Recipe
 from riskdecomp.zoo import load_zoo
 
@@ -176,7 +176,7 @@ def test_recipe_metadata_is_derived(tmp_path, capsys):
     assert m["augmentations"] == ["crop", "gray", "blur", "normalize"] and m["n_augmentations"] == 4
     assert m["is_aug_color"] is False and m["is_aug_blur"] is True
     assert (m["projection2_arch"], m["projection_hid_depth"], m["projection_hid_width"]) == ("mlp", 2, 100)
-    assert m["n_parameters"] == count_parameters(build_encoder(Recipe(**s["recipe"])).backbone)
+    assert m["n_parameters"] == count_parameters(build_recipe_encoder(Recipe(**s["recipe"])).backbone)
     assert i["metadata"]["epochs"] == 0 and i["metadata"]["augmentations"] == ["normalize"]
     assert i["metadata"]["ssl_mode"] == "initialized" and i["metadata"]["projection2_arch"] is None
 

@@ -92,7 +92,7 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-class Encoder(nn.Module):
+class RecipeEncoder(nn.Module):
     """What a zoo entry featurizes: ``forward(x)`` is the representation (N, z_dim), projection head excluded.
 
     For a stochastic encoder the backbone outputs 2 * z_dim numbers, [mu, s]; ``forward`` returns mu (the
@@ -137,7 +137,7 @@ def backbone_kwargs(recipe) -> dict:
     return kw
 
 
-def build_encoder(recipe) -> Encoder:
+def build_recipe_encoder(recipe) -> RecipeEncoder:
     """A freshly initialized (random) encoder for a recipe (seed the global RNG first for reproducibility)."""
     kw = backbone_kwargs(recipe)
     try:
@@ -145,4 +145,4 @@ def build_encoder(recipe) -> Encoder:
     except TypeError:
         kw.pop("img_size", None)
         bb = create_backbone(recipe.backbone, **kw)
-    return Encoder(bb, recipe.z_dim, stochastic=recipe.objective == "stochastic")
+    return RecipeEncoder(bb, recipe.z_dim, stochastic=recipe.objective == "stochastic")

@@ -4,26 +4,27 @@ Layout: ``PATH.safetensors`` holds the backbone's state dict (keys as in ``creat
 ``source: checkpoint`` zoo entry with ``architecture: smallcnn`` and the sidecar's ``model_kwargs`` loads it with
 ``strict=True``); ``PATH.safetensors.json`` holds the full recipe, the backbone arguments, the input normalization,
 the image size, the training history and ``sha256``, the checksum of the weights file's bytes. Both are written
-atomically (temp file in the same folder + os.replace), weights first, so a sidecar never describes missing weights.
+atomically (:mod:`riskdecomp.atomic`), weights first, so a sidecar never describes missing weights.
 Loading verifies the checksum: a swapped or corrupted weights file is an error (a cached one is retrained instead).
 Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import torch
 
+from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import CacheError, WeightsError
-from .backbones import Encoder, backbone_kwargs, build_encoder
+from .backbones import RecipeEncoder, backbone_kwargs, build_recipe_encoder
 from .recipe import Recipe
-from .train import MEAN, STD, pretrain, resolve_device
+from ..device import resolve_device
+from .train import MEAN, STD, pretrain
 
 FORMAT = "riskdecomp-pretrain-v1"
 log = logging.getLogger(__name__)
@@ -35,22 +36,9 @@ def sidecar_path(path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_checkpoint(path, encoder: Encoder, recipe: Recipe, history=None) -> Path:
+def save_checkpoint(path, encoder: RecipeEncoder, recipe: Recipe, history=None) -> Path:
     """Write ``encoder``'s backbone weights to ``path`` (safetensors) and the sidecar ``<path>.json``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
@@ -69,14 +57,10 @@ def save_checkpoint(path, encoder: Encoder, recipe: Recipe, history=None) -> Pat
         "history": history or [],
     }
 
-    def write_weights(tmp: str) -> None:
-        from ..zoo import file_sha256  # (zoo imports this package: import late)
-
-        save_file(state, tmp, metadata={"format": FORMAT})
-        meta["sha256"] = file_sha256(tmp)  # of the bytes that are renamed into place
-
-    _atomic_write(path, write_weights)
-    _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1, sort_keys=True)))
+    data = save(state, metadata={"format": FORMAT})
+    meta["sha256"] = hashlib.sha256(data).hexdigest()  # of the bytes written
+    atomic_write_bytes(path, data)  # weights first: a sidecar never describes missing weights
+    atomic_write_text(sidecar_path(path), json.dumps(meta, indent=1, sort_keys=True))
     return path
 
 
@@ -110,7 +94,7 @@ def verify_checksum(path, meta: dict, required: bool = False) -> None:
                            f"{got[:12]}, expected {str(want)[:12]}): the file was swapped or corrupted")
 
 
-def load_checkpoint(path, device: str = "cpu", require_checksum: bool = False) -> tuple[Encoder, Recipe]:
+def load_checkpoint(path, device: str = "cpu", require_checksum: bool = False) -> tuple[RecipeEncoder, Recipe]:
     """Rebuild ``(encoder, recipe)`` from a checkpoint written by :func:`save_checkpoint` (eval mode), after
     verifying the weights against the sidecar's checksum (:func:`verify_checksum`)."""
     from pydantic import ValidationError
@@ -130,7 +114,7 @@ def load_checkpoint(path, device: str = "cpu", require_checksum: bool = False) -
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: unreadable safetensors file ({exc})") from None
-    encoder = build_encoder(recipe)
+    encoder = build_recipe_encoder(recipe)
     try:
         encoder.backbone.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -172,6 +156,9 @@ def eval_transform(recipe_or_sidecar: Union[Recipe, dict, str, Path, None], nati
         return (x - mean_t) / std_t
 
     transform.input_size = size
+    # its content, for riskdecomp.decode.preprocessing_key (encoders with equal keys share one decoding pass)
+    transform.preprocessing_key = json.dumps(["riskdecomp.eval_transform", size, mean_t.flatten().tolist(),
+                                              std_t.flatten().tolist()])
     return transform
 
 

@@ -9,9 +9,10 @@ import pandas as pd
 import torch
 
 from ..datasets import ImageSplit
+from ..device import resolve_device
 from ..errors import DatasetError
 from .augment import Augmenter, to_float
-from .backbones import Encoder, build_encoder
+from .backbones import RecipeEncoder, build_recipe_encoder
 from .objectives import build_objective
 from .recipe import Recipe
 
@@ -49,13 +50,6 @@ def deterministic_threads(n: int = PRETRAIN_THREADS):
         cudnn.deterministic, cudnn.benchmark = old_cudnn
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is returned as is."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def _optimizer(recipe: Recipe, params):
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
@@ -75,7 +69,7 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
 
 
 def pretrain(recipe: Recipe, split: ImageSplit, *, device: str = "cpu",
-             progress: bool = True) -> tuple[Encoder, pd.DataFrame]:
+             progress: bool = True) -> tuple[RecipeEncoder, pd.DataFrame]:
     """Train an encoder with ``recipe`` on ``split`` (the dataset's train split); returns ``(encoder, history)``.
 
     The split is held as one uint8 tensor (``split.to_uint8(recipe.image_size)``); each step draws
@@ -91,14 +85,14 @@ def pretrain(recipe: Recipe, split: ImageSplit, *, device: str = "cpu",
         return _pretrain(recipe, split, device=device, progress=progress)
 
 
-def _pretrain(recipe: Recipe, split: ImageSplit, *, device: str, progress: bool) -> tuple[Encoder, pd.DataFrame]:
+def _pretrain(recipe: Recipe, split: ImageSplit, *, device: str, progress: bool) -> tuple[RecipeEncoder, pd.DataFrame]:
     import time
 
     from tqdm.auto import tqdm
 
     device = resolve_device(device)
     torch.manual_seed(recipe.seed)
-    encoder = build_encoder(recipe).to(device)
+    encoder = build_recipe_encoder(recipe).to(device)
     history = pd.DataFrame({"epoch": pd.Series(dtype=int), "loss": pd.Series(dtype=float),
                             "seconds": pd.Series(dtype=float)})
     if recipe.objective == "init" or recipe.epochs == 0:
@@ -138,29 +132,3 @@ def _pretrain(recipe: Recipe, split: ImageSplit, *, device: str, progress: bool)
         bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
     history = pd.DataFrame(rows)
     return encoder.eval(), history
-
-
-@torch.no_grad()
-def embed(encoder: Encoder, images: torch.Tensor, batch_size: int = 512, device: str = "cpu") -> np.ndarray:
-    """Representations (N, z_dim) of a uint8 (or [0, 1] float) image tensor, in eval mode."""
-    encoder.eval()
-    out = [encoder(normalize(to_float(images[i:i + batch_size])).to(device)).cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, encoder.out_dim), np.float32)
-
-
-@torch.no_grad()
-def embed_posterior(encoder: Encoder, images: torch.Tensor, batch_size: int = 512,
-                    device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """``(mu, logvar)`` (each (N, z_dim)) of a stochastic encoder on a uint8 image tensor, in eval mode.
-
-    Per-sample uncertainty: ``post_var = exp(logvar).mean(1)``; information rate: ``KL(q || N(0, I))`` in nats
-    (``objectives.kl_standard_normal``; divide by ln 2 for bits).
-    """
-    encoder.eval()
-    mus, lvs = [], []
-    for i in range(0, len(images), batch_size):
-        mu, lv = encoder.posterior(normalize(to_float(images[i:i + batch_size])).to(device))
-        mus.append(mu.cpu())
-        lvs.append(lv.cpu())
-    return torch.cat(mus).numpy(), torch.cat(lvs).numpy()

@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 
+from riskdecomp.schema import COMPONENTS, TOTAL
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
 padding:0 1em;color:#222;line-height:1.45}
@@ -20,7 +22,7 @@ figcaption{font-size:.9em;color:#444;margin-top:.3em}.note{color:#8a5a00;font-si
 code{background:#f5f5f5;padding:0 .2em}.prov{color:#666;font-size:.8em;margin-top:-.5em}
 """
 
-LEADERBOARD_COLUMNS = ["model", "dataset", "agg_risk", "approx", "usability", "probe_gen", "enc_gen"]
+LEADERBOARD_COLUMNS = ["model", "dataset", TOTAL, *COMPONENTS]
 
 
 def _fmt(v) -> str:

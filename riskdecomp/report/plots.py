@@ -23,8 +23,8 @@ import seaborn as sns  # noqa: E402
 
 from riskdecomp import analysis  # noqa: E402
 from riskdecomp.report.html import seed_contrast_rows  # noqa: E402
+from riskdecomp.schema import COMPONENTS, score_columns  # noqa: E402
 
-COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen"]
 COMPONENT_LABELS = {"approx": "approximation", "usability": "usability", "probe_gen": "probe generalization",
                     "enc_gen": "encoder generalization", "agg_risk": "aggregated risk"}
 # Okabe-Ito colour-blind-safe colours, four clearly distinct hues (blue, orange, bluish green, reddish purple);
@@ -33,8 +33,6 @@ COMPONENT_COLORS = {"approx": "#0072B2", "usability": "#E69F00", "probe_gen": "#
 TARGET_FILES = ("leaderboard.csv", "uncertainty.csv", "active_learning.csv", "label_efficiency.csv")
 MAX_FACETS = 9
 MAX_DATASETS = 6
-_NOT_SCORES = {"err01", "loss", "brier_ovo", "index", "idx", "label", "y", "target", "pred", "prediction",
-               "correct", "model", "dataset", "sample", "id"}
 
 
 class PlotSkipped(Exception):
@@ -351,7 +349,7 @@ def plot_risk_coverage(per_sample_dir: Path, out_dir: Path, name: str = "risk_co
             ax.set_visible(False)
             continue
         err = pd.to_numeric(d["err01"], errors="coerce")
-        scores = [c for c in d.columns if c not in _NOT_SCORES and pd.api.types.is_numeric_dtype(d[c])]
+        scores = [c for c in score_columns(d.columns) if pd.api.types.is_numeric_dtype(d[c])]
         for sc in scores[:10]:
             ok = err.notna() & d[sc].notna()
             if ok.sum() < 2:
@@ -577,12 +575,3 @@ def collect_plots(results_dir, out_dir, color_by: str | None = "objective", *,
         attempt(plot_design_effects, pub_eff if pub_eff is not None else analysis.design_effects(published),
                 out_dir, name="published_design_effects")
     return made, notes
-
-
-def make_plots(results_dir, out_dir, color_by: str | None = "objective") -> list[tuple[Path, str]]:
-    """Draw every plot of ``results_dir`` into ``out_dir`` (PNG + SVG); returns [(png_path, caption)].
-
-    Inputs read when present: leaderboard.csv, analysis/design_effects.csv (else computed),
-    uncertainty.csv, per_sample/*.csv, active_learning.csv. Absent inputs skip their plot.
-    """
-    return collect_plots(results_dir, out_dir, color_by)[0]

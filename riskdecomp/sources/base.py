@@ -1,0 +1,173 @@
+"""What every source shares: the common entry fields (:class:`Entry`) and the :class:`Source` interface."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import WeightsError
+from ..names import name_problem
+
+REPRESENTATIONS = ("pooled", "cls", "avg", "cls+avg", "4xcls")
+
+# Design-choice fields of the published table (hyperparameters and metadata groups of all_results.csv).
+METADATA_FIELDS = frozenset("""
+objective ssl_mode version n_negatives n_classes is_stopgrad is_ema other pred_dim projection_hid_width
+projection_hid_depth architecture_exact architecture family patch_size projection1_arch projection2_arch
+projection_same n_parameters projection_nparameters pretraining_data finetuning_data img_size views
+is_aug_invariant augmentations z_dim z_layer epochs batch_size optimizer learning_rate weight_decay scheduler
+is_aug_autoaug is_aug_blur is_aug_color is_aug_crop is_aug_erasing is_aug_flip is_aug_gray is_aug_jigsaw
+is_aug_masking is_aug_normalize is_aug_photometric is_aug_rotate is_aug_solarize is_aug_anygeometric
+is_aug_anycolor n_augmentations nviews projection_nparameters_hidden
+where notes month year license is_official is_industry is_our_extract n_pus pu_type time_hours
+top1acc_in1k_official top1acc_in1k-1%_official top1acc_in1k-c5_official date_published
+""".split())
+
+MetaValue = Union[bool, int, float, str, list, None]
+
+
+class Entry(BaseModel):
+    """Fields every zoo entry has; a source's entry model adds ``source: Literal[<name>]`` and its own fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    representation: str = "pooled"
+    reference: Optional[str] = None
+    metadata: dict[str, MetaValue] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        problem = name_problem(v)
+        if problem:
+            raise ValueError(f"name {problem}")
+        return v
+
+    @field_validator("representation")
+    @classmethod
+    def _known_representation(cls, v: str) -> str:
+        if v not in REPRESENTATIONS:
+            raise ValueError(f"unknown representation {v!r}: expected one of {', '.join(REPRESENTATIONS)}")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _known_metadata(cls, v: dict) -> dict:
+        unknown = sorted(set(v) - METADATA_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown metadata field(s) {', '.join(unknown)} (use the published table's names)")
+        return v
+
+
+class Built(NamedTuple):
+    """What a source's :meth:`Source.build` returns: the frozen module (``forward(batch) -> (N, D)``), its
+    preprocessing (PIL image -> tensor, with ``input_size`` in px where known), the weights keys a non-strict load
+    left out, and the SHA-256 of the weights used (None: not a local file)."""
+
+    module: Any
+    transform: Any
+    ignored: dict
+    sha256: Optional[str] = None
+
+
+def no_ignored() -> dict:
+    return {"missing": [], "unexpected": []}
+
+
+def file_sha256(path, chunk: int = 1 << 22) -> str:
+    """SHA-256 (hex) of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def timm_version() -> str:
+    import timm
+
+    return f"timm{timm.__version__}"
+
+
+def representation_key(entry) -> str:
+    """The representation part of an identity: ``<representation>`` plus ``|size<N>`` with an ``image_size``."""
+    rep = entry.representation
+    if getattr(entry, "image_size", None):
+        rep = f"{rep}|size{entry.image_size}"
+    return rep
+
+
+class Source:
+    """One way of getting an encoder, registered under :attr:`name` (the zoo's ``source:`` value).
+
+    A subclass declares its entry model (:attr:`entry`, a pydantic model deriving from :class:`Entry`), which of
+    its fields hold local files (:attr:`files`: resolved against the zoo file's folder, keyed by content, never by
+    location), whether it runs a repository's code (:attr:`runs_code`: its entries must say ``trust_repo: true``),
+    how it builds the encoder (:meth:`build`) and what identifies its weights (:meth:`weights_sha256`,
+    :meth:`identity`: part of the feature-cache and run keys, so they must not change for existing entries).
+    A source without an encoder (precomputed features) overrides :meth:`load_features` and :meth:`dataset_name`.
+    """
+
+    name: ClassVar[str]
+    entry: ClassVar[type]
+    files: ClassVar[tuple] = ()
+    runs_code: ClassVar[bool] = False
+    has_encoder: ClassVar[bool] = True
+    full_fields: ClassVar[tuple] = ()  # nested settings `zoo list --expanded` shows in full, defaults included
+
+    # ------------------------------------------------------------------ what the zoo needs
+    def what(self, entry) -> str:
+        """The entry's key field in a few characters (``zoo list``'s ``what`` column)."""
+        raise NotImplementedError
+
+    def weights_label(self, entry) -> str:
+        """Where the weights come from (``zoo list``'s ``weights`` column): ``hub``, ``file:<sha256[:12]>``
+        (``file:missing``), ``random``, ``recipe`` or ``none``."""
+        raise NotImplementedError
+
+    def complete(self, entry):
+        """The validated entry with whatever the source derives itself (e.g. a recipe's metadata); ValueError
+        names a field the user wrote that contradicts it."""
+        return entry
+
+    # ------------------------------------------------------------------ data
+    def dataset_name(self, entry) -> Optional[str]:
+        """The name of the dataset the entry brings itself (None: it is evaluated on the loaded dataset)."""
+        return None
+
+    @property
+    def needs_dataset(self) -> bool:
+        return self.has_encoder
+
+    def load_features(self, entry):
+        raise NotImplementedError(f"source {self.name!r} has an encoder: featurize it")
+
+    # ------------------------------------------------------------------ the encoder
+    def build(self, entry, dataset, *, cache_dir, device, progress, force) -> Built:
+        raise NotImplementedError
+
+    def weights_sha256(self, entry, dataset, *, cache_dir, device, progress, force) -> Optional[str]:
+        """SHA-256 of the weights the encoder will use, without building it (default: the file of the first
+        :attr:`files` field; None when it has none)."""
+        path = getattr(entry, self.files[0], None) if self.files else None
+        if path is None:
+            return None
+        if not Path(path).is_file():
+            raise WeightsError(f"model {entry.name!r}: weights file {path} not found")
+        return file_sha256(path)
+
+    def identity(self, entry, dataset, sha: Optional[str]) -> str:
+        """What determines the entry's features (given the weights' SHA-256)."""
+        raise NotImplementedError
+
+    def stochastic(self, entry) -> bool:
+        """Whether the encoder has a posterior (``posterior_variance`` scores)."""
+        return False
+
+
+def file_label(path) -> str:
+    """``file:<sha256[:12]>`` of a local weights file, ``file:missing`` when it is absent."""
+    return "file:" + file_sha256(path)[:12] if Path(path).is_file() else "file:missing"
