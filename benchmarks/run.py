@@ -17,6 +17,12 @@ Benchmarks (``--only`` takes these names):
   probes_large  the same at 50k x 2048 x 100; the sklearn side only with --large-baseline (it takes hours on
              2 cores, far beyond the 15-minute suite)                          (benchmarks/bench_probes.py)
   gflops     achieved GFLOP/s of the probe fit vs a plain matmul, at both sizes (benchmarks/bench_probes.py)
+  fitspeed   one LinearProbe.fit vs one sklearn LogisticRegression(lbfgs) fit at C = 1e-3..100, CPU, side by
+             side, 50k x 512 x 10 (only with --only: ~10 min on 2 cores)        (benchmarks/bench_probes.py)
+  torchmem   peak memory of the torch probe path (run on the CPU), chunked vs one pass, 100k x 32 x 1000
+             (only with --only)                                                 (benchmarks/bench_probes.py)
+  studycost  the 100-encoder ImageNet study's cost on a 16-core CPU and an H200, computed from the anchors
+             in --out and results-nvidia-h200.json (an estimate, last)           (benchmarks/study_cost.py)
   knn        k-NN search vs sklearn brute force                                (benchmarks/bench_knn.py)
 
 Each benchmark runs in a fresh Python process, so ``peak_memory_mb`` (the child's ``ru_maxrss``, via ``os.wait4``)
@@ -49,7 +55,11 @@ if __package__ in (None, ""):
 from benchmarks.common import ROW_KEYS, machine_info, row, run_function, usable_cores  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
-ORDER = ("scale", "memory", "featurize", "featurize_group", "probes", "probes_large", "gflops", "knn", "e2e")
+ORDER = ("scale", "memory", "featurize", "featurize_group", "probes", "probes_large", "gflops", "fitspeed", "torchmem",
+         "knn", "e2e", "studycost")
+#: run only when ``--only`` names them: they would not fit the 15-minute suite (fitspeed: ~10 min of sklearn fits
+#: on 2 cores; torchmem: two fits holding 100k x 1000 logits)
+OPT_IN = ("fitspeed", "torchmem")
 DEFAULT_BUDGET_S = 870.0  # the whole suite ends within 15 minutes; what no longer fits is recorded as skipped
 DEFAULT_TARGETS = {  # used only when a benchmark module's dict states no target of its own
     "probes": ("ratio >= 10 (sklearn time / ours)", 10.0),
@@ -119,6 +129,21 @@ def child_probes(which: str, quick: bool, threads: int, large_baseline: float = 
     return rows
 
 
+def child_fitspeed(quick: bool, threads: int) -> list:
+    _threads(threads)
+    try:
+        from benchmarks.bench_probes import bench_fit_speed
+    except ImportError as exc:
+        return _missing("fit_speed", "benchmarks/bench_probes.py", exc)
+    return bench_fit_speed(quick=quick, threads=threads)
+
+
+def child_studycost(quick: bool, threads: int, anchors: str) -> list:
+    from benchmarks.study_cost import estimate
+
+    return estimate(anchors)
+
+
 def child_knn(quick: bool, threads: int) -> list:
     _threads(threads)
     try:
@@ -167,7 +192,8 @@ def normalise(group: str, raw, child_peak_mb: Optional[float]) -> list:
             d["target"] = target
             if d.get("met") is None and threshold is not None and isinstance(d.get("ratio"), (int, float)):
                 d["met"] = d["ratio"] >= threshold
-        if d.get("peak_memory_mb") is None and child_peak_mb is not None and group not in ("scale", "e2e", "memory"):
+        if d.get("peak_memory_mb") is None and child_peak_mb is not None and group not in ("scale", "e2e", "studycost",
+                                                                                           "memory"):
             d["peak_memory_mb"] = round(child_peak_mb, 1)
         r = row(**{k: d.get(k) for k in ROW_KEYS if k != "name"}, name=str(d["name"]))
         r["size"] = "" if r["size"] is None else str(r["size"])
@@ -183,7 +209,7 @@ def plan(only, quick: bool) -> list:
     """(group, display name, module, function, kwargs) per child process, in run order."""
     from benchmarks.bench_featurize import FULL_MODELS, QUICK_MODELS
 
-    groups = ORDER if not only else [g for g in ORDER if g in only]
+    groups = [g for g in ORDER if g not in OPT_IN] if not only else [g for g in ORDER if g in only]
     jobs = []
     for g in groups:
         if g == "featurize":
@@ -201,6 +227,12 @@ def plan(only, quick: bool) -> list:
             jobs.append((g, g, "benchmarks.run", "child_probes", {"which": g}))
         elif g == "knn":
             jobs.append((g, g, "benchmarks.run", "child_knn", {}))
+        elif g == "fitspeed":
+            jobs.append((g, g, "benchmarks.run", "child_fitspeed", {}))
+        elif g == "studycost":
+            jobs.append((g, g, "benchmarks.run", "child_studycost", {}))
+        elif g == "torchmem":
+            jobs.append((g, g, "benchmarks.bench_probes", "bench_torch_memory", {}))
     return jobs
 
 
@@ -227,6 +259,8 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
         kw = {"quick": quick, "threads": threads, **kwargs}
         if group == "probes_large":
             kw["large_baseline"] = large_baseline
+        if group == "studycost":
+            kw["anchors"] = str(out)  # computed from the rows written so far (and those kept with --only)
         if group in ("scale", "e2e", "memory") and left is not None:
             kw["timeout"] = max(left - 2, 1)  # they run their own children: let them stop in time and report
         if verbose:
@@ -257,6 +291,9 @@ def group_of(r: dict) -> str:
         return "gflops"
     if name.startswith("featurize_group"):  # featurize_group4: not of featurize
         return "featurize_group"
+    for prefix, group in (("fit_speed", "fitspeed"), ("torch_probe_memory", "torchmem"), ("study_cost", "studycost")):
+        if name.startswith(prefix):
+            return group
     return next((g for g in ORDER if name == g or name.startswith(g + "_") or name.startswith(g + "[")), name)
 
 

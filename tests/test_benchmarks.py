@@ -107,6 +107,44 @@ def test_gaussian_mixture_is_float32_and_learnable():
     assert 0.5 < acc < 0.99  # classes overlap: neither chance nor trivially separable
 
 
+def test_study_cost_is_computed_from_the_committed_anchors(tmp_path):
+    """#16 section 4: the study's cost table is arithmetic on measured rows (the committed results JSONs, written by
+    run.py), checked here against the anchors themselves; a figure without an anchor says "not measured"; and
+    ``run.py --only studycost`` adds its rows to a results file without dropping any measured row."""
+    from benchmarks.study_cost import IMAGENET_TEST, IMAGENET_TRAIN, estimate
+
+    bench = ROOT / "benchmarks"
+    cpu = {r["name"]: r for r in json.loads((bench / "results.json").read_text())["results"]}
+    gpu = {r["name"]: r for r in json.loads((bench / "results-nvidia-h200.json").read_text())["results"]}
+    rows = {r["name"]: r for r in estimate(bench / "results.json", bench / "results-nvidia-h200.json")}
+    images = IMAGENET_TRAIN + IMAGENET_TEST
+    one, hundred = rows["study_cost_resnet50"], rows["study_cost_100_resnet50"]
+    assert one["disk_gb_float16"] == round(images * 2048 * 2 / 1e9, 1) == 5.5
+    cores = json.loads((bench / "results.json").read_text())["machine"]["cores"]
+    rate16 = cpu["featurize_resnet50"]["images_per_s"] * 16 / cores
+    assert one["cpu16_featurize_hours"] == pytest.approx(images / rate16 / 3600, abs=0.01)
+    dec = cpu["decomposition_2048x100"]
+    work = IMAGENET_TRAIN / dec["n"] * 1000 / dec["k"]
+    assert one["cpu16_decomposition_hours"] == pytest.approx(dec["seconds"] * work * cores / 16 / 3600, abs=0.01)
+    assert one["h200_featurize_hours"] == pytest.approx(images / gpu["featurize_resnet50"]["images_per_s"] / 3600,
+                                                        abs=0.01)
+    assert one["h200_decomposition_hours"] == one["h200_total_hours"] == "not measured"
+    assert hundred["cpu16_total_hours"] == pytest.approx(100 * one["cpu16_total_hours"], abs=1)
+    assert rows["study_cost_vit_small"]["cpu16_decomposition_hours"] < one["cpu16_decomposition_hours"]
+
+    out = tmp_path / "results.json"
+    out.write_text((bench / "results.json").read_text())
+    before = [r["name"] for r in json.loads(out.read_text())["results"] if not r["name"].startswith("study_cost")]
+    proc = subprocess.run([sys.executable, str(bench / "run.py"), "--only", "studycost", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    names = [r["name"] for r in doc["results"]]
+    assert [n for n in names if not n.startswith("study_cost")] == before
+    assert {"study_cost_resnet50", "study_cost_100_vit_small"} <= set(names)
+    assert {r["group"] for r in doc["results"] if r["name"].startswith("study_cost")} == {"studycost"}
+
+
 def test_only_keeps_the_other_groups_rows(tmp_path):
     """``--only G`` replaces the rows of G and keeps every other group's measurement (with the date it was taken)."""
     out = tmp_path / "results.json"
@@ -127,3 +165,19 @@ def test_only_keeps_the_other_groups_rows(tmp_path):
     assert [r for r in second["results"] if r["group"] == "knn"] == knn  # kept as measured, not rerun
     third = run("knn")  # rerunning a group replaces its rows instead of adding a second copy
     assert sum(r["group"] == "knn" for r in third["results"]) == len(knn)
+
+
+def test_fit_speed_rows_time_both_sides_at_each_C():
+    """The fitspeed benchmark (quick size, two Cs): one row per C with both times, their ratio and both test
+    accuracies, then a summary row with the smallest ratio; the two fits are of the same model (accuracies agree)."""
+    from benchmarks.bench_probes import bench_fit_speed
+
+    rows = bench_fit_speed(quick=True, Cs=(0.01, 1.0), threads=1)
+    assert [r["name"] for r in rows] == ["fit_speed_C0.01", "fit_speed_C1", "fit_speed"]
+    for r in rows[:2]:
+        assert r["seconds"] > 0 and r["baseline_seconds"] > 0
+        assert r["ratio"] == pytest.approx(r["baseline_seconds"] / r["seconds"])
+        assert r["ours_converged"] and r["sklearn_convergence_warnings"] == 0
+        assert r["accuracy_diff_points"] <= 0.3 and r["met"] == (r["ratio"] >= 3)
+    assert rows[2]["ratio"] == min(r["ratio"] for r in rows[:2])
+    assert rows[2]["met"] == all(r["met"] for r in rows[:2])
