@@ -10,6 +10,8 @@ Benchmarks (``--only`` takes these names):
   featurize_group  4 encoders sharing preprocessing, real JPEGs: one decoding pass for all (featurize_group) vs
              one-by-one vs their forward passes alone                           (benchmarks/bench_featurize.py)
   scale      time and peak memory of ``decompose`` at N = 25k..200k, log-log slope (benchmarks/bench_scale.py)
+  memory     peak memory of ``decompose`` at 50k x 512 x 10 on cached features: float32 in memory vs float16
+             memory-mapped (the default cache)                               (benchmarks/bench_memory.py)
   e2e        the README main job from an empty and from a full cache           (benchmarks/bench_e2e.py)
   probes     tuned decomposition at 50k x 512 x 10, our LinearProbe vs sklearn  (benchmarks/bench_probes.py)
   probes_large  the same at 50k x 2048 x 100; the sklearn side only with --large-baseline (it takes hours on
@@ -24,7 +26,7 @@ Benchmarks (``--only`` takes these names):
   knn        k-NN search vs sklearn brute force                                (benchmarks/bench_knn.py)
 
 Each benchmark runs in a fresh Python process, so ``peak_memory_mb`` (the child's ``ru_maxrss``, via ``os.wait4``)
-is its own; benchmarks that spawn one process per size (scale, e2e) report each size's own peak. Ratios compare
+is its own; benchmarks that spawn one process per size or path (scale, e2e, memory) report each one's own peak. Ratios compare
 two things measured side by side in the same process and run. A benchmark whose module is absent is recorded as
 ``missing``; one that fails or runs out of time is recorded with the reason, and the suite goes on.
 
@@ -53,8 +55,8 @@ if __package__ in (None, ""):
 from benchmarks.common import ROW_KEYS, machine_info, row, run_function, usable_cores  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
-ORDER = ("scale", "featurize", "featurize_group", "probes", "probes_large", "gflops", "fitspeed", "torchmem", "knn",
-         "e2e", "studycost")
+ORDER = ("scale", "memory", "featurize", "featurize_group", "probes", "probes_large", "gflops", "fitspeed", "torchmem",
+         "knn", "e2e", "studycost")
 #: run only when ``--only`` names them: they would not fit the 15-minute suite (fitspeed: ~10 min of sklearn fits
 #: on 2 cores; torchmem: two fits holding 100k x 1000 logits)
 OPT_IN = ("fitspeed", "torchmem")
@@ -190,7 +192,8 @@ def normalise(group: str, raw, child_peak_mb: Optional[float]) -> list:
             d["target"] = target
             if d.get("met") is None and threshold is not None and isinstance(d.get("ratio"), (int, float)):
                 d["met"] = d["ratio"] >= threshold
-        if d.get("peak_memory_mb") is None and child_peak_mb is not None and group not in ("scale", "e2e", "studycost"):
+        if d.get("peak_memory_mb") is None and child_peak_mb is not None and group not in ("scale", "e2e", "studycost",
+                                                                                           "memory"):
             d["peak_memory_mb"] = round(child_peak_mb, 1)
         r = row(**{k: d.get(k) for k in ROW_KEYS if k != "name"}, name=str(d["name"]))
         r["size"] = "" if r["size"] is None else str(r["size"])
@@ -218,6 +221,8 @@ def plan(only, quick: bool) -> list:
             jobs.append((g, g, "benchmarks.bench_scale", "bench_scale", {}))
         elif g == "e2e":
             jobs.append((g, g, "benchmarks.bench_e2e", "bench_e2e", {}))
+        elif g == "memory":
+            jobs.append((g, g, "benchmarks.bench_memory", "bench_memory", {}))
         elif g in ("probes", "probes_large", "gflops"):
             jobs.append((g, g, "benchmarks.run", "child_probes", {"which": g}))
         elif g == "knn":
@@ -256,7 +261,7 @@ def run_suite(*, quick: bool = False, only=None, budget: Optional[float] = None,
             kw["large_baseline"] = large_baseline
         if group == "studycost":
             kw["anchors"] = str(out)  # computed from the rows written so far (and those kept with --only)
-        if group in ("scale", "e2e") and left is not None:
+        if group in ("scale", "e2e", "memory") and left is not None:
             kw["timeout"] = max(left - 2, 1)  # they run their own children: let them stop in time and report
         if verbose:
             print(f"[{time.perf_counter() - t0:6.1f}s] {label} ...", file=sys.stderr, flush=True)

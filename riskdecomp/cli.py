@@ -144,6 +144,10 @@ def _zoo_options(f):
     f = click.option("--num-workers", default="auto", show_default=True, help="Data-loading processes (or auto).")(f)
     f = click.option("--seed", default=0, show_default=True, type=click.IntRange(0))(f)
     f = click.option("--no-progress", is_flag=True, help="Hide progress bars.")(f)
+    f = click.option("--feature-dtype", type=click.Choice(["float16", "float32"]), default="float16",
+                     show_default=True,  # = features.FEATURE_DTYPES (tested)
+                     help="Precision of the feature cache: float16 halves disk and memory; float32 for features "
+                          "beyond float16's range (+-65504).")(f)
     return f
 
 
@@ -159,7 +163,8 @@ def _workers(v):
 @cli.command()
 @_zoo_options
 @click.option("--download", is_flag=True, help="Let torchvision download CIFAR-10 (online users).")
-def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_workers, seed, no_progress, download):
+def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_workers, seed, no_progress, feature_dtype,
+              download):
     """Compute (or reuse) the cached features of every zoo entry on a dataset. Entries that share preprocessing
     are featurized together: each image is decoded once for all of them."""
     from .atomic import check_writable_dir
@@ -177,7 +182,7 @@ def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_work
     if any(source_of(e).needs_dataset for e in entries):
         ds = load_dataset(dataset, download=download, seed=seed)
     feats = featurize_group(entries, ds, cache_dir=cache, device=device, batch_size=batch_size,
-                            num_workers=_workers(num_workers), progress=not no_progress,
+                            num_workers=_workers(num_workers), progress=not no_progress, dtype=feature_dtype,
                             mmap=True)  # memory-mapped: a large zoo's features are not all held in memory
     for e in entries:
         f = feats[e.name]
@@ -208,7 +213,8 @@ def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_work
 @click.option("--statistics/--no-statistics", default=True, show_default=True, help="Representation statistics.")
 @click.option("--alternative", is_flag=True, help="Also compute the alternative (train+test) decomposition.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write plots and report.html.")
-def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_workers, seed, no_progress, out, jobs,
+def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_workers, seed, no_progress, feature_dtype,
+             out, jobs,
              threads, backend, dask_scheduler, force, n_boot, shots, fractions, fewshot_seeds, uncertainty, aug_views, active,
              statistics, alternative, report):
     """Featurize, decompose the risk of every zoo entry, and write the leaderboard (+ report)."""
@@ -222,7 +228,7 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
     t0 = time.perf_counter()
     settings = Settings(seed=seed, n_boot=n_boot, shots=shots, fractions=fractions,
                         fewshot_seeds=fewshot_seeds, uncertainty=uncertainty, aug_views=aug_views, active=active,
-                        statistics=statistics,
+                        statistics=statistics, feature_dtype=feature_dtype,
                         alternative=alternative, device=device, batch_size=batch_size,
                         num_workers=_workers(num_workers), progress=not no_progress, threads=threads)
     res = run(zoo_path, dataset, out, models=_csv_list(models), cache_dir=cache_dir, settings=settings,

@@ -92,33 +92,51 @@ class Decomposition(dict):
 
 
 _F32 = np.finfo(np.float32)
+#: rows per chunk when scanning or casting a feature matrix: the temporaries stay ~rows x d, not n x d
+CHUNK_ROWS = 4096
 
 
-def check_feature_values(x: np.ndarray, name: str) -> None:
-    """Reject feature values the float32 probes cannot honour (one-line FeatureError naming ``name``):
-    complex or non-numeric dtypes, NaN/inf, finite values beyond float32's range (they would become inf), and
-    feature columns whose non-zero values are all float32-subnormal (below 1.2e-38: they lose their precision,
-    and a probe on them is at chance). A lone tiny value in a normal column is kept (it is just ~0)."""
+def check_feature_values(x: np.ndarray, name: str, dtype=np.float32, hint: str = "rescale the features",
+                         subnormal_ok: bool = False) -> int:
+    """Reject feature values that ``dtype`` (default float32, what the probes compute in) cannot honour (one-line
+    FeatureError naming ``name``, ending with ``hint``): complex or non-numeric dtypes, NaN/inf, finite values
+    beyond ``dtype``'s range (they would become inf), feature columns whose non-zero values all round to 0 in
+    ``dtype``, and (unless ``subnormal_ok``) columns whose non-zero values are all subnormal in ``dtype`` (they lose
+    their precision; in float32, a probe on them is at chance). A lone tiny value in a normal column is kept (it is
+    just ~0). Returns the number of subnormal-only columns. Scans in row chunks (a memory-mapped file is read once,
+    no n x d temporaries)."""
     if np.iscomplexobj(x):
         raise FeatureError(f"{name}: features are complex numbers (dtype {x.dtype}); give real-valued features")
     if x.dtype == bool or not np.issubdtype(x.dtype, np.number):
         raise FeatureError(f"{name}: features must be real numbers, got dtype {x.dtype}")
     if not np.issubdtype(x.dtype, np.floating):
-        return  # integers: finite and (for any realistic feature) within float32 range
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = int((~finite).any(axis=1).sum())
+        return 0  # integers: finite and (for any realistic feature) within float32 range
+    info, kind = np.finfo(dtype), np.dtype(dtype).name
+    bad = 0
+    colmax = np.zeros(x.shape[1:], dtype=x.dtype)  # max |x| per column
+    for i in range(0, len(x), CHUNK_ROWS):
+        ax = np.abs(x[i:i + CHUNK_ROWS])
+        finite = np.isfinite(ax)
+        if not finite.all():
+            bad += int((~finite).reshape(len(ax), -1).any(axis=1).sum())
+        elif len(ax):
+            np.maximum(colmax, ax.max(axis=0), out=colmax)
+    if bad:
         raise FeatureError(f"{name}: {bad} row(s) contain NaN or inf")
-    big = float(np.abs(x).max())
-    if big > float(_F32.max):
-        raise FeatureError(f"{name}: values up to {big:.3g} exceed the float32 range (|x| <= {_F32.max:.3g}) the "
-                           "probes compute in; rescale the features")
-    ax = np.abs(x)
-    tiny = (ax > 0).any(axis=0) & ~(ax >= float(_F32.tiny)).any(axis=0)
-    if tiny.any():
-        raise FeatureError(f"{name}: {int(tiny.sum())} feature column(s) hold only float32-subnormal values "
-                           f"(0 < |x| < {_F32.tiny:.3g}, e.g. column {int(np.argmax(tiny))}): they cannot be "
-                           "represented at float32 precision; rescale the features")
+    big = float(colmax.max()) if colmax.size else 0.0
+    if big > float(info.max):
+        raise FeatureError(f"{name}: values up to {big:.3g} exceed the {kind} range (|x| <= {info.max:.5g}) the "
+                           f"{'probes compute' if kind == 'float32' else 'features are stored'} in; {hint}")
+    lost = (colmax > 0) & (colmax.astype(dtype) == 0)
+    tiny = (colmax > 0) & (colmax < float(info.tiny))
+    if lost.any() or (tiny.any() and not subnormal_ok):
+        what = (f"round to 0 (below {kind}'s smallest subnormal)" if lost.any() else
+                f"are {kind}-subnormal (0 < |x| < {info.tiny:.3g})")
+        cols = lost if lost.any() else tiny
+        raise FeatureError(f"{name}: {int(cols.sum())} feature column(s) hold only values that {what} in {kind} "
+                           f"(e.g. column {int(np.argmax(cols))}): they cannot be represented at {kind} precision; "
+                           f"{hint}")
+    return int(tiny.sum())
 
 
 def check_features(x: np.ndarray, y: np.ndarray | None, name: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -207,11 +225,32 @@ def _components(raw: dict[str, np.ndarray | float], has_ref: bool, alternative: 
     return out
 
 
-def _choose_C(est, x, y, fit_idx, val_idx, grid, patience):
-    """(C with the lowest error on rows ``val_idx`` along the warm-started path fitted on rows ``fit_idx``, the
-    path's probe at that C). The row subsets are freed on return (the probe keeps no reference to them)."""
-    path = PathFitter(est, x[fit_idx], y[fit_idx], grid)
-    C, _ = fit_path(path, x[val_idx], y[val_idx], patience=patience)
+class _RowBuffer:
+    """The one working copy of the train features (``dtype``, e.g. float32 from a float16 memory-mapped cache file):
+    :meth:`arrange` gathers the source rows (in chunks, so no full-size temporary of either dtype) into this single
+    buffer in the order a phase needs, so that every row subset it fits or scores on is a contiguous slice -- a
+    view, never a fancy-indexed copy. Peak memory of :func:`decompose` is then ~1x the train matrix in ``dtype``
+    (+ the test matrix), whatever the number of subsets; the source is only read."""
+
+    def __init__(self, src: np.ndarray, dtype):
+        self.src = src
+        self.buf = np.empty(src.shape, dtype=dtype)
+
+    def arrange(self, *parts: np.ndarray) -> list[np.ndarray]:
+        """Fill the buffer with the source rows ``parts[0]``, then ``parts[1]``, ... (index arrays covering
+        at most all rows); return one view per part."""
+        order = np.concatenate(parts)
+        for i in range(0, len(order), CHUNK_ROWS):
+            self.buf[i:i + CHUNK_ROWS] = self.src[order[i:i + CHUNK_ROWS]]
+        bounds = np.cumsum([0] + [len(p) for p in parts])
+        return [self.buf[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _choose_C(est, x_fit, y_fit, x_val, y_val, grid, patience):
+    """(C with the lowest error on (x_val, y_val) along the warm-started path fitted on (x_fit, y_fit), the path's
+    probe at that C)."""
+    path = PathFitter(est, x_fit, y_fit, grid)
+    C, _ = fit_path(path, x_val, y_val, patience=patience)
     return C, path.get(C)
 
 
@@ -309,9 +348,10 @@ def decompose(
     if not 1 <= n_sub <= n_tr - 2:
         raise FeatureError(f"n_sub={n_sub} must be between 1 and n_train - 2 = {n_tr - 2}")
     est = probe if probe is not None else LinearProbe(standardize=standardize, device=device)
-    if probe is None:
-        x_train = np.ascontiguousarray(x_train, dtype=np.float32)
-        x_test = np.ascontiguousarray(x_test, dtype=np.float32)
+    # the probes compute in float32 (LinearProbe) or in the features' own precision (any other classifier); float16
+    # (the feature cache's default) is read into float32 working copies
+    work = np.float32 if probe is None else np.result_type(x_train.dtype, np.float32)
+    x_test = np.ascontiguousarray(x_test, dtype=work)
 
     def n_val(n: int) -> int:
         return min(max(int(round(val_fraction * n)), 1), n - 1)
@@ -320,29 +360,45 @@ def decompose(
     # per-point losses (float, NaN = the point does not count for that error), one table per resampling unit
     train_loss: dict[str, np.ndarray] = {}
     test_loss: dict[str, np.ndarray] = {}
+    # Every fit below reads the train features from ONE working buffer, rearranged per phase so that its row subsets
+    # (D_tr \ S_k's fitting and validation parts, S_k; D_tr's) are slices (see _RowBuffer). A fit's rows in another
+    # order are the same problem: only float rounding differs.
+    rows = _RowBuffer(x_train, work)
+    folds = _holdout_folds(y_train, holdout, n_folds, n_sub, seed)
 
-    # err_train_train: best training error along the path on D_tr
-    tr_path = PathFitter(est, x_train, y_train, g)
-    C_tt, _ = fit_path(tr_path, x_train, y_train, patience=None)
-    train_loss["err_train_train"] = _errors(tr_path.get(C_tt), x_train, y_train).astype(float)
+    def fold_parts(k: int, sub_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        comp_idx = np.setdiff1d(np.arange(n_tr), sub_idx, assume_unique=True)
+        fit_i, val_i = stratified_split(y_train[comp_idx], n_val(len(comp_idx)), seed + 1 + 7919 * k)
+        return comp_idx[fit_i], comp_idx[val_i], sub_idx
+
+    # err_train_train: best training error along the path on D_tr (rows in fold 0's order, which the first held-out
+    # fit reuses). The whole grid is fitted here (patience=None): err_test later takes its C_test fit from this path.
+    parts = fold_parts(0, folds[0])
+    views = rows.arrange(*parts)
+    order = np.concatenate(parts)
+    x_all, y_all = rows.buf, y_train[order]
+    tr_path = PathFitter(est, x_all, y_all, g)
+    C_tt, _ = fit_path(tr_path, x_all, y_all, patience=None)
+    tt = np.empty(n_tr)
+    tt[order] = _errors(tr_path.get(C_tt), x_all, y_all)
+    train_loss["err_train_train"] = tt
     res["C_train_train"] = C_tt
 
     # err_heldout: each S_k scored by a probe fitted on D_tr \ S_k (C chosen on a validation part of it); the
-    # same probes scored on D_te give err_sub_test. Row subsets are copies (fancy indexing), so each lives only
-    # while it is needed: at most ~1x the train matrix extra at a time.
-    folds = _holdout_folds(y_train, holdout, n_folds, n_sub, seed)
+    # same probes scored on D_te give err_sub_test.
     held = np.full(n_tr, np.nan)
     sub_test = np.zeros(n_te)
     C_folds = []
     for k, sub_idx in enumerate(folds):
-        comp_idx = np.setdiff1d(np.arange(n_tr), sub_idx, assume_unique=True)
-        y_c = y_train[comp_idx]
-        fit_i, val_i = stratified_split(y_c, n_val(len(y_c)), seed + 1 + 7919 * k)
-        C_k, val_probe = _choose_C(est, x_train, y_train, comp_idx[fit_i], comp_idx[val_i], g, patience)
-        x_c = x_train[comp_idx]
-        ho_probe = refit_from(est, val_probe, C_k, x_c, y_c)
-        del x_c, val_probe
-        held[sub_idx] = _errors(ho_probe, x_train[sub_idx], y_train[sub_idx])
+        if k:  # fold 0's rows are in place already
+            parts = fold_parts(k, sub_idx)
+            views = rows.arrange(*parts)
+        (fit_idx, val_idx, _), (x_fit, x_val, x_sub) = parts, views
+        C_k, val_probe = _choose_C(est, x_fit, y_train[fit_idx], x_val, y_train[val_idx], g, patience)
+        n_c = len(fit_idx) + len(val_idx)  # D_tr \ S_k = the fitting + validation rows, a prefix of the buffer
+        ho_probe = refit_from(est, val_probe, C_k, rows.buf[:n_c], y_train[np.concatenate([fit_idx, val_idx])])
+        del val_probe
+        held[sub_idx] = _errors(ho_probe, x_sub, y_train[sub_idx])
         sub_test += _errors(ho_probe, x_test, y_test) / len(folds)
         C_folds.append(C_k)
         del ho_probe
@@ -352,24 +408,28 @@ def decompose(
 
     # err_test: C chosen on a validation part of D_tr, refit on D_tr (= the train path's fit at that C)
     fit_i, val_i = stratified_split(y_train, n_val(n_tr), seed + 2)
-    C_te, _ = _choose_C(est, x_train, y_train, fit_i, val_i, g, patience)
+    x_fit, x_val = rows.arrange(fit_i, val_i)
+    C_te, _ = _choose_C(est, x_fit, y_train[fit_i], x_val, y_train[val_i], g, patience)
     test_probe = tr_path.get(C_te)
     test_loss["err_test"] = _errors(test_probe, x_test, y_test).astype(float)
     res["C_test"] = C_te
+    del rows, views, tr_path, x_all, x_fit, x_val, x_sub  # the working buffer: the reference / union fits need their own
 
     if reference is not None:
-        x_ref = np.ascontiguousarray(x_ref, dtype=np.float32) if probe is None else x_ref
+        x_ref = np.ascontiguousarray(x_ref, dtype=work)
         ref_path = PathFitter(est, x_ref, y_train, g)
         C_ref, _ = fit_path(ref_path, x_ref, y_train, patience=None)
         train_loss["err_ref_train_train"] = _errors(ref_path.get(C_ref), x_ref, y_train).astype(float)
         res["C_ref_train_train"] = C_ref
+        del x_ref, ref_path
     if alternative:
-        x_u = np.concatenate([x_train, x_test])
+        x_u = np.concatenate([x_train, x_test], dtype=work)
         y_u = np.concatenate([y_train, y_test])
         un_path = PathFitter(est, x_u, y_u, g)
         C_un, _ = fit_path(un_path, x_u, y_u, patience=None)
         test_loss["err_union"] = _errors(un_path.get(C_un), x_test, y_test).astype(float)
         res["C_union"] = C_un
+        del x_u, un_path
 
     has_ref = reference is not None
     raw = {k: 100.0 * float(np.nanmean(v)) for part in (train_loss, test_loss) for k, v in part.items()}

@@ -360,6 +360,19 @@ _WHITENING = _WhiteningCache()
 _CENTER_ABOVE = 16.0
 
 
+def _column_mean_std(X: np.ndarray, chunk_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and population standard deviations of X in float64, summed over row chunks: ``X.mean`` /
+    ``X.std`` with ``dtype=np.float64`` each make a full float64 copy of X (2x a float32 X) for a moment."""
+    n = max(len(X), 1)
+    chunks = [slice(i, i + chunk_rows) for i in range(0, len(X), chunk_rows)]
+    mean = sum((X[c].sum(axis=0, dtype=np.float64) for c in chunks), np.zeros(X.shape[1])) / n
+    ss = np.zeros_like(mean)
+    for c in chunks:
+        dev = X[c] - mean
+        ss += np.square(dev, out=dev).sum(axis=0)
+    return mean, np.sqrt(ss / n)
+
+
 def _needs_centering(mean: np.ndarray, std: np.ndarray) -> bool:
     ratio = np.abs(mean) / np.where(std > 0, std, np.inf)
     return bool(ratio.size and float(ratio.max()) > _CENTER_ABOVE)
@@ -662,8 +675,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             raise ValueError(f"precision={self.precision!r} needs the accelerator path (device='cuda', ...); "
                              "the CPU solver computes in float32")
         n, d = X.shape
-        mean = X.mean(axis=0, dtype=np.float64)
-        std = X.std(axis=0, dtype=np.float64)
+        mean, std = _column_mean_std(X)
         dscale = np.where(std > 0, std, 1.0) if self.standardize else np.ones(d)
         offset = mean if _needs_centering(mean, std) else None
         if offset is None:

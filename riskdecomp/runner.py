@@ -33,7 +33,7 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -92,6 +92,8 @@ class Settings:
     # wildly different scales (a random-init CNN's are ~1e-3), and a fixed C grid only means the same thing across
     # encoders on a common scale. The model class is unchanged (an affine map of the features).
     standardize: bool = True
+    # Precision of the feature cache (features.FEATURE_DTYPES): float16 halves disk and memory; float32 is opt-in
+    feature_dtype: str = "float16"
     # execution only (not part of the run key)
     device: str = "auto"
     batch_size: int = 256
@@ -110,6 +112,9 @@ class Settings:
             _positive(getattr(self, name), f"settings.{name}")
         if self.threads is not None:
             _positive(self.threads, "settings.threads")
+        from .features import check_feature_dtype
+
+        self.feature_dtype = check_feature_dtype(self.feature_dtype)
         self.shots, self.fractions = tuple(self.shots), tuple(self.fractions)
         for k in self.shots:
             _positive(k, "shots: k")
@@ -282,10 +287,11 @@ def _dataset_for(entry, dataset_spec: str, seed: int):
     return _DATASETS[(dataset_spec, seed)]
 
 
-def _load(entry, dataset_spec, settings, cache_dir, force: bool = False) -> Features:
+def _load(entry, dataset_spec, settings, cache_dir, force: bool = False, mmap: bool = False) -> Features:
     ds = _dataset_for(entry, dataset_spec, settings.seed)
     return featurize(entry, ds, cache_dir=cache_dir, device=settings.device, batch_size=settings.batch_size,
-                     num_workers=settings.num_workers, progress=settings.progress, force=force)
+                     num_workers=settings.num_workers, progress=settings.progress, force=force,
+                     dtype=settings.feature_dtype, mmap=mmap)
 
 
 def run_job(zoo_source, name: str, dataset_spec: str, out: str, cache_dir: str, settings: Settings,
@@ -348,13 +354,13 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         timings = {}
         stage(name, "featurize")
         t = time.perf_counter()
-        feats = _load(entry, dataset_spec, settings, cache_dir, force)
+        feats = _load(entry, dataset_spec, settings, cache_dir, force, mmap=True)
         timings["time_features"] = time.perf_counter() - t
         ref = None
         if reference is not None:
             t = time.perf_counter()
             # (with force, evaluate recomputed the reference's features first, in its own job)
-            rf = _load(reference, dataset_spec, settings, cache_dir)
+            rf = _load(reference, dataset_spec, settings, cache_dir, mmap=True)
             if len(rf.y_train) != len(feats.y_train) or not np.array_equal(rf.y_train, feats.y_train):
                 raise RiskdecompError(f"model {name!r}: reference {reference.name!r} features are not on the same "
                                       "train split")
@@ -430,6 +436,9 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
     dec = decompose(x_tr, y_tr, x_te, y_te, reference=reference, seed=settings.seed, n_boot=settings.n_boot,
                     alternative=settings.alternative, device=settings.device, standardize=settings.standardize)
     timings["time_decomposition"] = time.perf_counter() - t
+    # the decomposition reads memory-mapped cache files itself; the other estimators get in-memory float32 arrays
+    feats = replace(feats, x_train=_float32(feats.x_train), x_test=_float32(feats.x_test))
+    x_tr, x_te = feats.x_train, feats.x_test
     row = {"n_classes": int(len(np.unique(y_tr))), **dict(dec)}
     t = time.perf_counter()
     stage(feats.model, "few-shot")
@@ -465,6 +474,11 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
         timings["time_active"] = time.perf_counter() - t
     fewshot_rows = table.assign(model=feats.model, dataset=feats.dataset).to_dict(orient="records")
     return {"row": row, "fewshot": fewshot_rows}
+
+
+def _float32(x: np.ndarray) -> np.ndarray:
+    """``x`` as an in-memory float32 array (a memory map or another dtype is copied, anything else kept)."""
+    return x if type(x) is np.ndarray and x.dtype == np.float32 else np.array(x, dtype=np.float32)
 
 
 def reference_indices(n_train: int, settings: Settings) -> np.ndarray:
