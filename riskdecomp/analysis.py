@@ -447,13 +447,15 @@ def _per_seed_values(seeds: pd.DataFrame | None) -> dict:
             for (ds, m), g in t.groupby(["dataset", "base_model"], sort=False)}
 
 
-def seed_difference(a: pd.Series, b: pd.Series) -> tuple[float, float, float, int]:
+def seed_difference(a: pd.Series, b: pd.Series) -> tuple[float, float, float, float, int]:
     """Mean of b - a over pretraining seeds with a 95 % t-interval and a two-sided p-value.
 
     ``a``, ``b``: one value per seed (index = seed). Seeds present in both are paired (paired t-test, n - 1
     degrees of freedom); with fewer than 2 shared seeds but >= 2 on each side, Welch's unpaired test.
-    Returns ``(lo, hi, p, n)``; NaN (n = 0) when neither is possible. Inference is over pretraining seeds on
-    this test set (a fresh test set adds test-sampling noise that the per-model CIs show)."""
+    Returns ``(mean, lo, hi, p, n)``: the mean is the interval's center (the paired mean over the shared seeds,
+    which differs from the difference of the two models' seed means when their seed sets differ); NaN (n = 0) when
+    neither is possible. Inference is over pretraining seeds on this test set (a fresh test set adds
+    test-sampling noise that the per-model CIs show)."""
     a, b = pd.to_numeric(a, errors="coerce").dropna(), pd.to_numeric(b, errors="coerce").dropna()
     common = a.index.intersection(b.index)
     if len(common) >= 2:
@@ -464,11 +466,11 @@ def seed_difference(a: pd.Series, b: pd.Series) -> tuple[float, float, float, in
         n, mean, se = len(a) + len(b), float(b.mean() - a.mean()), float(np.sqrt(va + vb))
         df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else 1
     else:
-        return np.nan, np.nan, np.nan, 0
+        return np.nan, np.nan, np.nan, np.nan, 0
     if se == 0:
-        return mean, mean, (1.0 if mean == 0 else 0.0), n
+        return mean, mean, mean, (1.0 if mean == 0 else 0.0), n
     half = float(stats.t.ppf(0.975, df)) * se
-    return mean - half, mean + half, float(2 * stats.t.sf(abs(mean) / se, df)), n
+    return mean, mean - half, mean + half, float(2 * stats.t.sf(abs(mean) / se, df)), n
 
 
 def holm(p) -> np.ndarray:
@@ -527,8 +529,10 @@ def controlled_pairs(df: pd.DataFrame, fields: list[str] | None = None,
                 for c in outs:
                     lo = hi = p = np.nan
                     if sa is not None and sb is not None and c in sa and c in sb:
-                        lo, hi, p, n = seed_difference(sa[c], sb[c])
+                        mean, lo, hi, p, n = seed_difference(sa[c], sb[c])
                         row["n_seeds"] = max(row["n_seeds"], n)
+                        if n:  # the difference its CI and p-value are about (paired over the shared seeds)
+                            row[f"delta_{c}"] = mean
                     row.update({f"delta_{c}_lo": lo, f"delta_{c}_hi": hi, f"p_{c}": p})
             rows.append(row)
     out = pd.DataFrame(rows, columns=cols)
@@ -564,8 +568,9 @@ def baseline_contrasts(df: pd.DataFrame, seeds: pd.DataFrame | None, baseline: s
                 continue
             row = {"dataset": ds, "model": r["model"], "baseline": base, "n_seeds": 0}
             for c in outs:
-                lo, hi, p, n = seed_difference(per_seed[(ds, base)][c], per_seed[(ds, r["model"])][c])
-                row.update({f"delta_{c}": r[c] - b[c], f"delta_{c}_lo": lo, f"delta_{c}_hi": hi, f"p_{c}": p})
+                mean, lo, hi, p, n = seed_difference(per_seed[(ds, base)][c], per_seed[(ds, r["model"])][c])
+                row.update({f"delta_{c}": mean if n else r[c] - b[c], f"delta_{c}_lo": lo, f"delta_{c}_hi": hi,
+                            f"p_{c}": p})
                 row["n_seeds"] = max(row["n_seeds"], n)
             rows.append(row)
     out = pd.DataFrame(rows, columns=cols)

@@ -186,15 +186,22 @@ def test_seed_difference_and_holm_known_answers():
     a = pd.Series([10.0, 12.0, 11.0], index=[0, 1, 2])
     b = pd.Series([13.0, 14.0, 15.0], index=[0, 1, 2])
     d = np.array([3.0, 2.0, 4.0])
-    lo, hi, p, n = seed_difference(a, b)
+    mean, lo, hi, p, n = seed_difference(a, b)
     ref = stats.ttest_rel(b.to_numpy(), a.to_numpy())
+    assert mean == 3.0
     half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
     assert n == 3 and p == pytest.approx(ref.pvalue, rel=1e-10)
     assert (lo, hi) == (pytest.approx(3.0 - half), pytest.approx(3.0 + half))
     # disjoint seeds: Welch
-    lo, hi, p, n = seed_difference(a, pd.Series([13.0, 14.0, 15.0], index=[7, 8, 9]))
+    mean, lo, hi, p, n = seed_difference(a, pd.Series([13.0, 14.0, 15.0], index=[7, 8, 9]))
+    assert mean == 3.0 and lo < mean < hi
     assert p == pytest.approx(stats.ttest_ind([13, 14, 15], [10, 12, 11], equal_var=False).pvalue, rel=1e-10)
-    assert np.isnan(seed_difference(a.iloc[:1], b.iloc[1:2])[2])
+    assert np.isnan(seed_difference(a.iloc[:1], b.iloc[1:2])[3])
+    # seeds 0-4 against seeds 0-2: the difference is paired over 0-2 (centre of its CI), not a 5-seed mean minus a
+    # 3-seed mean (which can fall outside the interval)
+    a5 = pd.Series([10.0, 12.0, 11.0, 20.0, 20.0], index=[0, 1, 2, 3, 4])
+    mean, lo, hi, p, n = seed_difference(a5, b)
+    assert n == 3 and mean == 3.0 and lo < mean < hi and b.mean() - a5.mean() < lo
     # Holm: sorted p * (m - rank), monotone, NaN untouched
     assert np.allclose(holm([0.01, 0.04, np.nan, 0.03]), [0.03, 0.06, np.nan, 0.06], equal_nan=True)
 
