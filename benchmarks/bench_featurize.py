@@ -6,7 +6,7 @@ Data: a class-balanced subset of the real Imagenette val JPEGs (``$RISKDECOMP_SH
 
 Measured for one timm model (``pretrained=False``: nothing is downloaded), same batch size and torch threads:
 
-* ``featurize_<model>``: seconds of ``riskdecomp.features.featurize`` (decode + transform + forward + checksummed
+* ``featurize_<model>``: seconds of ``riskdecomp.features.cache.featurize`` (decode + transform + forward + checksummed
   cache write of both splits; fresh cache dir; the encoder is built beforehand and passed in, so model building
   is not counted) against ``baseline_seconds``: the same module's forward pass over the same images already
   decoded and transformed into tensors in memory. ``ratio`` = baseline / featurize = featurize's rate as a
@@ -35,7 +35,14 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import bench_device, current_rss_mb, peak_rss_mb, row, shared_dir, synchronize  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    bench_device,
+    current_rss_mb,
+    peak_rss_mb,
+    row,
+    shared_dir,
+    synchronize,
+)
 
 FULL_MODELS = ("resnet50", "vit_small_patch16_224")
 QUICK_MODELS = ("test_resnet", "test_vit")  # timm's tiny test architectures: seconds, not minutes
@@ -94,9 +101,9 @@ def bench_featurize(model: str = "resnet50", n_images: int = 128, batch_size: in
     import numpy as np
     import torch
 
-    from riskdecomp.datasets import load_dataset
-    from riskdecomp.encoders import build_encoder
-    from riskdecomp.features import featurize
+    from riskdecomp.features.cache import featurize
+    from riskdecomp.features.datasets import load_dataset
+    from riskdecomp.features.encoders import build_encoder
     from riskdecomp.zoo import TimmEntry
 
     if threads:
@@ -183,10 +190,10 @@ def bench_featurize_group(models=GROUP_MODELS, n_images: int = 128, batch_size: 
     import numpy as np
     import torch
 
-    from riskdecomp.datasets import load_dataset
-    from riskdecomp.decode import device_plan, preprocessing_key
-    from riskdecomp.encoders import build_encoder
-    from riskdecomp.features import featurize, featurize_group
+    from riskdecomp.features.cache import featurize, featurize_group
+    from riskdecomp.features.datasets import load_dataset
+    from riskdecomp.features.decode import device_plan, preprocessing_key
+    from riskdecomp.features.encoders import build_encoder
     from riskdecomp.zoo import TimmEntry
 
     if threads:

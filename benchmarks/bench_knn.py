@@ -1,4 +1,4 @@
-"""Benchmark riskdecomp.neighbors.knn against sklearn brute force.
+"""Benchmark riskdecomp.estimators.neighbors.knn against sklearn brute force.
 
 Each side runs in its own subprocess so that the peak-RSS delta (``resource.getrusage``
 ``ru_maxrss`` after the search minus before it, data already in memory) is the search's own
@@ -29,7 +29,7 @@ q, r = draw(n_q), draw(n_r)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 if which == "ours":
-    from riskdecomp.neighbors import knn
+    from riskdecomp.estimators.neighbors import knn
     dist, idx = knn(q, r, k, metric="cosine")
 else:
     from sklearn.neighbors import NearestNeighbors

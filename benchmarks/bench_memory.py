@@ -41,7 +41,7 @@ def write_features(folder: str, n: int, d: int, k: int, n_test: int, seed: int =
     import numpy as np
 
     from benchmarks.bench_scale import gaussian_mixture
-    from riskdecomp.features import storage_array, write_cached
+    from riskdecomp.features.cache import storage_array, write_cached
 
     x, y = gaussian_mixture(n + n_test, d, k, np.random.default_rng(seed))
     out = {"y_train": y[:n].tolist(), "y_test": y[n:].tolist(), "files": {}}
@@ -61,10 +61,10 @@ def memory_point(which: str, data: str, n_boot: int = 1000, threads: int = 0, se
     import numpy as np
     import torch
 
-    from benchmarks.common import bench_device, current_rss_mb, gpu_peak_mb, peak_rss_mb
     from benchmarks.bench_scale import gaussian_mixture
-    from riskdecomp.decomposition import decompose
-    from riskdecomp.features import read_cached
+    from benchmarks.common import bench_device, current_rss_mb, gpu_peak_mb, peak_rss_mb
+    from riskdecomp.estimators.decomposition import decompose
+    from riskdecomp.features.cache import read_cached
 
     if threads:
         torch.set_num_threads(threads)

@@ -20,9 +20,10 @@ import warnings
 import numpy as np
 import torch
 
-from riskdecomp.decomposition import decompose
 from benchmarks.common import bench_device, synchronize
-from riskdecomp.probes import LinearProbe, resolve_device
+from riskdecomp.estimators.decomposition import decompose
+from riskdecomp.estimators.probe import LinearProbe
+from riskdecomp.utils.device import resolve_device
 
 RAW = ("err_train_train", "err_heldout", "err_test")
 
@@ -178,7 +179,7 @@ def torch_fit_side(n: int, d: int, k: int, chunk_elems: int, max_iter: int = 3, 
                    threads: int | None = None) -> dict:
     """One short fit of the torch (accelerator) path, run on the CPU, with ``LOGIT_CHUNK_ELEMS = chunk_elems``
     (in its own process, for bench_torch_memory: the process's peak RSS is the measurement)."""
-    import riskdecomp.probes as probes
+    import riskdecomp.estimators.solvers as probes
 
     _set_threads(threads)
     x, y = synthetic_features(n, d, k, seed)
@@ -202,7 +203,7 @@ def bench_torch_memory(n: int = 100_000, d: int = 32, k: int = 1000, quick: bool
     held before it, i.e. without imports and data; the processes' own peaks are recorded too). n x k logits
     dominate at ImageNet size (1.28M x 1000: 5 GB of float32 per copy); chunked, they stay ~LOGIT_CHUNK_ELEMS."""
     from benchmarks.common import run_function
-    from riskdecomp.probes import LOGIT_CHUNK_ELEMS
+    from riskdecomp.estimators.solvers import LOGIT_CHUNK_ELEMS
 
     if quick:
         n, k = min(n, 20_000), min(k, 200)

@@ -3,7 +3,7 @@
 For each N (full: 25k, 50k, 100k, 200k; test 10k; d = 512; 10 classes) a fresh Python process generates
 synthetic Gaussian-mixture features (class means in a 32-dim subspace + isotropic noise, float32, written in
 chunks so generation itself never holds float64 copies) and times
-``riskdecomp.decomposition.decompose(x_train, y_train, x_test, y_test, seed=0, n_boot=1000, device=...)`` on the benchmark device (``run.py --device``, default auto)
+``riskdecomp.estimators.decomposition.decompose(x_train, y_train, x_test, y_test, seed=0, n_boot=1000, device=...)`` on the benchmark device (``run.py --device``, default auto)
 (no reference encoder: ``approx`` is NaN; every other fit of the protocol runs).
 
 Rows:
@@ -65,7 +65,7 @@ def scale_point(n: int, d: int = 512, k: int = 10, n_test: int = 10_000, n_boot:
     import torch
 
     from benchmarks.common import bench_device, current_rss_mb, gpu_peak_mb, peak_rss_mb
-    from riskdecomp.decomposition import decompose
+    from riskdecomp.estimators.decomposition import decompose
 
     device = bench_device()
 

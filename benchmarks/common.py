@@ -241,7 +241,7 @@ def shared_dir() -> Optional[Path]:
 def bench_device() -> str:
     """The device the benchmarks run on: ``$RISKDECOMP_BENCH_DEVICE`` (``run.py --device``), default ``auto``
     (CUDA when present, else CPU), resolved as the package resolves it."""
-    from riskdecomp.probes import resolve_device
+    from riskdecomp.utils.device import resolve_device
 
     return str(resolve_device(os.environ.get("RISKDECOMP_BENCH_DEVICE", "auto")))
 

@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "crossfit-ci.json")
     args = ap.parse_args(argv)
-    from riskdecomp.atomic import atomic_write_text, jsonable
-    from riskdecomp.decomposition import decompose
+    from riskdecomp.estimators.decomposition import decompose
+    from riskdecomp.utils.atomic import atomic_write_text, jsonable
 
     t0 = time.perf_counter()
     x_tr, y_tr = load_split(args.images, "train")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .errors import RiskdecompError
+from riskdecomp.utils.errors import RiskdecompError
 
 
 def _csv_list(value, cast=str):
@@ -104,7 +104,7 @@ def zoo():
                    "metadata incl. what the recipes determine).")
 def zoo_list(zoo_path, fmt, expanded):
     """List the zoo's entries with their metadata (offline: nothing is downloaded)."""
-    from .zoo import format_table, load_zoo
+    from riskdecomp.zoo import format_table, load_zoo
 
     if expanded:
         if fmt is not None:
@@ -125,7 +125,7 @@ def zoo_list(zoo_path, fmt, expanded):
 @click.option("--zoo", "zoo_path", required=True, type=click.Path(dir_okay=False), help="Zoo YAML file.")
 def zoo_check(zoo_path):
     """Validate a zoo file without running anything: 'ok: N entries', or the one-line error (exit 2)."""
-    from .zoo import load_zoo
+    from riskdecomp.zoo import load_zoo
 
     click.echo(f"ok: {len(load_zoo(zoo_path))} entries")
 
@@ -167,13 +167,13 @@ def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_work
               download):
     """Compute (or reuse) the cached features of every zoo entry on a dataset. Entries that share preprocessing
     are featurized together: each image is decoded once for all of them."""
-    from .atomic import check_writable_dir
-    from .datasets import load_dataset
-    from .encoders import default_cache_dir
-    from .features import featurize_group
-    from .runner import with_references
-    from .sources import source_of
-    from .zoo import load_zoo
+    from riskdecomp.features.cache import featurize_group
+    from riskdecomp.features.datasets import load_dataset
+    from riskdecomp.features.encoders import default_cache_dir
+    from riskdecomp.runner.pipeline import with_references
+    from riskdecomp.sources import source_of
+    from riskdecomp.utils.atomic import check_writable_dir
+    from riskdecomp.zoo import load_zoo
 
     cache = check_writable_dir(cache_dir or default_cache_dir(), "--cache-dir")  # before any compute
     z = load_zoo(zoo_path)
@@ -218,12 +218,11 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
              threads, backend, dask_scheduler, force, n_boot, shots, fractions, fewshot_seeds, uncertainty, aug_views, active,
              statistics, alternative, report):
     """Featurize, decompose the risk of every zoo entry, and write the leaderboard (+ report)."""
-    from .runner import Settings
-    from .runner import evaluate as run
-
     import time
 
-    from .progress import summary_lines
+    from riskdecomp.runner.pipeline import evaluate as run
+    from riskdecomp.runner.records import Settings
+    from riskdecomp.utils.progress import summary_lines
 
     t0 = time.perf_counter()
     settings = Settings(seed=seed, n_boot=n_boot, shots=shots, fractions=fractions,
@@ -236,13 +235,13 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
               backend="dask" if dask_scheduler else backend, scheduler=dask_scheduler, force=force)
     board = res.leaderboard
     if len(board):
-        from .schema import OUTCOMES
+        from riskdecomp.utils.schema import OUTCOMES
 
         cols = [c for c in ("model", "dataset", *OUTCOMES) if c in board]
         click.echo(board[cols].round(2).to_string(index=False))
     report_path = None
     if report and len(board):
-        from .report import make_report
+        from riskdecomp.report import make_report
 
         report_path = make_report(out)
     for line in summary_lines(res, report_path, time.perf_counter() - t0):
@@ -287,8 +286,8 @@ def pretrain(recipe_path, zoo_path, model, dataset, out, device):
     """Pretrain an encoder from a recipe on a dataset's train split; save safetensors + JSON sidecar."""
     from pydantic import ValidationError
 
-    from .pretrain import Recipe, pretrain_to_file
-    from .zoo import _describe, load_zoo, read_yaml
+    from riskdecomp.pretrain import Recipe, pretrain_to_file
+    from riskdecomp.zoo import _describe, load_zoo, read_yaml
 
     if bool(recipe_path) == bool(zoo_path):
         raise RiskdecompError("pretrain: give either --recipe FILE or --zoo FILE --model NAME")
@@ -316,11 +315,10 @@ def pretrain(recipe_path, zoo_path, model, dataset, out, device):
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def analyze(leaderboard, published, out):
     """Summaries, ranking stability, the component scaling law, design-choice effects, controlled pairs."""
-    from .analysis import analyze as run
-    from .analysis import read_leaderboard
-    from .published import load_published
-
-    from .atomic import check_writable_dir
+    from riskdecomp.analysis import analyze as run
+    from riskdecomp.analysis import read_leaderboard
+    from riskdecomp.analysis.published import load_published
+    from riskdecomp.utils.atomic import check_writable_dir
 
     if not leaderboard and not published:
         raise RiskdecompError("analyze: give --leaderboard and/or --published")
@@ -340,8 +338,8 @@ def analyze(leaderboard, published, out):
 @click.option("--color-by", default="objective", show_default=True, help="Design choice that colors scatter plots.")
 def report(results, published, color_by):
     """Plots (PNG + SVG) and a self-contained report.html from a results folder."""
-    from .analysis import read_leaderboard
-    from .report import make_report
+    from riskdecomp.analysis import read_leaderboard
+    from riskdecomp.report import make_report
 
     if (Path(results) / "leaderboard.csv").exists() or not published:  # junk or empty: an error, not an empty report
         read_leaderboard(Path(results) / "leaderboard.csv")
@@ -354,14 +352,14 @@ def report(results, published, color_by):
 @click.option("--report/--no-report", default=True, show_default=True, help="Also write plots and report.html.")
 def build(results, report):
     """Rebuild every summary CSV (and the report) of a results folder from its run records (runs/)."""
-    from .runner import build as run
+    from riskdecomp.runner.pipeline import build as run
 
     res = run(results)
     for name, path in res.paths.items():
         rows = len(getattr(res, name))
         click.echo(f"wrote {path} ({rows} rows)")
     if report and len(res.leaderboard):
-        from .report import make_report
+        from riskdecomp.report import make_report
 
         click.echo(f"wrote {make_report(results)}")
 

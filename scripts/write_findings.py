@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from riskdecomp.schema import COMPONENTS
+from riskdecomp.utils.schema import COMPONENTS
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,13 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from riskdecomp.active import label_efficiency, labels_to_reach, run_active_learning, seed_set
-from riskdecomp.errors import FeatureError
+from riskdecomp.estimators.active import (
+    label_efficiency,
+    labels_to_reach,
+    run_active_learning,
+    seed_set,
+)
+from riskdecomp.utils.errors import FeatureError
 
 
 def _lr():

@@ -7,16 +7,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from riskdecomp.analysis import (
-    analyze,
+from riskdecomp.analysis import analyze
+from riskdecomp.analysis.effects import (
     controlled_pairs,
     design_effects,
-    fit_scaling_law,
     ranking_stability,
-    scaling_law_predict,
     summarize,
 )
-from riskdecomp.published import load_published
+from riskdecomp.analysis.published import load_published
+from riskdecomp.analysis.scaling import fit_scaling_law, scaling_law_predict
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +177,7 @@ def test_analyze_writes_outputs_for_both_sources(tmp_path, monkeypatch):
     pairs = pd.read_csv(tmp_path / "controlled_pairs.csv")
     assert "source" in pairs.columns
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temp files
-    # written like every other CSV (riskdecomp.atomic.write_csv): at most 10 significant digits
+    # written like every other CSV (riskdecomp.utils.atomic.write_csv): at most 10 significant digits
     import re
 
     digits = [len(re.sub(r"^0*", "", m.replace(".", ""))) for f in tmp_path.glob("*.csv")

@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from riskdecomp.errors import WeightsError
 from riskdecomp.pretrain import Recipe, create_backbone
 from riskdecomp.pretrain import augment as A
 from riskdecomp.pretrain.backbones import build_recipe_encoder
 from riskdecomp.pretrain.recipe import AugmentConfig
-
+from riskdecomp.utils.errors import WeightsError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

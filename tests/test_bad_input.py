@@ -9,10 +9,9 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from test_datasets import make_folder
 
 from riskdecomp.cli import main
-
-from test_datasets import make_folder
 
 FAST = ["--n-boot", "20", "--fewshot-seeds", "1", "--shots", "1", "--fractions", "0.5", "--no-active",
         "--no-uncertainty", "--no-statistics", "--no-report", "--no-progress"]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from riskdecomp.datasets import load_dataset
-from riskdecomp.errors import DatasetError
+from riskdecomp.features.datasets import load_dataset
+from riskdecomp.utils.errors import DatasetError
 
 
 def make_folder(root, classes=("cat", "dog"), n_train=3, n_test=2, size=16, test_name="test", seed=0):

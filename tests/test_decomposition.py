@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from riskdecomp.decomposition import boot_means, decompose
-from riskdecomp.errors import FeatureError
+from riskdecomp.estimators.decomposition import boot_means, decompose
+from riskdecomp.utils.errors import FeatureError
 
 GRID = np.logspace(-3, 2, 6)
 

@@ -12,9 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from riskdecomp import datasets
-from riskdecomp.datasets import CIFAR10_MINI, CIFAR10_MINI_SHA256, DEFAULT_DATASET, load_cifar10_mini, load_dataset
-from riskdecomp.errors import DatasetError
+from riskdecomp.features import datasets
+from riskdecomp.features.datasets import (
+    CIFAR10_MINI,
+    CIFAR10_MINI_SHA256,
+    DEFAULT_DATASET,
+    load_cifar10_mini,
+    load_dataset,
+)
+from riskdecomp.utils.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -42,7 +48,7 @@ def test_cli_and_api_default_to_the_embedded_dataset():
     import inspect
 
     from riskdecomp.cli import cli
-    from riskdecomp.runner import evaluate
+    from riskdecomp.runner.pipeline import evaluate
 
     assert inspect.signature(evaluate).parameters["dataset"].default == DEFAULT_DATASET
     for cmd in ("evaluate", "featurize", "uncertainty", "active", "pretrain"):

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from riskdecomp.runner import Settings, evaluate
-
 from zoo_factory import FAST, make_features_zoo, run_cli
+
+from riskdecomp.runner.pipeline import evaluate
+from riskdecomp.runner.records import Settings
 
 COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen"]
 

@@ -12,14 +12,19 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-
-from riskdecomp.datasets import load_dataset
-from riskdecomp.decomposition import decompose
-from riskdecomp.features import FEATURE_DTYPES, featurize, read_cached, storage_array, write_cached
-from riskdecomp.zoo import parse_zoo
-
 from test_datasets import make_folder
 from zoo_factory import run_cli
+
+from riskdecomp.estimators.decomposition import decompose
+from riskdecomp.features.cache import (
+    FEATURE_DTYPES,
+    featurize,
+    read_cached,
+    storage_array,
+    write_cached,
+)
+from riskdecomp.features.datasets import load_dataset
+from riskdecomp.zoo import parse_zoo
 
 R18 = {"name": "r18", "source": "timm", "model": "resnet18", "pretrained": False, "image_size": 32}
 
@@ -29,8 +34,9 @@ def _scalars(dec) -> dict:
 
 
 def test_cli_default_is_the_first_feature_dtype():
-    from riskdecomp.cli import evaluate, featurize as featurize_cmd
-    from riskdecomp.runner import Settings
+    from riskdecomp.cli import evaluate
+    from riskdecomp.cli import featurize as featurize_cmd
+    from riskdecomp.runner.records import Settings
 
     for cmd in (evaluate, featurize_cmd):
         opt = next(p for p in cmd.params if p.name == "feature_dtype")

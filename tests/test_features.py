@@ -5,14 +5,13 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-
-from riskdecomp.datasets import load_dataset
-from riskdecomp.encoders import build_encoder
-from riskdecomp.errors import FeatureError, RiskdecompError, WeightsError
-from riskdecomp.features import featurize, load_features_npz
-from riskdecomp.zoo import parse_zoo
-
 from test_datasets import make_folder
+
+from riskdecomp.features.cache import featurize, load_features_npz
+from riskdecomp.features.datasets import load_dataset
+from riskdecomp.features.encoders import build_encoder
+from riskdecomp.utils.errors import FeatureError, RiskdecompError, WeightsError
+from riskdecomp.zoo import parse_zoo
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +176,7 @@ def test_features_npz_source(tmp_path):
 
 
 def test_torch_hub_needs_trust_repo():
-    from riskdecomp.errors import ZooError
+    from riskdecomp.utils.errors import ZooError
 
     with pytest.raises(ZooError, match="trust_repo"):
         entry(source="torch_hub", repo="facebookresearch/dino:main", entrypoint="dino_resnet50")
@@ -186,7 +185,7 @@ def test_torch_hub_needs_trust_repo():
 
 
 def test_a_fully_cached_rerun_builds_no_model(tiny, r18_weights, tmp_path, monkeypatch):
-    import riskdecomp.features as F
+    import riskdecomp.features.cache as F
 
     e = entry(source="checkpoint", architecture="resnet18", weights=str(r18_weights / "r18.safetensors"))
     first = featurize(e, tiny, cache_dir=tmp_path, progress=False)

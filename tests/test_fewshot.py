@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from riskdecomp.fewshot import draw_labeled_and_val, fewshot_errors
+from riskdecomp.estimators.fewshot import draw_labeled_and_val, fewshot_errors
 
 GRID = np.logspace(-3, 2, 6)
 

@@ -1,5 +1,5 @@
 """Decode once, many encoders (features.featurize_group, `riskdecomp featurize` over a zoo) and the device-side JPEG
-decoding path (riskdecomp/decode.py), on real JPEGs from the shared data folder."""
+decoding path (riskdecomp/features/decode), on real JPEGs from the shared data folder."""
 
 import shutil
 import textwrap
@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from riskdecomp import features as F
-from riskdecomp.datasets import FileSplit, load_dataset
-from riskdecomp.decode import DevicePreprocess, device_plan, preprocessing_key
-
 from test_pretrain import _extract
 from zoo_factory import run_cli
+
+from riskdecomp.features import cache as F
+from riskdecomp.features.datasets import FileSplit, load_dataset
+from riskdecomp.features.decode import DevicePreprocess, device_plan, preprocessing_key
 
 # timm architectures with weights files the fixture writes (seeded random init: a run is reproducible), fed 32 px.
 # r18, r34 and reg share preprocessing (resize 32, crop 32, bicubic, ImageNet mean/std); vit normalizes with
@@ -153,10 +152,10 @@ def test_a_killed_group_pass_resumes_per_encoder(cifar, clean, tmp_path, monkeyp
 
 def test_preprocessing_keys_group_equal_pipelines_only():
     import timm
-
-    from riskdecomp.encoders import _timm_transform
-    from riskdecomp.pretrain import eval_transform
     from torchvision import transforms as T
+
+    from riskdecomp.features.encoders import _timm_transform
+    from riskdecomp.pretrain import eval_transform
 
     def key(arch, size=None):
         return preprocessing_key(_timm_transform(timm.create_model(arch, pretrained=False, num_classes=0), size))
@@ -202,7 +201,7 @@ def test_device_decoding_matches_the_pil_path_within_resize_rounding(imagenette,
     then differ by a fraction of a percent (bound 1 %, cosine >= 0.9999): the input moved by ~0.1 % of its range."""
     import timm
 
-    from riskdecomp.encoders import Encoder, _timm_transform
+    from riskdecomp.features.encoders import Encoder, _timm_transform
 
     model = timm.create_model(arch, pretrained=False, num_classes=0).eval()
     enc = Encoder(arch, model, _timm_transform(model), identity=arch)
@@ -223,10 +222,10 @@ def test_device_decoding_matches_the_pil_path_within_resize_rounding(imagenette,
 
 def test_device_path_only_for_jpeg_files_on_cuda_else_the_cpu_path(imagenette, tmp_path, monkeypatch):
     import timm
-
-    from riskdecomp.encoders import _timm_transform
-    from riskdecomp.pretrain import eval_transform
     from test_datasets import make_folder
+
+    from riskdecomp.features.encoders import _timm_transform
+    from riskdecomp.pretrain import eval_transform
 
     t = _timm_transform(timm.create_model("test_resnet", pretrained=False, num_classes=0))
     jpeg = imagenette.test
@@ -262,8 +261,8 @@ def test_device_path_reads_bytes_in_workers_and_falls_back_to_pil_for_a_batch_it
     fail: that batch is decoded by PIL with the encoder's own transform (exactly the CPU path), with a warning."""
     from PIL import Image
 
-    from riskdecomp.decode import device_batches
-    from riskdecomp.encoders import build_encoder
+    from riskdecomp.features.decode import device_batches
+    from riskdecomp.features.encoders import build_encoder
 
     root = tmp_path / "d"
     for split, paths in (("train", imagenette.train.paths), ("test", imagenette.test.paths[:4])):

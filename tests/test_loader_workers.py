@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from riskdecomp.datasets import load_imagefolder
-from riskdecomp.encoders import build_encoder
-from riskdecomp.features import encode_split, _num_workers
+from riskdecomp.features.cache import _num_workers, encode_split
+from riskdecomp.features.datasets import load_imagefolder
+from riskdecomp.features.encoders import build_encoder
 from riskdecomp.zoo import TimmEntry
 
 

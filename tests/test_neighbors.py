@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from riskdecomp.errors import FeatureError
-from riskdecomp.neighbors import knn
+from riskdecomp.estimators.neighbors import knn
+from riskdecomp.utils.errors import FeatureError
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

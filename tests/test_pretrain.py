@@ -9,15 +9,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from riskdecomp.datasets import load_dataset
-from riskdecomp.errors import WeightsError
-from riskdecomp.pretrain import (Recipe, eval_transform, load_checkpoint, pretrain, pretrained_checkpoint,
-                                 save_checkpoint)
+from riskdecomp.features.datasets import load_dataset
+from riskdecomp.pretrain import (
+    Recipe,
+    eval_transform,
+    load_checkpoint,
+    pretrain,
+    pretrained_checkpoint,
+    save_checkpoint,
+)
 from riskdecomp.pretrain import checkpoint as ckpt_mod
 from riskdecomp.pretrain import objectives as O
 from riskdecomp.pretrain.augment import to_float
 from riskdecomp.pretrain.backbones import create_backbone
 from riskdecomp.pretrain.train import normalize
+from riskdecomp.utils.errors import WeightsError
 
 TINY = dict(width=4, z_dim=8, epochs=2, batch_size=64, image_size=16,
             head={"kind": "mlp", "depth": 2, "width": 16, "out_dim": 8})
@@ -133,7 +139,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def digits():
     """The digits dataset cut to 240 train / 60 test images (fast)."""
-    from riskdecomp.datasets import ArraySplit
+    from riskdecomp.features.datasets import ArraySplit
 
     full = load_dataset("digits")
     tr, te = full.train, full.test
@@ -363,7 +369,7 @@ def test_recipe_checkpoint_carries_a_checksum_and_a_swapped_one_is_retrained(tmp
 def test_user_checkpoint_whose_sidecar_disagrees_is_an_error(tmp_path, digits):
     """Zoo item 3: a `source: checkpoint` file written by `riskdecomp pretrain` whose weights no longer match its
     sidecar's checksum is a one-line error naming the file (never silently used)."""
-    from riskdecomp.encoders import build_encoder
+    from riskdecomp.features.encoders import build_encoder
     from riskdecomp.zoo import parse_zoo
 
     r = Recipe(objective="init", **TINY)
@@ -383,7 +389,7 @@ def test_user_checkpoint_whose_sidecar_disagrees_is_an_error(tmp_path, digits):
 def test_recipe_identity_covers_the_checkpoint_weights(tmp_path, digits, monkeypatch):
     """Zoo item 3: entry_identity of a recipe entry (feature-cache key; the runner's run key) holds the SHA-256 of
     the checkpoint's weights, pretraining it first when it is not cached; build_encoder reports the same."""
-    from riskdecomp.encoders import build_encoder, entry_identity
+    from riskdecomp.features.encoders import build_encoder, entry_identity
     from riskdecomp.zoo import parse_zoo
 
     calls = _counting_pretrain(monkeypatch)
@@ -399,8 +405,8 @@ def test_recipe_identity_covers_the_checkpoint_weights(tmp_path, digits, monkeyp
 def test_force_pretrains_and_featurizes_again(tmp_path, digits, monkeypatch):
     """Issue 12 #5 (zoo item 4): force=True really recomputes: pretrained_checkpoint retrains (once per process,
     however many calls one job makes), featurize reads no cached features (forward passes > 0) and rewrites them."""
-    from riskdecomp.encoders import build_encoder
-    from riskdecomp.features import featurize
+    from riskdecomp.features.cache import featurize
+    from riskdecomp.features.encoders import build_encoder
     from riskdecomp.zoo import parse_zoo
 
     calls = _counting_pretrain(monkeypatch)

@@ -6,9 +6,8 @@ from sklearn.datasets import load_digits, make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import check_estimator
 
-from riskdecomp.probes import DEFAULT_GRID, LinearProbe, stratified_split, tune_probe
-
-
+from riskdecomp.estimators.probe import LinearProbe
+from riskdecomp.estimators.selection import DEFAULT_GRID, stratified_split, tune_probe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -196,7 +195,7 @@ def test_refit_after_in_place_change_of_the_same_array():
 def test_warm_path_with_carried_curvature_reaches_each_optimum():
     """Along the path the solver reuses its L-BFGS pairs (penalty change corrected exactly): each model
     still minimizes its own objective, as a cold fit at that C does."""
-    from riskdecomp.probes import PathFitter
+    from riskdecomp.estimators.selection import PathFitter
 
     X, y = make_classification(n_samples=800, n_features=30, n_informative=10, n_redundant=10, n_classes=3,
                                random_state=6)
@@ -215,7 +214,7 @@ def test_auto_device_keeps_tiny_fits_on_the_cpu(monkeypatch):
     the CPU; an explicit device is always obeyed."""
     import torch
 
-    from riskdecomp.probes import GPU_MIN_WORK, fit_device
+    from riskdecomp.estimators.solvers import GPU_MIN_WORK, fit_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert fit_device("auto", 50_000, 512, 10).type == "cuda"
@@ -239,7 +238,7 @@ def test_chunked_loss_and_gradient_equal_the_unchunked_ones(k):
     over all rows: only the float32 summation order differs (relative ~1e-7 per sum of 301 terms)."""
     import torch
 
-    from riskdecomp.probes import _loss_grad_torch
+    from riskdecomp.estimators.solvers import _loss_grad_torch
 
     x, y = _class_features(301, 24, k)
     X = torch.from_numpy(x)
@@ -274,7 +273,7 @@ def test_torch_lbfgs_reads_back_from_the_device_once_per_sync_interval(monkeypat
     SYNC_EVERY iterations plus the final check."""
     import torch
 
-    from riskdecomp import probes
+    from riskdecomp.estimators import solvers as probes
 
     x, y = _class_features(3000, 32, 5)
     X = torch.from_numpy(x)

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
-from riskdecomp.progress import Progress
-
 from zoo_factory import make_features_zoo
+
+from riskdecomp.utils.progress import Progress
 
 MODELS = ("sup", "good", "weak")
 
@@ -86,7 +85,7 @@ class FakeTTY(io.StringIO):
 def test_on_a_terminal_one_line_is_redrawn_and_finished_models_stay():
     stream = FakeTTY()
     with Progress(["a", "b"], stream=stream) as bar:
-        from riskdecomp.progress import stage
+        from riskdecomp.utils.progress import stage
 
         stage("b", "decomposition")
         bar.finished({"model": "b", "row": {"agg_risk": 12.34}, "timings": {"time_total": 1.0}})

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from riskdecomp.errors import RiskdecompError
-from riskdecomp.published import load_published
-from riskdecomp.schema import COMPONENTS
+from riskdecomp.analysis.published import load_published
+from riskdecomp.utils.errors import RiskdecompError
+from riskdecomp.utils.schema import COMPONENTS
 
 
 @pytest.fixture(scope="module")

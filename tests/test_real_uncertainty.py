@@ -4,11 +4,11 @@ report says — with confidence intervals — whether each label-free score pred
 
 import pandas as pd
 import pytest
-
-from riskdecomp.runner import Settings, evaluate
-from riskdecomp.zoo import parse_zoo
-
 from test_pretrain import _extract
+
+from riskdecomp.runner.pipeline import evaluate
+from riskdecomp.runner.records import Settings
+from riskdecomp.zoo import parse_zoo
 
 RECIPE = dict(backbone="smallcnn", width=8, z_dim=16, epochs=3, batch_size=100, lr=3e-3, image_size=16,
               head={"kind": "mlp", "depth": 2, "width": 32, "out_dim": 16})

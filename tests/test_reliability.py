@@ -6,8 +6,14 @@ from scipy.stats import kendalltau, spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from riskdecomp.errors import FeatureError
-from riskdecomp.reliability import brier_ovo, evaluate_scores, kendall_tau_b_weighted, score_metrics, targets
+from riskdecomp.estimators.reliability import (
+    evaluate_scores,
+    kendall_tau_b_weighted,
+    score_metrics,
+    targets,
+)
+from riskdecomp.estimators.solvers import brier_ovo
+from riskdecomp.utils.errors import FeatureError
 
 
 def _tab(df):
@@ -25,7 +31,7 @@ def test_aurc_hand_computed():
     oracle = (np.cumsum(np.sort(t)) / np.arange(1, 21)).mean()
     assert m["excess_aurc"] == pytest.approx(risks.mean() - oracle)
     # the classic 4-point case: risks 0, 1/2, 1/3, 1/2 -> 1/3; oracle 0, 0, 1/3, 1/2 -> 5/24
-    from riskdecomp.reliability import _aurc_rows
+    from riskdecomp.estimators.reliability import _aurc_rows
     assert _aurc_rows(np.array([0.0, 1, 0, 1])) == pytest.approx(1 / 3)
     assert _aurc_rows(np.array([0.0, 0, 1, 1])) == pytest.approx(5 / 24)
 

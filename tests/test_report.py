@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from zoo_factory import make_features_zoo
 
 from riskdecomp.cli import main
-from riskdecomp.errors import RiskdecompError
 from riskdecomp.report import make_report
 from riskdecomp.report.plots import collect_plots
-
-from zoo_factory import make_features_zoo
+from riskdecomp.utils.errors import RiskdecompError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # every figure a default evaluate run can draw from its own outputs (one dataset)
@@ -95,7 +94,7 @@ def test_evaluate_report_draws_every_figure(evaluated):
 def test_reliability_bins_drawn_from_the_producers_metric_names(results):
     """Issue 12 #12: reliability.py writes acc_bin_NN; the decile figure is drawn from exactly those rows, and they
     are not repeated in the metrics table."""
-    from riskdecomp.reliability import ACC_BIN, N_BINS, bin_metric
+    from riskdecomp.estimators.reliability import ACC_BIN, N_BINS, bin_metric
 
     unc = pd.read_csv(results / "uncertainty.csv")
     bins = unc[unc["metric"].str.startswith(ACC_BIN)]
@@ -151,7 +150,7 @@ def test_collect_plots_returns_captions(evaluated, tmp_path):
 
 
 def test_report_from_published_table(shared_dir, tmp_path):
-    from riskdecomp.published import load_published
+    from riskdecomp.analysis.published import load_published
 
     pub = load_published(shared_dir / "reference" / "ssl-risk-decomposition" / "all_results.csv")
     root = tmp_path / "res"

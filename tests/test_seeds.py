@@ -8,15 +8,20 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats
-
-from riskdecomp.analysis import controlled_pairs, holm, seed_difference, seed_ranking_stability
-from riskdecomp.errors import ZooError
-from riskdecomp.seeds import combine, split_seed
-from riskdecomp.zoo import parse_zoo
 from zoo_factory import run_cli
 
-import yaml
+from riskdecomp.analysis.effects import (
+    controlled_pairs,
+    holm,
+    seed_difference,
+    seed_ranking_stability,
+)
+from riskdecomp.analysis.seeds import combine
+from riskdecomp.utils.errors import ZooError
+from riskdecomp.zoo import parse_zoo
+from riskdecomp.zoo.seeds import split_seed
 
 TINY = {"backbone": "smallcnn", "width": 4, "z_dim": 8, "epochs": 1, "image_size": 8, "batch_size": 128,
         "head": {"kind": "mlp", "depth": 2, "width": 16, "out_dim": 8}}
@@ -213,7 +218,7 @@ def test_controlled_pairs_have_seed_cis_and_holm_p_values_on_real_output(seeded_
     pairs = controlled_pairs(board, seeds=runs)
     got = {(r.model_a, r.model_b, r.field) for r in pairs.itertuples()}
     # init vs simclr is no controlled pair: the recipe-derived metadata says init also has 0 epochs, no
-    # augmentations, no projection head (riskdecomp.zoo_expand.recipe_metadata)
+    # augmentations, no projection head (riskdecomp.zoo.expand.recipe_metadata)
     assert got == {("simclr", "simclr_z4", "z_dim")}
     for r in pairs.itertuples():
         for c in COMPONENTS:
@@ -258,7 +263,7 @@ def test_report_writes_significance_and_seed_stability(seeded_run):
 
 
 def test_baseline_contrasts_compare_every_model_with_random_init(seeded_run):
-    from riskdecomp.analysis import baseline_contrasts
+    from riskdecomp.analysis.effects import baseline_contrasts
 
     _, out = seeded_run
     board = pd.read_csv(out / "leaderboard.csv")

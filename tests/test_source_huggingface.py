@@ -5,10 +5,9 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-
-from riskdecomp.datasets import load_dataset
-
 from zoo_factory import run_cli
+
+from riskdecomp.features.datasets import load_dataset
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.disable_progress_bar()  # the tests' own save_pretrained calls write to stderr otherwise
@@ -52,7 +51,7 @@ def test_local_model_features_are_its_class_token_and_are_cached(tmp_path, capsy
     imgs = [ds.test.load_image(i).convert("RGB") for i in range(5)]
     with torch.no_grad():
         want = model(pixel_values=proc(images=imgs, return_tensors="pt")["pixel_values"]).last_hidden_state[:, 0]
-    from riskdecomp.features import featurize
+    from riskdecomp.features.cache import featurize
     from riskdecomp.zoo import load_zoo
 
     f = featurize(load_zoo(zoo)["vit"], ds, cache_dir=tmp_path / "c", progress=False)
@@ -87,7 +86,7 @@ def test_a_model_tensor_missing_from_the_file_is_an_error_unless_strict_false(tm
                    "--no-progress") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing pooler.dense" in err and "strict: false" in err
-    from riskdecomp.encoders import build_encoder
+    from riskdecomp.features.encoders import build_encoder
     from riskdecomp.zoo import load_zoo
 
     zoo = _zoo(tmp_path, "- {name: vit, source: huggingface, path: vit, strict: false, representation: avg}\n")
@@ -115,7 +114,7 @@ def test_hub_entries_are_listed_without_downloading(tmp_path, capsys):
     zoo = _zoo(tmp_path, "- {name: dino, source: huggingface, model: facebook/dinov2-small, revision: v1.0}\n")
     assert run_cli("zoo", "list", "--zoo", str(zoo), "--format", "csv") == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("dino,huggingface,facebook/dinov2-small,hub,")
-    from riskdecomp.encoders import entry_identity
+    from riskdecomp.features.encoders import entry_identity
     from riskdecomp.zoo import load_zoo
 
     ident = entry_identity(load_zoo(zoo)["dino"])

@@ -8,15 +8,14 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from zoo_factory import run_cli
 
 from riskdecomp import sources
-from riskdecomp.datasets import load_dataset
-from riskdecomp.encoders import build_encoder, entry_identity
-from riskdecomp.runner import entry_key
+from riskdecomp.features.datasets import load_dataset
+from riskdecomp.features.encoders import build_encoder, entry_identity
+from riskdecomp.runner.records import entry_key
 from riskdecomp.sources.base import Entry, Source
 from riskdecomp.zoo import parse_zoo
-
-from zoo_factory import run_cli
 
 TV = f"timm{timm.__version__}"
 

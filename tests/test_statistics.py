@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from riskdecomp.errors import FeatureError
-from riskdecomp.statistics import (
+from riskdecomp.estimators.statistics import (
     alpha_req,
     effective_rank,
     rankme,
     representation_statistics,
     uniformity,
 )
+from riskdecomp.utils.errors import FeatureError
 
 
 def test_effective_rank_known_correlation_structure():

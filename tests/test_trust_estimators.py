@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import riskdecomp as rd
-from riskdecomp.decomposition import decompose
-from riskdecomp.fewshot import fewshot_errors
-from riskdecomp.probes import DEFAULT_STANDARDIZE, LinearProbe, tune_probe
+from riskdecomp.estimators.decomposition import decompose
+from riskdecomp.estimators.fewshot import fewshot_errors
+from riskdecomp.estimators.probe import DEFAULT_STANDARDIZE, LinearProbe
+from riskdecomp.estimators.selection import tune_probe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,7 +29,7 @@ def class_means(k, per_class, n_test_per_class, d=16, sep=3.0, seed=0):
 # ----------------------------------------------------------------------------------------------- #15
 def test_one_standardize_default_everywhere():
     """#15: the Python API and the CLI (runner.Settings) share one default, and the default changes results."""
-    from riskdecomp.runner import Settings
+    from riskdecomp.runner.records import Settings
 
     defaults = {
         "LinearProbe": LinearProbe().standardize,
@@ -94,7 +95,6 @@ def test_torch_lbfgs_path_reaches_the_cpu_solvers_objective(monkeypatch, standar
     tol=1e-6; the comparison is meaningful because each one's own suboptimality (g^T H^-1 g / 2, float64) is below
     it."""
     import torch
-
     from probe_math import model_coords, objective, suboptimality
 
     X, y = _digits()
@@ -191,8 +191,9 @@ def test_coerced_inputs_are_one_line_errors_in_the_cli(case, tmp_path, capsys):
     strings -> "x_train must be float", a .npy read as an .npz, -1 shots / fraction 0 run as other settings) are a
     one-line error naming the culprit (exit 2 when the run cannot start, 1 when the model's job fails: the
     CLI's contract for per-model errors), and no leaderboard row is written for it."""
-    from riskdecomp.cli import main
     from test_bad_input import FAST, feat_zoo
+
+    from riskdecomp.cli import main
 
     _feature_file(tmp_path, case)
     (tmp_path / "zoo.yaml").write_text(feat_zoo())
@@ -246,7 +247,7 @@ API_CASES = {"complex": "complex", "subnormal": "subnormal", "beyond_float32": "
 def test_coerced_inputs_are_one_line_errors_in_the_api(case, fn):
     """#6, Python API: the same inputs raise a one-line RiskdecompError from the estimator entry points (the
     few-shot settings are fewshot_errors' own parameters)."""
-    from riskdecomp.errors import RiskdecompError
+    from riskdecomp.utils.errors import RiskdecompError
 
     arrays, kw = _api_case(case)
     func = {"decompose": decompose, "fewshot_errors": fewshot_errors}[fn]
@@ -269,9 +270,9 @@ def test_knn_score_with_k_above_the_reference_set_is_skipped_not_fatal(tmp_path,
     import logging
 
     import pandas as pd
+    from test_bad_input import FAST, feat_zoo, npz
 
     from riskdecomp.cli import main
-    from test_bad_input import FAST, feat_zoo, npz
 
     npz(tmp_path / "f.npz")
     (tmp_path / "zoo.yaml").write_text(feat_zoo())
@@ -321,7 +322,7 @@ def test_protocol_is_documented_in_the_repository():
     repository's own docs/protocol.md; the estimator modules cite it, not ../shared/docs/spec-*.md."""
     from pathlib import Path
 
-    import riskdecomp.decomposition as dec
+    import riskdecomp.estimators.decomposition as dec
 
     root = Path(__file__).resolve().parents[1]
     text = " ".join((root / "docs" / "protocol.md").read_text().split())
@@ -348,7 +349,7 @@ def test_crossfit_is_the_small_data_default_and_holds_out_every_point_once(monke
     """issue 14 #5: below CROSSFIT_MAX_TRAIN train points err_heldout is cross-fitted (n_folds folds, every point
     held out once; n_sub is the fold size, so n_train - n_sub stays the held-out probes' training size, as the
     scaling-law fit reads it); above, one S (the paper's protocol); both can be asked for explicitly."""
-    import riskdecomp.decomposition as dec
+    import riskdecomp.estimators.decomposition as dec
 
     x, y = _gauss(300, 10, sep=2.0)
     xt, yt = _gauss(200, 10, sep=2.0, seed=1)
@@ -360,7 +361,7 @@ def test_crossfit_is_the_small_data_default_and_holds_out_every_point_once(monke
     assert (big["holdout"], big["holdout_folds"], big["n_sub"]) == ("single", 1, 60)
     three = decompose(x, y, xt, yt, n_boot=0, device="cpu", holdout="crossfit", n_folds=3)
     assert (three["holdout"], three["holdout_folds"], three["n_sub"]) == ("crossfit", 3, 100)
-    from riskdecomp.errors import RiskdecompError
+    from riskdecomp.utils.errors import RiskdecompError
 
     with pytest.raises(RiskdecompError, match="holdout"):
         decompose(x, y, xt, yt, n_boot=0, device="cpu", holdout="kfold")

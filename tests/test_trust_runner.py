@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from zoo_factory import FAST, make_features_zoo, synthetic_features
 
 import riskdecomp
 from riskdecomp.cli import main
-
-from zoo_factory import FAST, make_features_zoo, synthetic_features
 
 LIGHT = [*FAST, "--no-active", "--no-statistics"]
 
@@ -95,7 +94,7 @@ def test_3_model_and_dataset_names_that_share_a_double_underscore_get_their_own_
 
 @pytest.mark.parametrize("stem", ["ab", "a@b", "A@b", "a@", "@b", "a@b@c", ".x@b"])
 def test_3_only_valid_stems_parse_back(stem):
-    from riskdecomp.names import parse_stem, result_stem
+    from riskdecomp.utils.names import parse_stem, result_stem
 
     parsed = parse_stem(stem)
     if parsed is not None:
@@ -207,7 +206,7 @@ def test_5_force_recomputes_every_record(good_run, zoo, tmp_path):
 @pytest.mark.parametrize("what", ["__version__", "PROTOCOL_VERSION"])
 def test_7_records_of_another_version_are_recomputed(what, good_run, zoo, tmp_path, monkeypatch):
     out = good_run
-    import riskdecomp.runner as runner
+    import riskdecomp.runner.records as runner
 
     if what == "__version__":
         monkeypatch.setattr(runner, "__version__", riskdecomp.__version__ + ".post1")
@@ -234,7 +233,7 @@ def test_7_run_key_covers_the_entry_identity(tmp_path, monkeypatch):
     reused = lambda: bool(pd.read_csv(tmp_path / "out" / "timings.csv")["reused"].all())  # noqa: E731
     assert cli(*args, "--jobs", "1") == 0 and not reused()
     assert cli(*args, "--jobs", "1", "--batch-size", "7", "--threads", "1", "--num-workers", "0") == 0 and reused()
-    import riskdecomp.encoders as enc
+    import riskdecomp.features.encoders as enc
 
     real = enc.entry_identity
     monkeypatch.setattr(enc, "entry_identity", lambda e, ds=None, **kw: real(e, ds, **kw) + "|other-weights")
@@ -244,7 +243,8 @@ def test_7_run_key_covers_the_entry_identity(tmp_path, monkeypatch):
 def test_8_zoo_level_settings_rebuild_summaries_without_recomputing_runs(good_run, zoo, tmp_path, capsys):
     out = good_run
     unc = pd.read_csv(out / "uncertainty.csv")
-    from riskdecomp.runner import Settings, evaluate
+    from riskdecomp.runner.pipeline import evaluate
+    from riskdecomp.runner.records import Settings
 
     res = evaluate(zoo, "digits", out, cache_dir=tmp_path / "cache",
                    settings=Settings(n_boot=50, fewshot_seeds=2, shots=(1, 5), fractions=(0.1,), active=False,
@@ -322,7 +322,7 @@ def test_9_a_models_subset_run_adds_rows_and_build_rebuilds_everything(zoo, tmp_
 
 
 def test_9_the_api_returns_every_table_and_its_path(zoo, tmp_path):
-    from riskdecomp.runner import Settings
+    from riskdecomp.runner.records import Settings
 
     res = riskdecomp.evaluate(zoo, "digits", tmp_path / "out", cache_dir=tmp_path / "cache",
                               settings=Settings(n_boot=20, fewshot_seeds=1, shots=(1,), fractions=(), progress=False,
@@ -464,7 +464,7 @@ def test_jobs_beyond_the_models_are_capped_with_one_line(tmp_path, caplog):
 
 
 def test_debug_works_after_the_subcommand_and_jobs_is_typed_in_help(tmp_path, capsys):
-    from riskdecomp.errors import ZooError
+    from riskdecomp.utils.errors import ZooError
 
     with pytest.raises(ZooError):
         cli("evaluate", "--zoo", tmp_path / "missing.yaml", "--out", tmp_path / "out", "--debug")
@@ -512,7 +512,7 @@ def test_cli_subprocess_bad_seed_is_one_line_without_usage(tmp_path):
 def _featurize_takes_force() -> bool:
     import inspect
 
-    from riskdecomp.features import featurize
+    from riskdecomp.features.cache import featurize
 
     return "force" in inspect.signature(featurize).parameters
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from riskdecomp.errors import ZooError
+from riskdecomp.utils.errors import ZooError
 from riskdecomp.zoo import load_zoo
 
 GOOD_ENTRY = "models:\n  - name: a\n    source: recipe\n    recipe: {objective: init}\n"
@@ -238,8 +238,8 @@ def _fill(v, w):
 def test_weights_that_do_not_fit_are_a_one_line_error(wfiles, case):
     """Item 1 (issue 12 #2): missing / unexpected keys or shape mismatches are an error naming the entry and the
     first keys, on every load path (timm weights file, hub weights, checkpoint entries, own backbones)."""
-    from riskdecomp.encoders import build_encoder
-    from riskdecomp.errors import WeightsError
+    from riskdecomp.features.encoders import build_encoder
+    from riskdecomp.utils.errors import WeightsError
 
     fields, needles = MISFITS[case]
     with pytest.raises(WeightsError) as info:
@@ -256,7 +256,7 @@ def test_strict_false_loads_the_matching_tensors_and_lists_the_rest(wfiles):
     import torch
     from safetensors.torch import load_file
 
-    from riskdecomp.encoders import build_encoder
+    from riskdecomp.features.encoders import build_encoder
 
     enc = build_encoder(_entry(source="timm", model="resnet34", weights=str(wfiles / "r18.safetensors"),
                                strict=False))
@@ -296,8 +296,9 @@ def test_cli_featurize_refuses_weights_of_another_architecture(wfiles, tmp_path)
 @pytest.fixture(scope="module")
 def px32(tmp_path_factory):
     """An image folder of 32 px images (CIFAR-sized)."""
-    from riskdecomp.datasets import load_dataset
     from test_datasets import make_folder
+
+    from riskdecomp.features.datasets import load_dataset
 
     root = make_folder(tmp_path_factory.mktemp("px32") / "d", n_train=2, n_test=1, size=32)
     return load_dataset(f"imagefolder:{root}")
@@ -306,7 +307,7 @@ def px32(tmp_path_factory):
 def test_encoder_reports_its_input_size_and_upscaling(px32, wfiles):
     """Item 8 (issue 13 §2): a 32 px dataset fed to a 224 px model is upscaled -- the Encoder says so
     (input_size, upscaled); `image_size:` feeds the model at the size asked for, and changes the cache identity."""
-    from riskdecomp.encoders import build_encoder
+    from riskdecomp.features.encoders import build_encoder
 
     default = build_encoder(_entry(source="timm", model="resnet18", weights=str(wfiles / "r18.safetensors")),
                             dataset=px32)
@@ -334,8 +335,8 @@ def test_vit_weights_load_at_another_image_size(px32, tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from riskdecomp.encoders import build_encoder
-    from riskdecomp.features import featurize
+    from riskdecomp.features.cache import featurize
+    from riskdecomp.features.encoders import build_encoder
 
     torch.manual_seed(0)
     native = timm.create_model("test_vit", pretrained=False)
@@ -361,7 +362,7 @@ def test_hub_weights_load_strictly_and_completely(wfiles):
     import torch
     from safetensors.torch import load_file
 
-    from riskdecomp.encoders import build_encoder
+    from riskdecomp.features.encoders import build_encoder
 
     enc = build_encoder(_entry(source="timm", model="resnet18", pretrained=True,
                                model_kwargs={"pretrained_cfg_overlay": {"file": str(wfiles / "r18.safetensors")}}))

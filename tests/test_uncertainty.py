@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import entropy
 
-from riskdecomp.errors import FeatureError
-from riskdecomp.uncertainty import (
+from riskdecomp.estimators.uncertainty import (
     augmentation_consistency,
     ensemble_neighborhood_consistency,
     ensemble_scores,
@@ -15,12 +14,13 @@ from riskdecomp.uncertainty import (
     label_free_scores,
     neg_norm,
     neighborhood_inconsistency,
-    posterior_variance,
     probe_scores,
     reference_indices,
     vmf_log_normalizer,
     vmf_nll,
 )
+from riskdecomp.features.cache import posterior_variance
+from riskdecomp.utils.errors import FeatureError
 
 
 def test_reference_indices_shared_and_sorted():

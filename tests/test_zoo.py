@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from riskdecomp.errors import ZooError
+from riskdecomp.utils.errors import ZooError
 from riskdecomp.zoo import CheckpointEntry, RecipeEntry, TimmEntry, load_zoo, parse_zoo
 
 GOOD = textwrap.dedent("""

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .recipe import AugmentConfig
+from riskdecomp.pretrain.recipe import AugmentConfig
 
 LUMA = (0.299, 0.587, 0.114)
 

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from riskdecomp.utils.errors import WeightsError
 
 SMALLCNN = "smallcnn"
 BACKBONES = (SMALLCNN,)  # riskdecomp's own architectures (anything else is a timm name)

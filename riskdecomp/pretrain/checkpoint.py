@@ -4,7 +4,7 @@ Layout: ``PATH.safetensors`` holds the backbone's state dict (keys as in ``creat
 ``source: checkpoint`` zoo entry with ``architecture: smallcnn`` and the sidecar's ``model_kwargs`` loads it with
 ``strict=True``); ``PATH.safetensors.json`` holds the full recipe, the backbone arguments, the input normalization,
 the image size, the training history and ``sha256``, the checksum of the weights file's bytes. Both are written
-atomically (:mod:`riskdecomp.atomic`), weights first, so a sidecar never describes missing weights.
+atomically (:mod:`riskdecomp.utils.atomic`), weights first, so a sidecar never describes missing weights.
 Loading verifies the checksum: a swapped or corrupted weights file is an error (a cached one is retrained instead).
 Nothing is ever unpickled.
 """
@@ -19,12 +19,16 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..atomic import atomic_write_bytes, atomic_write_text
-from ..errors import CacheError, WeightsError
-from .backbones import RecipeEncoder, backbone_kwargs, build_recipe_encoder
-from .recipe import Recipe
-from ..device import resolve_device
-from .train import MEAN, STD, pretrain
+from riskdecomp.pretrain.backbones import (
+    RecipeEncoder,
+    backbone_kwargs,
+    build_recipe_encoder,
+)
+from riskdecomp.pretrain.recipe import Recipe
+from riskdecomp.pretrain.train import MEAN, STD, pretrain
+from riskdecomp.utils.atomic import atomic_write_bytes, atomic_write_text
+from riskdecomp.utils.device import resolve_device
+from riskdecomp.utils.errors import CacheError, WeightsError
 
 FORMAT = "riskdecomp-pretrain-v1"
 log = logging.getLogger(__name__)
@@ -81,7 +85,7 @@ def read_sidecar(path) -> dict:
 def verify_checksum(path, meta: dict, required: bool = False) -> None:
     """WeightsError unless the weights file's SHA-256 is the sidecar's ``sha256`` (a sidecar written before
     checksums existed has none: accepted unless ``required``, as for the recipe cache)."""
-    from ..zoo import file_sha256  # (zoo imports this package: import late)
+    from riskdecomp.zoo import file_sha256  # (zoo imports this package: import late)
 
     want = meta.get("sha256")
     if want is None:
@@ -156,7 +160,7 @@ def eval_transform(recipe_or_sidecar: Union[Recipe, dict, str, Path, None], nati
         return (x - mean_t) / std_t
 
     transform.input_size = size
-    # its content, for riskdecomp.decode.preprocessing_key (encoders with equal keys share one decoding pass)
+    # its content, for riskdecomp.features.decode.preprocessing_key (encoders with equal keys share one decoding pass)
     transform.preprocessing_key = json.dumps(["riskdecomp.eval_transform", size, mean_t.flatten().tolist(),
                                               std_t.flatten().tolist()])
     return transform
@@ -217,7 +221,7 @@ def pretrained_checkpoint(recipe: Recipe, dataset, cache_dir, *, device: str = "
 def pretrain_to_file(recipe: Recipe, dataset_spec: str, out_path, device: str = "auto", progress: bool = True) -> Path:
     """``riskdecomp pretrain``: train ``recipe`` on the train split of ``dataset_spec`` and write a checkpoint
     (``out_path`` + ``out_path.json``); returns ``out_path``."""
-    from ..datasets import load_dataset
+    from riskdecomp.features.datasets import load_dataset
 
     if isinstance(recipe, dict):
         recipe = Recipe.model_validate(recipe)

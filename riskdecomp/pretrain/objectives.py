@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .recipe import HeadConfig, Recipe
+from riskdecomp.pretrain.recipe import HeadConfig, Recipe
 
 # ----------------------------------------------------------------------------------------------- losses
 

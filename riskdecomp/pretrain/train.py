@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..datasets import ImageSplit
-from ..device import resolve_device
-from ..errors import DatasetError
-from .augment import Augmenter, to_float
-from .backbones import RecipeEncoder, build_recipe_encoder
-from .objectives import build_objective
-from .recipe import Recipe
+from riskdecomp.features.datasets import ImageSplit
+from riskdecomp.pretrain.augment import Augmenter
+from riskdecomp.pretrain.backbones import RecipeEncoder, build_recipe_encoder
+from riskdecomp.pretrain.objectives import build_objective
+from riskdecomp.pretrain.recipe import Recipe
+from riskdecomp.utils.device import resolve_device
+from riskdecomp.utils.errors import DatasetError
 
 # Input normalization of every riskdecomp-pretrained encoder: x_norm = (x / 255 - MEAN) / STD, per channel.
 MEAN = (0.5, 0.5, 0.5)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from riskdecomp import analysis
-from riskdecomp.errors import RiskdecompError
+from riskdecomp.analysis import analyze
 from riskdecomp.report.plots import _read
+from riskdecomp.utils.errors import RiskdecompError
 
 __all__ = ["make_report"]
 
@@ -24,19 +24,19 @@ __all__ = ["make_report"]
 def make_report(results_dir, *, published=None, color_by: str | None = "objective") -> Path:
     """Write ``results_dir/report.html`` (+ plots/ and analysis/) and return its path.
 
-    ``published``: optional DataFrame from :func:`riskdecomp.published.load_published` or a path to
+    ``published``: optional DataFrame from :func:`riskdecomp.analysis.published.load_published` or a path to
     ``all_results.csv``; it is analysed and plotted as a separate source. Raises
     :class:`RiskdecompError` if ``results_dir`` is not a directory.
     """
-    from riskdecomp.atomic import atomic_write_text as write_text_atomic
     from riskdecomp.report.html import render_html
     from riskdecomp.report.plots import collect_plots
+    from riskdecomp.utils.atomic import atomic_write_text as write_text_atomic
 
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise RiskdecompError(f"results directory not found: {results_dir}")
     if published is not None and not isinstance(published, pd.DataFrame):
-        from riskdecomp.published import load_published
+        from riskdecomp.analysis.published import load_published
         published = load_published(published)
     lb = _read(results_dir / "leaderboard.csv")
     if lb is not None and lb.empty:
@@ -44,7 +44,7 @@ def make_report(results_dir, *, published=None, color_by: str | None = "objectiv
 
     summary, effects = None, None
     if lb is not None or published is not None:
-        summary = analysis.analyze(leaderboard=lb, published=published, out_dir=results_dir / "analysis",
+        summary = analyze(leaderboard=lb, published=published, out_dir=results_dir / "analysis",
                                    seeds=_read(results_dir / "leaderboard_seeds.csv"))
         effects = _read(results_dir / "analysis" / "design_effects.csv")
     plots_dir = results_dir / "plots"
@@ -63,7 +63,7 @@ def make_report(results_dir, *, published=None, color_by: str | None = "objectiv
                "p_Holm < 0.05)"] = significance_view(contrasts)
     unc = _read(results_dir / "uncertainty.csv")
     if unc is not None and "metric" in unc:  # the decile bins are drawn, not tabulated
-        from riskdecomp.reliability import BIN_METRIC_RE
+        from riskdecomp.estimators.reliability import BIN_METRIC_RE
 
         tables["Uncertainty metrics"] = unc[~unc["metric"].astype(str).str.fullmatch(BIN_METRIC_RE)]
     text = render_html(title=f"riskdecomp report — {results_dir.name}", leaderboard=lb, summary=summary,

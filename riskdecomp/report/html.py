@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from riskdecomp.schema import COMPONENTS, TOTAL
+from riskdecomp.utils.schema import COMPONENTS, TOTAL
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;

@@ -21,9 +21,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from riskdecomp import analysis  # noqa: E402
+from riskdecomp.analysis.effects import design_effects, ranking_stability  # noqa: E402
+from riskdecomp.analysis.scaling import fit_scaling_law  # noqa: E402
+from riskdecomp.analysis.tables import _setting_name, _sizes, _table, fewshot_settings  # noqa: E402
 from riskdecomp.report.html import seed_contrast_rows  # noqa: E402
-from riskdecomp.schema import COMPONENTS, score_columns  # noqa: E402
+from riskdecomp.utils.schema import COMPONENTS, score_columns  # noqa: E402
 
 COMPONENT_LABELS = {"approx": "approximation", "usability": "usability", "probe_gen": "probe generalization",
                     "enc_gen": "encoder generalization", "agg_risk": "aggregated risk"}
@@ -58,7 +60,7 @@ def _save(fig, out_dir: Path, name: str) -> Path:
 
 
 def _models(df: pd.DataFrame) -> pd.DataFrame:
-    return analysis._table(df)
+    return _table(df)
 
 
 # ----------------------------------------------------------------------------- leaderboard plots
@@ -159,13 +161,13 @@ def plot_usability_vs_probe_gen(lb: pd.DataFrame, out_dir: Path, color_by: str |
 def plot_ranking_change(lb: pd.DataFrame, out_dir: Path, name: str = "ranking_change") -> list[tuple[Path, str]]:
     """Rank of each model full shot vs each few-shot setting (1 = best); top movers labelled."""
     t = _models(lb)
-    settings = list(analysis.fewshot_settings(t))
+    settings = list(fewshot_settings(t))
     if "agg_risk" not in t or not settings:
         raise PlotSkipped("ranking change: needs agg_risk and fewshot_* columns")
-    taus, _ = analysis.ranking_stability(t)
+    taus, _ = ranking_stability(t)
     out = []
     for ds, g in list(t.groupby("dataset", sort=True))[:MAX_DATASETS]:
-        cols = ["agg_risk"] + sorted(settings, key=lambda c: -analysis._sizes(g, c).mean())
+        cols = ["agg_risk"] + sorted(settings, key=lambda c: -_sizes(g, c).mean())
         ranks = g[cols].rank(method="min")
         ranks = ranks.dropna(how="all", axis=1)
         if len(g) < 2 or ranks.shape[1] < 2:
@@ -184,7 +186,7 @@ def plot_ranking_change(lb: pd.DataFrame, out_dir: Path, name: str = "ranking_ch
                 if len(last):
                     ax.annotate(str(g.at[idx, "model"]), (xs[row.index.get_loc(last.index[-1])], last.iloc[-1]),
                                 xytext=(5, 0), textcoords="offset points", fontsize=7, va="center")
-        labels = ["full"] + [analysis._setting_name(c) for c in ranks.columns[1:]]
+        labels = ["full"] + [_setting_name(c) for c in ranks.columns[1:]]
         ax.set_xticks(xs, labels)
         ax.set_xlim(-0.3, xs[-1] + 1.2)
         ax.invert_yaxis()
@@ -245,7 +247,7 @@ def plot_design_effects(effects: pd.DataFrame, out_dir: Path, name: str = "desig
 def plot_scaling_law(lb: pd.DataFrame, out_dir: Path, name: str = "scaling_law") -> tuple[Path, str]:
     """Predicted (component scaling law) vs actual few-shot errors."""
     try:
-        params, preds = analysis.fit_scaling_law(lb)
+        params, preds = fit_scaling_law(lb)
     except ValueError as exc:  # the fit's own "cannot fit" (a missing column is a bug, not a skip)
         raise PlotSkipped(f"scaling law: {exc}") from None
     fig, ax = plt.subplots(figsize=(6, 5.5))
@@ -267,8 +269,8 @@ def plot_scaling_law(lb: pd.DataFrame, out_dir: Path, name: str = "scaling_law")
 # ----------------------------------------------------------------------------- uncertainty / active learning
 def plot_uncertainty_bins(unc: pd.DataFrame, out_dir: Path, name: str = "uncertainty_bins") -> tuple[Path, str]:
     """Accuracy per equal-mass decile of each uncertainty score (decile 1 = most certain), from the
-    ``acc_bin_NN`` metrics of :mod:`riskdecomp.reliability` (its :data:`~riskdecomp.reliability.BIN_METRIC_RE`)."""
-    from riskdecomp.reliability import ACC_BIN, BIN_METRIC_RE
+    ``acc_bin_NN`` metrics of :mod:`riskdecomp.estimators.reliability` (its :data:`~riskdecomp.estimators.reliability.BIN_METRIC_RE`)."""
+    from riskdecomp.estimators.reliability import ACC_BIN, BIN_METRIC_RE
 
     need = {"metric", "value", "score"}
     if unc is None or not need <= set(unc.columns):
@@ -363,7 +365,7 @@ def plot_risk_coverage(per_sample_dir: Path, out_dir: Path, name: str = "risk_co
             k = np.arange(1, len(oracle) + 1)
             ax.plot(k / len(oracle), np.cumsum(oracle) / k, color="black", ls="--", lw=1, label="oracle")
             drawn += 1
-        from ..names import parse_stem
+        from riskdecomp.utils.names import parse_stem
 
         parsed = parse_stem(f.stem)
         ax.set_title(" / ".join(parsed) if parsed else f.stem, fontsize=8)
@@ -552,7 +554,7 @@ def collect_plots(results_dir, out_dir, color_by: str | None = "objective", *,
         if eff is not None and "source" in eff:
             eff = eff[eff["source"] == "ours"]
         if eff is None:
-            eff = analysis.design_effects(lb)
+            eff = design_effects(lb)
         attempt(plot_design_effects, eff, out_dir)
         per_seed = _read(results_dir / "leaderboard_seeds.csv")
         if per_seed is not None:  # a zoo with pretraining seeds (without: nothing to draw, not a failure)
@@ -572,6 +574,6 @@ def collect_plots(results_dir, out_dir, color_by: str | None = "objective", *,
         attempt(plot_components, published, out_dir, name="published_components")
         attempt(plot_usability_vs_probe_gen, published, out_dir, color_by, name="published_usability_vs_probe_gen")
         attempt(plot_scaling_law, published, out_dir, name="published_scaling_law")
-        attempt(plot_design_effects, pub_eff if pub_eff is not None else analysis.design_effects(published),
+        attempt(plot_design_effects, pub_eff if pub_eff is not None else design_effects(published),
                 out_dir, name="published_design_effects")
     return made, notes

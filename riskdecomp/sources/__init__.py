@@ -11,8 +11,8 @@ list at the end of this file, write its tests, and document it in the README's z
 
 from __future__ import annotations
 
-from ..errors import RiskdecompError
-from .base import REPRESENTATIONS, Built, Entry, Source, file_sha256  # noqa: F401 (the sources' shared names)
+from riskdecomp.sources.base import REPRESENTATIONS, Built, Entry, Source, file_sha256  # noqa: F401 (the sources' shared names)
+from riskdecomp.utils.errors import RiskdecompError
 
 _REGISTRY: dict = {}
 
@@ -50,4 +50,11 @@ def entry_classes() -> dict:
 
 
 # the registry list: one import per source module (each registers itself)
-from . import timm, torch_hub, checkpoint, features, recipe, huggingface  # noqa: E402,F401
+from riskdecomp.sources import (  # noqa: E402,F401
+    checkpoint,
+    features,
+    huggingface,
+    recipe,
+    timm,
+    torch_hub,
+)

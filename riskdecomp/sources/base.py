@@ -8,8 +8,8 @@ from typing import Any, ClassVar, NamedTuple, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import WeightsError
-from ..names import name_problem
+from riskdecomp.utils.errors import WeightsError
+from riskdecomp.utils.names import name_problem
 
 REPRESENTATIONS = ("pooled", "cls", "avg", "cls+avg", "4xcls")
 

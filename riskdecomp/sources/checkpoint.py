@@ -7,10 +7,18 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
-from ..errors import RiskdecompError
-from ..pretrain.recipe import check_arch
-from . import register
-from .base import Built, Entry, Source, file_label, no_ignored, representation_key, timm_version
+from riskdecomp.pretrain.recipe import check_arch
+from riskdecomp.sources import register
+from riskdecomp.sources.base import (
+    Built,
+    Entry,
+    Source,
+    file_label,
+    no_ignored,
+    representation_key,
+    timm_version,
+)
+from riskdecomp.utils.errors import RiskdecompError
 
 
 class CheckpointEntry(Entry):
@@ -49,10 +57,18 @@ class Checkpoint(Source):
         return file_label(entry.weights)
 
     def build(self, entry, dataset, **_) -> Built:
-        from ..encoders import (Representation, _create_timm, _image_size, _load_timm_file, _native_size,
-                                _timm_transform, load_state_dict, load_weights)
-        from ..pretrain import backbones, eval_transform, load_checkpoint
-        from ..pretrain.checkpoint import sidecar_path
+        from riskdecomp.features.encoders import (
+            Representation,
+            _create_timm,
+            _image_size,
+            _load_timm_file,
+            _native_size,
+            _timm_transform,
+            load_state_dict,
+            load_weights,
+        )
+        from riskdecomp.pretrain import backbones, eval_transform, load_checkpoint
+        from riskdecomp.pretrain.checkpoint import sidecar_path
 
         who = f"model {entry.name!r}"
         ignored = no_ignored()

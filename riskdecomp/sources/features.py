@@ -8,9 +8,9 @@ from typing import Literal, Optional
 
 from pydantic import field_validator
 
-from ..names import name_problem
-from . import register
-from .base import Entry, Source
+from riskdecomp.sources import register
+from riskdecomp.sources.base import Entry, Source
+from riskdecomp.utils.names import name_problem
 
 
 class FeaturesEntry(Entry):
@@ -46,6 +46,6 @@ class Features(Source):
         return entry.dataset or Path(entry.path).stem
 
     def load_features(self, entry):
-        from ..features import load_features_npz
+        from riskdecomp.features.cache import load_features_npz
 
         return load_features_npz(entry)

@@ -25,9 +25,9 @@ import torch
 from pydantic import field_validator, model_validator
 from torch import nn
 
-from ..errors import RiskdecompError, WeightsError
-from . import register
-from .base import Built, Entry, Source, file_sha256
+from riskdecomp.sources import register
+from riskdecomp.sources.base import Built, Entry, Source, file_sha256
+from riskdecomp.utils.errors import RiskdecompError, WeightsError
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*/[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 REVISION_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")

@@ -7,10 +7,10 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from ..errors import RiskdecompError
-from ..pretrain.recipe import Recipe
-from . import register
-from .base import Built, Entry, Source, no_ignored, representation_key
+from riskdecomp.pretrain.recipe import Recipe
+from riskdecomp.sources import register
+from riskdecomp.sources.base import Built, Entry, Source, no_ignored, representation_key
+from riskdecomp.utils.errors import RiskdecompError
 
 
 class RecipeEntry(Entry):
@@ -34,7 +34,7 @@ class RecipeSource(Source):
         return "random" if entry.recipe.objective == "init" else "recipe"
 
     def complete(self, entry):
-        from ..zoo_expand import with_recipe_metadata
+        from riskdecomp.zoo.expand import with_recipe_metadata
 
         return entry.model_copy(update={"metadata": with_recipe_metadata(entry.metadata, entry.recipe)})
 
@@ -43,8 +43,8 @@ class RecipeSource(Source):
 
     def checkpoint(self, entry, dataset, *, cache_dir, device, progress, force) -> Path:
         """The recipe's checkpoint in the cache, pretrained first when it is not there (again with ``force``)."""
-        from .. import pretrain
-        from ..encoders import default_cache_dir
+        from riskdecomp import pretrain
+        from riskdecomp.features.encoders import default_cache_dir
 
         if dataset is None:
             raise RiskdecompError(f"model {entry.name!r}: a recipe entry needs a dataset to pretrain on")
@@ -53,14 +53,14 @@ class RecipeSource(Source):
 
     def weights_sha256(self, entry, dataset, **kw) -> str:
         """The weights checksum the (verified) checkpoint's sidecar records."""
-        from ..pretrain.checkpoint import read_sidecar
+        from riskdecomp.pretrain.checkpoint import read_sidecar
 
         return read_sidecar(self.checkpoint(entry, dataset, **kw))["sha256"]
 
     def build(self, entry, dataset, **kw) -> Built:
-        from .. import pretrain
-        from ..encoders import _native_size
-        from ..pretrain.checkpoint import read_sidecar
+        from riskdecomp import pretrain
+        from riskdecomp.features.encoders import _native_size
+        from riskdecomp.pretrain.checkpoint import read_sidecar
 
         path = self.checkpoint(entry, dataset, **kw)
         encoder, recipe = pretrain.load_checkpoint(path)

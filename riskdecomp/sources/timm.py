@@ -7,10 +7,18 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from ..errors import WeightsError
-from ..pretrain.recipe import check_arch
-from . import register
-from .base import Built, Entry, Source, file_label, no_ignored, representation_key, timm_version
+from riskdecomp.pretrain.recipe import check_arch
+from riskdecomp.sources import register
+from riskdecomp.sources.base import (
+    Built,
+    Entry,
+    Source,
+    file_label,
+    no_ignored,
+    representation_key,
+    timm_version,
+)
+from riskdecomp.utils.errors import WeightsError
 
 
 class TimmEntry(Entry):
@@ -66,7 +74,13 @@ class Timm(Source):
         return "hub" if entry.pretrained else "random"
 
     def build(self, entry, dataset, **_) -> Built:
-        from ..encoders import Representation, _create_timm, _image_size, _load_timm_file, _timm_transform
+        from riskdecomp.features.encoders import (
+            Representation,
+            _create_timm,
+            _image_size,
+            _load_timm_file,
+            _timm_transform,
+        )
 
         who = f"model {entry.name!r}"
         ignored = no_ignored()

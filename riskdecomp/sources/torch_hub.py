@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ..errors import RiskdecompError
-from . import register
-from .base import Built, Entry, Source, no_ignored, representation_key
+from riskdecomp.sources import register
+from riskdecomp.sources.base import Built, Entry, Source, no_ignored, representation_key
+from riskdecomp.utils.errors import RiskdecompError
 
 # torch.hub repositories: 'owner/name' or 'owner/name:ref' (torch.hub names its cache folder after them)
 REPO_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*/[A-Za-z0-9_-][A-Za-z0-9_.-]*(:[A-Za-z0-9_-][A-Za-z0-9_./-]*)?$")
@@ -62,7 +62,7 @@ class TorchHub(Source):
         import torch
         from torch import nn
 
-        from ..encoders import Representation, _imagenet_transform
+        from riskdecomp.features.encoders import Representation, _imagenet_transform
 
         who = f"model {entry.name!r}"
         try:

@@ -151,7 +151,7 @@ def timm_entries(weights: dict, names=tuple(TIMM_MODELS)) -> str:
 
 def pixel_features(folder: Path, npz: Path) -> Path:
     """A ``features`` entry's .npz: 8x8 grey pixels of the folder's images, in the order riskdecomp lists them."""
-    from riskdecomp.datasets import load_imagefolder
+    from riskdecomp.features.datasets import load_imagefolder
 
     ds = load_imagefolder(folder)
     arrays = {}

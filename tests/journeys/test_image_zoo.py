@@ -4,7 +4,6 @@ import shutil
 
 import pandas as pd
 import pytest
-
 from conftest import MIXED_MODELS, assert_journey_ok
 
 pytestmark = [pytest.mark.journey, pytest.mark.shared, pytest.mark.slow]

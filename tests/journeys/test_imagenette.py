@@ -1,8 +1,13 @@
 """Journey: ImageNet-style 224 px JPEGs (Imagenette) with a ViT made for 224 px input and a small ConvNeXt."""
 
 import pytest
-
-from conftest import FEW_MODELS, assert_journey_ok, save_timm_weights, timm_entries, write_zoo
+from conftest import (
+    FEW_MODELS,
+    assert_journey_ok,
+    save_timm_weights,
+    timm_entries,
+    write_zoo,
+)
 
 pytestmark = [pytest.mark.journey, pytest.mark.shared, pytest.mark.slow]
 

@@ -2,7 +2,6 @@
 from files (each job loads its own JPEGs), default flags otherwise."""
 
 import pytest
-
 from conftest import FEW_MODELS, assert_journey_ok, timm_entries, write_zoo
 
 pytestmark = [pytest.mark.journey, pytest.mark.shared, pytest.mark.slow]

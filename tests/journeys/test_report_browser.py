@@ -9,7 +9,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-
 from browser import Browser, find_chromium
 from conftest import WALL_TIMES
 

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import entr
 
-from .errors import FeatureError
-from .neighbors import knn
+from riskdecomp.estimators.neighbors import knn
+from riskdecomp.utils.errors import FeatureError
 
 ACQUISITIONS = ("random", "least_confidence", "entropy", "margin", "density", "coreset")
 
@@ -37,7 +37,7 @@ def _default_probe_factory(C: float = 1.0, max_iter: int = 100) -> Callable[[], 
 
     One probe object serves a whole (acquisition, seed) run and is refitted each round, so
     warm starts carry the previous round's weights."""
-    from .probes import LinearProbe
+    from riskdecomp.estimators.probe import LinearProbe
 
     return lambda: LinearProbe(C=C, max_iter=max_iter, warm_start=True)
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import entr, ive, logsumexp
 
-from .errors import FeatureError
-from .neighbors import knn
+from riskdecomp.estimators.neighbors import knn
+from riskdecomp.utils.errors import FeatureError
 
 _METRIC_TAG = {"cosine": "cos", "euclidean": "euc"}
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def knn_distance(
 ) -> dict[int, np.ndarray]:
     """u_k(x) = mean of the k smallest distances d(x, r), r in R (one search for the largest k).
 
-    Returns ``{k: (n,) array}``. ``exclude_self`` as in :func:`riskdecomp.neighbors.knn`.
+    Returns ``{k: (n,) array}``. ``exclude_self`` as in :func:`riskdecomp.estimators.neighbors.knn`.
     """
     ks = [int(k)] if np.isscalar(k) else [int(v) for v in k]
     dist, _ = knn(z, z_ref, max(ks), metric=metric, exclude_self=exclude_self)
@@ -163,9 +163,6 @@ def neg_norm(z: np.ndarray) -> np.ndarray:
     return -np.linalg.norm(np.asarray(z, dtype=np.float64), axis=1)
 
 
-def posterior_variance(logvar: np.ndarray) -> np.ndarray:
-    """u(x) = mean over dimensions of sigma^2 = exp(log sigma^2) (stochastic heads)."""
-    return np.exp(np.asarray(logvar, dtype=np.float64)).mean(axis=1)
 
 
 def probe_scores(proba: np.ndarray) -> pd.DataFrame:

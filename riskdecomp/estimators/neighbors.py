@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import FeatureError
+from riskdecomp.utils.errors import FeatureError
 
 METRICS = ("cosine", "euclidean")
 _CHUNK_BYTES = 1 << 27  # 128 MiB of similarity scores per query chunk

@@ -1,12 +1,4 @@
-"""Pretraining seeds as an axis of the zoo: expansion of ``seeds:`` entries and aggregation of their results.
-
-Expansion (:func:`expand_seeds`, called by :func:`riskdecomp.zoo.parse_zoo`): a ``recipe`` entry (or ``defaults:``)
-may carry ``seeds: [0, 1, 2]``; the entry becomes one entry per seed, named ``<name>.s<seed>`` with
-``recipe.seed = <seed>``, each its own pretraining run and run record. A ``reference:`` naming a seeded model is
-rewritten to the same seed of that model (an entry without seeds takes the reference's first seed).
-
-Naming convention: a model name ending in ``.s<digits>`` is seed ``<digits>`` of the model named by the rest
-(:func:`split_seed`); entries written out by hand that way aggregate the same way.
+"""Pooling a model's pretraining seeds into one leaderboard row.
 
 Aggregation (:func:`aggregate_seeds`, called by the runner on the per-run leaderboard): ``leaderboard.csv`` gets
 one row per model with, for each estimate ``X`` that has a CI (``X_lo``/``X_hi``; the components, agg_risk and
@@ -27,98 +19,14 @@ mean +- 4.3 sd/sqrt(S).) Other numeric columns are seed means, booleans are "any
 
 from __future__ import annotations
 
-import copy
-import re
 from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-from .errors import ZooError
+from riskdecomp.zoo.seeds import split_seed
 
-SEED_NAME_RE = re.compile(r"^(?P<model>.+)\.s(?P<seed>\d+)$")
 KEYS = ("model", "dataset")
-
-
-def seed_name(model: str, seed: int) -> str:
-    return f"{model}.s{int(seed)}"
-
-
-def split_seed(name: str) -> tuple[str, Optional[int]]:
-    """``"simclr.s2"`` -> ``("simclr", 2)``; a name without the suffix -> ``(name, None)``."""
-    m = SEED_NAME_RE.match(str(name))
-    return (m.group("model"), int(m.group("seed"))) if m else (str(name), None)
-
-
-def _check_seeds(value, where: str) -> list:
-    if (not isinstance(value, list) or not value
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value)):
-        raise ZooError(f"{where}: field 'seeds': expected a non-empty list of non-negative integers, got {value!r}")
-    if len(set(value)) != len(value):
-        raise ZooError(f"{where}: field 'seeds': duplicate seed in {value!r}")
-    return list(value)
-
-
-def expand_seeds(models: list, defaults: dict, where: str) -> tuple[list, dict]:
-    """Raw zoo entries (dicts, before validation) with ``seeds:`` expanded; returns ``(models, defaults)`` with
-    ``seeds`` removed from both. ``defaults.seeds`` applies to every ``recipe`` entry that gives none.
-    Entries that are not mappings are passed through (parse_zoo reports them)."""
-    defaults = dict(defaults)
-    default_seeds = defaults.pop("seeds", None)
-    if default_seeds is not None:
-        default_seeds = _check_seeds(default_seeds, f"{where}: defaults")
-    plan = []  # (raw entry, its seeds or None)
-    for i, raw in enumerate(models):
-        if not isinstance(raw, dict):
-            plan.append((raw, None))
-            continue
-        label = f"{where}: models[{i}]" + (f" ({raw['name']!r})" if "name" in raw else "")
-        source = raw.get("source", defaults.get("source"))
-        seeds = raw.get("seeds", default_seeds if source == "recipe" else None)
-        if seeds is None:
-            plan.append((raw, None))
-            continue
-        seeds = _check_seeds(seeds, label)
-        if source != "recipe":
-            raise ZooError(f"{label}: field 'seeds': only recipe entries have a pretraining seed "
-                           f"(source {source!r})")
-        recipe = raw.get("recipe", defaults.get("recipe"))
-        if isinstance(recipe, dict) and "seed" in recipe:
-            raise ZooError(f"{label}: field 'seeds': give either recipe.seed or seeds, not both")
-        if isinstance(raw.get("name"), str) and split_seed(raw["name"])[1] is not None:
-            raise ZooError(f"{label}: field 'seeds': the name {raw['name']!r} already ends in .s<seed>")
-        plan.append((raw, seeds))
-    seeded = {raw["name"]: seeds for raw, seeds in plan if seeds is not None and isinstance(raw.get("name"), str)}
-    out = []
-    for raw, seeds in plan:
-        if seeds is None:
-            if isinstance(raw, dict):
-                raw = {k: v for k, v in raw.items() if k != "seeds"}
-                ref = raw.get("reference", defaults.get("reference"))
-                if ref in seeded:
-                    raw["reference"] = seed_name(ref, seeded[ref][0])
-            out.append(raw)
-            continue
-        base = {k: v for k, v in raw.items() if k != "seeds"}
-        recipe = base.get("recipe", defaults.get("recipe"))
-        ref = base.get("reference", defaults.get("reference"))
-        for s in seeds:
-            e = copy.deepcopy(base)
-            e["name"] = seed_name(base["name"], s) if isinstance(base.get("name"), str) else base.get("name")
-            e["recipe"] = {**copy.deepcopy(recipe), "seed": s} if isinstance(recipe, dict) else {"seed": s}
-            if ref in seeded:
-                if s not in seeded[ref]:
-                    raise ZooError(f"{where}: model {e['name']!r}: field 'reference': {ref!r} has no seed {s} "
-                                   f"(its seeds: {seeded[ref]})")
-                e["reference"] = seed_name(ref, s)
-            out.append(e)
-    names = {e.get("name") for e in out if isinstance(e, dict)}
-    for n in sorted(x for x in names if isinstance(x, str)):
-        base, seed = split_seed(n)
-        if seed is not None and base in names:  # the leaderboard would pool "base" with the seeds of "base"
-            raise ZooError(f"{where}: model {n!r} is a seed of {base!r}, which is also an entry of its own: "
-                           "rename one of them")
-    return out, defaults
 
 
 # ------------------------------------------------------------------------------------------------ aggregation

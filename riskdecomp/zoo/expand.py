@@ -21,7 +21,7 @@ import itertools
 
 from pydantic import BaseModel
 
-from .errors import ZooError
+from riskdecomp.utils.errors import ZooError
 
 SWEEP_MODES = ("one_at_a_time", "grid")
 _NOT_INHERITED = ("name", "sweep", "sweep_mode", "base")
@@ -190,7 +190,7 @@ def recipe_metadata(recipe) -> dict:
     input normalization. Projection fields describe the SSL head (None for supervised / init); ``n_negatives``
     counts the other views of a batch for contrastive objectives. ``scheduler`` is ``constant``: riskdecomp's
     pretraining uses no learning-rate schedule."""
-    from .pretrain.backbones import build_recipe_encoder, count_parameters
+    from riskdecomp.pretrain.backbones import build_recipe_encoder, count_parameters
 
     obj, head = recipe.objective, recipe.head
     ssl = obj not in ("supervised", "init")

@@ -1,6 +1,6 @@
 """Analyses across models: summary, ranking stability, scaling law, design-choice effects, pairs.
 
-Every function takes a leaderboard-shaped table (ours, or :func:`riskdecomp.published.load_published`):
+Every function takes a leaderboard-shaped table (ours, or :func:`riskdecomp.analysis.published.load_published`):
 one row per model x dataset with columns ``model`` (or the index), ``dataset``, the components
 ``approx, usability, probe_gen, enc_gen``, ``agg_risk``, few-shot errors ``fewshot_<k>shot`` /
 ``fewshot_<p>pct``, sizes ``n_train, n_sub, n_classes`` and design fields.
@@ -14,19 +14,16 @@ When a table holds several datasets, rankings and scaling laws are computed with
 
 from __future__ import annotations
 
-import json
-import re
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import stats
 
-from .atomic import atomic_write_text as _atomic_write_text
-from .atomic import jsonable, write_csv
-from .schema import COMPONENTS, OUTCOMES
-
+from riskdecomp.analysis.scaling import fit_scaling_law
+from riskdecomp.analysis.tables import _setting_name, _table, fewshot_settings
+from riskdecomp.utils.atomic import jsonable
+from riskdecomp.utils.schema import COMPONENTS, OUTCOMES
 
 #: Treatments analysed by default (those present in the table are used).
 DEFAULT_TREATMENTS = [
@@ -55,53 +52,6 @@ PAIR_FIELDS = [
     "scheduler", "nviews",
 ]
 
-_SETTING_RE = re.compile(r"^fewshot_(\d+(?:\.\d+)?)(shot|pct)$")
-
-
-# ----------------------------------------------------------------------------- helpers
-def _table(df: pd.DataFrame) -> pd.DataFrame:
-    """Copy with ``model`` and ``dataset`` as columns (model taken from the index if needed)."""
-    out = df.copy()
-    if "model" not in out.columns:
-        out = out.reset_index()
-        if "model" not in out.columns:
-            out = out.rename(columns={out.columns[0]: "model"})
-    if "dataset" not in out.columns:
-        out["dataset"] = "default"
-    out = out.reset_index(drop=True)
-    for col in OUTCOMES:
-        if col in out:
-            out[col] = pd.to_numeric(out[col], errors="coerce")
-    return out
-
-
-def fewshot_settings(df: pd.DataFrame) -> dict[str, tuple[float, str]]:
-    """Map few-shot column -> (k or p, "shot"|"pct") for columns ``fewshot_<k>shot|<p>pct``."""
-    out = {}
-    for col in df.columns:
-        m = _SETTING_RE.match(str(col))
-        if m and pd.to_numeric(df[col], errors="coerce").notna().any():
-            out[col] = (float(m.group(1)), m.group(2))
-    return out
-
-
-def _setting_name(col: str) -> str:
-    return col[len("fewshot_"):]
-
-
-def _sizes(df: pd.DataFrame, col: str) -> pd.Series:
-    """n (probe training examples) of a setting: full -> n_train; k-shot -> k * n_classes;
-    p% -> floor(p/100 * n_train)."""
-    n_train = pd.to_numeric(df.get("n_train"), errors="coerce")
-    if col == "agg_risk":
-        return n_train.astype(float)
-    m = _SETTING_RE.match(str(col))  # from the name: a column without values (one dataset's) still has a size
-    if m is None:
-        raise ValueError(f"{col!r} is not a few-shot column (fewshot_<k>shot or fewshot_<p>pct)")
-    k, kind = float(m.group(1)), m.group(2)
-    if kind == "shot":
-        return k * pd.to_numeric(df.get("n_classes"), errors="coerce").astype(float)
-    return np.floor(k / 100.0 * n_train.astype(float))
 
 
 # ----------------------------------------------------------------------------- summary
@@ -189,115 +139,6 @@ def ranking_stability(df: pd.DataFrame, top: int = 10) -> tuple[dict, pd.DataFra
     return taus, moves_df
 
 
-# ----------------------------------------------------------------------------- scaling law
-def scaling_law_predict(A, U, P, E, N, n, alpha: float, B: float) -> np.ndarray:
-    """err(n) = E + (1-B)(A+U) + (B(A+U) + P)(N/n)^alpha, clipped to [0, 100].
-
-    Only A + U enters, so a model without a supervised reference (approx NaN, merged into
-    usability: ``approx_merged``) is fitted with A = 0 (see :func:`_scaling_long`); rows missing any
-    other component are dropped.
-    """
-    au = np.asarray(A, float) + np.asarray(U, float)
-    pred = np.asarray(E, float) + (1 - B) * au + (B * au + np.asarray(P, float)) * (
-        np.asarray(N, float) / np.asarray(n, float)) ** alpha
-    return np.clip(pred, 0.0, 100.0)
-
-
-def _scaling_long(t: pd.DataFrame) -> pd.DataFrame:
-    settings = ["agg_risk"] + list(fewshot_settings(t))
-    need = [*COMPONENTS, "n_train", "n_sub"]
-    if any(c not in t for c in need):
-        return pd.DataFrame()
-    rows = []
-    # N: the train points a held-out probe saw (n_sub = points per held-out set, single S or a cross-fit fold)
-    big_n = pd.to_numeric(t["n_train"], errors="coerce") - pd.to_numeric(t["n_sub"], errors="coerce")
-    for col in settings:
-        if col not in t:
-            continue
-        n = _sizes(t, col)
-        part = pd.DataFrame({
-            "model": t["model"], "dataset": t["dataset"],
-            "setting": "full" if col == "agg_risk" else _setting_name(col),
-            # approx NaN = merged into usability (no reference): A + U is then usability alone
-            "A": t["approx"].where(t["approx"].notna() | t["usability"].isna(), 0.0),
-            "U": t["usability"], "P": t["probe_gen"], "E": t["enc_gen"],
-            "N": big_n, "n": n, "actual": pd.to_numeric(t[col], errors="coerce"),
-        })
-        rows.append(part)
-    long = pd.concat(rows, ignore_index=True).dropna()
-    return long[(long["n"] > 0) & (long["N"] > 0)].reset_index(drop=True)
-
-
-def _r2_rmse(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
-    rmse = float(np.sqrt(np.mean((y - p) ** 2))) if len(y) else float("nan")
-    ss = np.sum((y - y.mean()) ** 2) if len(y) else 0.0
-    r2 = float(1 - np.sum((y - p) ** 2) / ss) if ss > 0 else float("nan")
-    return r2, rmse
-
-
-def fit_scaling_law(df: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
-    """Fit the two shared parameters (alpha, B) of the component scaling law by least squares.
-
-    Uses every (model, setting) pair with complete data: settings are full shot (agg_risk, n =
-    n_train) and each few-shot column (k-shot n = k * n_classes, p% n = floor(p/100 * n_train));
-    N = n_train - n_sub. Bounds: alpha in [0, 5], B in [0, 1] (B is the share of approx+usability
-    that shrinks with more labels; outside [0, 1] a coefficient would turn negative).
-
-    Also fits, for comparison, a standard scaling law that ignores the components:
-    err_m(n) = agg_m + c * ((n_full/n)^a - 1) with shared c, a (``baseline_r2``/``baseline_rmse``).
-
-    Returns (params, predictions): params has alpha, B, r2, rmse, n_points, ``r2_<setting>`` and
-    ``rmse_<setting>`` per setting, baseline_r2, baseline_rmse; predictions one row per pair
-    (model, dataset, setting, n, actual, predicted, baseline). Raises ValueError if no pair is
-    complete.
-    """
-    t = _table(df)
-    long = _scaling_long(t)
-    if long.empty or long["setting"].nunique() < 2:
-        raise ValueError("scaling law needs components and at least one few-shot column")
-    args = [long[c].to_numpy(float) for c in ("A", "U", "P", "E", "N", "n")]
-    y = long["actual"].to_numpy(float)
-
-    def resid(theta):
-        return scaling_law_predict(*args, alpha=theta[0], B=theta[1]) - y
-
-    best = None
-    for a0, b0 in [(0.3, 0.5), (0.1, 0.1), (1.0, 0.9)]:
-        res = optimize.least_squares(resid, x0=[a0, b0], bounds=([0.0, 0.0], [5.0, 1.0]))
-        if best is None or res.cost < best.cost:
-            best = res
-    alpha, b = (float(v) for v in best.x)
-    long["predicted"] = scaling_law_predict(*args, alpha=alpha, B=b)
-
-    # baseline: anchored at each model's full-shot error, shared power law in n_full / n
-    full = long[long["setting"] == "full"].set_index(["model", "dataset"])
-    key = pd.MultiIndex.from_frame(long[["model", "dataset"]])
-    anchor = full["actual"].reindex(key).to_numpy(float)
-    n_full = full["n"].reindex(key).to_numpy(float)
-    ok = np.isfinite(anchor)
-
-    def base_pred(theta, sel=ok):
-        return np.clip(anchor[sel] + theta[0] * ((n_full[sel] / long["n"].to_numpy(float)[sel]) ** theta[1] - 1),
-                       0, 100)
-
-    baseline = np.full(len(long), np.nan)
-    if ok.any():
-        bres = optimize.least_squares(lambda th: base_pred(th) - y[ok], x0=[5.0, 0.3],
-                                      bounds=([0.0, 0.0], [1e4, 5.0]))
-        baseline[ok] = base_pred(bres.x)
-    long["baseline"] = baseline
-
-    r2, rmse = _r2_rmse(y, long["predicted"].to_numpy())
-    params: dict = {"alpha": alpha, "B": b, "r2": r2, "rmse": rmse, "n_points": int(len(long))}
-    for name, g in long.groupby("setting", sort=False):
-        params[f"r2_{name}"], params[f"rmse_{name}"] = _r2_rmse(g["actual"].to_numpy(), g["predicted"].to_numpy())
-    bsel = np.isfinite(baseline)
-    params["baseline_r2"], params["baseline_rmse"] = _r2_rmse(y[bsel], baseline[bsel])
-    few = (long["setting"] != "full").to_numpy()
-    params["r2_fewshot"], params["rmse_fewshot"] = _r2_rmse(y[few], long["predicted"].to_numpy()[few])
-    params["baseline_r2_fewshot"], params["baseline_rmse_fewshot"] = _r2_rmse(y[few & bsel], baseline[few & bsel])
-    preds = long[["model", "dataset", "setting", "n", "actual", "predicted", "baseline"]]
-    return params, preds
 
 
 # ----------------------------------------------------------------------------- design effects
@@ -622,107 +463,3 @@ def seed_ranking_stability(seeds: pd.DataFrame | None, outcome: str = "agg_risk"
                         "tau_max": float(np.max(fin)) if fin else np.nan,
                         "n_splits": len(taus), "n_models": len(models), "half_size": h}
     return out, pd.DataFrame(rows, columns=["dataset", "seeds_a", "seeds_b", "tau"])
-
-
-# ----------------------------------------------------------------------------- orchestration
-LEADERBOARD_COLUMNS = ("model", "dataset", "agg_risk")
-
-
-def read_leaderboard(path) -> pd.DataFrame:
-    """A ``leaderboard.csv`` of riskdecomp evaluate, or a one-line :class:`RiskdecompError` naming the file: missing,
-    empty, binary or junk, without the columns the analyses need, or without rows (never an empty analysis)."""
-    from riskdecomp.errors import RiskdecompError
-
-    path = Path(path)
-    if not path.is_file():
-        raise RiskdecompError(f"{path}: not found (expected the leaderboard.csv of riskdecomp evaluate)")
-    try:
-        df = pd.read_csv(path)
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise RiskdecompError(f"{path}: not a readable CSV ({type(exc).__name__})") from None
-    missing = [c for c in LEADERBOARD_COLUMNS if c not in df.columns]
-    if missing:
-        raise RiskdecompError(f"{path}: not a riskdecomp leaderboard (no column(s) {', '.join(missing)})")
-    if df.empty:
-        raise RiskdecompError(f"{path}: the leaderboard has no rows")
-    return df
-
-
-def _load(x) -> pd.DataFrame | None:
-    if x is None:
-        return None
-    if isinstance(x, pd.DataFrame):
-        return x
-    path = Path(x)
-    if path.suffix == ".csv" and path.name == "all_results.csv":
-        from riskdecomp.published import load_published
-        return load_published(path)
-    return read_leaderboard(path)
-
-
-def analyze(leaderboard=None, published=None, out_dir=None, seeds=None) -> dict:
-    """Run every analysis and write ``summary.json``, ``design_effects.csv``,
-    ``controlled_pairs.csv`` (+ ``ranking_moves.csv``, ``scaling_predictions.csv``) into out_dir.
-
-    ``seeds``: our per-seed table (``leaderboard_seeds.csv``, DataFrame or path) when the zoo has pretraining
-    seeds: controlled pairs then carry CIs and Holm-corrected p-values over seeds, ``baseline_contrasts.csv``
-    compares every model with random init (:func:`baseline_contrasts`), and ``summary.json`` gets
-    ``seed_ranking_stability`` (:func:`seed_ranking_stability`; its splits in ``seed_ranking_stability.csv``).
-
-    ``leaderboard`` / ``published``: DataFrame or path (a file named all_results.csv is read with
-    :func:`riskdecomp.published.load_published`). Each source is analysed separately (the
-    published rows are ImageNet, ours may be other datasets — pooling them would mix scales).
-    summary.json: the top level is the primary source (ours when given, else published) and, when
-    both are given, ``per_source`` = {"ours": ..., "published": ...} plus ``primary_source``.
-    The CSVs concatenate both sources with a ``source`` column. Writes are atomic. Returns the
-    summary dict.
-    """
-    if out_dir is None:
-        raise ValueError("analyze needs out_dir")
-    out_dir = Path(out_dir)
-    sources = {name: _load(x) for name, x in (("ours", leaderboard), ("published", published))}
-    sources = {k: v for k, v in sources.items() if v is not None}
-    if not sources:
-        raise ValueError("analyze needs a leaderboard or the published table")
-    summaries, effects, pairs, moves, preds = {}, [], [], [], []
-    seed_table = _load(seeds)
-    for name, df in sources.items():
-        summaries[name] = summarize(df)
-        e = design_effects(df)
-        e.insert(0, "source", name)
-        effects.append(e)
-        p = controlled_pairs(df, seeds=seed_table if name == "ours" else None)
-        p.insert(0, "source", name)
-        pairs.append(p)
-        _, m = ranking_stability(df)
-        m.insert(0, "source", name)
-        moves.append(m)
-        try:
-            _, pr = fit_scaling_law(df)
-            pr.insert(0, "source", name)
-            preds.append(pr)
-        except ValueError:
-            pass
-    primary = "ours" if "ours" in summaries else "published"
-    summary = dict(summaries[primary])
-    summary["primary_source"] = primary
-    if len(summaries) > 1:
-        summary["per_source"] = summaries
-    contrasts = baseline_contrasts(sources["ours"], seed_table) if "ours" in sources else pd.DataFrame()
-    if len(contrasts):
-        write_csv(contrasts, out_dir / "baseline_contrasts.csv")
-    else:
-        (out_dir / "baseline_contrasts.csv").unlink(missing_ok=True)
-    stability, splits = seed_ranking_stability(seed_table)
-    if stability:
-        summary["seed_ranking_stability"] = stability
-        write_csv(splits, out_dir / "seed_ranking_stability.csv")
-    else:
-        (out_dir / "seed_ranking_stability.csv").unlink(missing_ok=True)  # not left over from a seeded run
-    _atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), indent=2, sort_keys=False))
-    write_csv(pd.concat(effects, ignore_index=True), out_dir / "design_effects.csv")
-    write_csv(pd.concat(pairs, ignore_index=True), out_dir / "controlled_pairs.csv")
-    write_csv(pd.concat(moves, ignore_index=True), out_dir / "ranking_moves.csv")
-    if preds:
-        write_csv(pd.concat(preds, ignore_index=True), out_dir / "scaling_predictions.csv")
-    return summary

@@ -16,8 +16,8 @@ values would all round to 0) are a FeatureError naming the model, never stored a
 float16-subnormal values (< 6.1e-5) is stored with fewer digits, with a warning. float32 is opt-in.
 
 Decode once, many encoders: :func:`featurize_group` featurizes zoo entries that share preprocessing
-(:mod:`riskdecomp.decode`) in one pass per split, writing each encoder's entry as :func:`featurize` would (which is
-a group of one). On CUDA, JPEG files are decoded on the device (:func:`riskdecomp.decode.device_plan`). A group
+(:mod:`riskdecomp.features.decode`) in one pass per split, writing each encoder's entry as :func:`featurize` would (which is
+a group of one). On CUDA, JPEG files are decoded on the device (:func:`riskdecomp.features.decode.device_plan`). A group
 holds its encoders' features of one split in memory until the pass ends (as one encoder does alone, times the
 group's size).
 """
@@ -35,12 +35,12 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .datasets import ArraySplit, ImageDataset, ImageSplit
-from .device import resolve_device
-from .encoders import Encoder, build_encoder, entry_identity
-from .atomic import atomic_open, atomic_write_text
-from .errors import FeatureError, RiskdecompError
-from .sources import source_of
+from riskdecomp.features.datasets import ArraySplit, ImageDataset, ImageSplit
+from riskdecomp.features.encoders import Encoder, build_encoder, entry_identity
+from riskdecomp.sources import source_of
+from riskdecomp.utils.atomic import atomic_open, atomic_write_text
+from riskdecomp.utils.device import resolve_device
+from riskdecomp.utils.errors import FeatureError, RiskdecompError
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -168,9 +168,9 @@ def _loader(encoder: Encoder, split: ImageSplit, *, batch_size: int, num_workers
 def input_batches(encoder: Encoder, split: ImageSplit, *, device: str, batch_size: int, num_workers="auto",
                   decode: str = "auto"):
     """The encoder's preprocessed input for ``split``, batch by batch in order, on ``device`` (channels-last on
-    CUDA): decoded on the device where :func:`riskdecomp.decode.device_plan` says so, else by PIL and the
+    CUDA): decoded on the device where :func:`riskdecomp.features.decode.device_plan` says so, else by PIL and the
     encoder's transform in loader workers (the CPU path)."""
-    from .decode import device_batches, device_plan
+    from riskdecomp.features.decode import device_batches, device_plan
 
     cuda = device.startswith("cuda")
     plan = device_plan(split, encoder.transform, device, decode)
@@ -201,7 +201,7 @@ def encode_split(encoder: Encoder, split: ImageSplit, *, device: str = "cpu", ba
 def encode_group(encoders: Sequence[Encoder], split: ImageSplit, *, device: str = "cpu", batch_size: int = 256,
                  num_workers="auto", progress: bool = True, decode: str = "auto") -> tuple[dict, dict, dict]:
     """One pass over ``split`` for encoders that share preprocessing (equal
-    :func:`riskdecomp.decode.preprocessing_key`): each batch is decoded and transformed once, with the first
+    :func:`riskdecomp.features.decode.preprocessing_key`): each batch is decoded and transformed once, with the first
     encoder's transform, and fed to every encoder (each gets its own copy but the last, so a module that writes
     into its input cannot change another's). Returns ``(features, errors, batches)`` keyed by encoder name: float32
     (N, D) arrays of the encoders that went through, the exception of each encoder whose forward raised (it is
@@ -247,12 +247,17 @@ def encode_group(encoders: Sequence[Encoder], split: ImageSplit, *, device: str 
 
 
 @torch.inference_mode()
+def posterior_variance(logvar: np.ndarray) -> np.ndarray:
+    """u(x) = mean over dimensions of sigma^2 = exp(log sigma^2) (stochastic heads)."""
+    return np.exp(np.asarray(logvar, dtype=np.float64)).mean(axis=1)
+
+
 def posterior_variance_split(encoder: Encoder, split: ImageSplit, *, device: str = "cpu",
                              batch_size: int = 256) -> Optional[np.ndarray]:
     """Per image of ``split``: the posterior variance of a stochastic encoder, mean over dimensions of
     exp(logvar) (``uncertainty.posterior_variance``), or None when the encoder has no posterior. Not cached:
     stochastic encoders are riskdecomp's own small recipes, and this is one forward pass over the test split."""
-    from .uncertainty import posterior_variance
+    from riskdecomp.features.cache import posterior_variance
 
     module = encoder.module
     if not getattr(module, "stochastic", False):
@@ -271,7 +276,7 @@ def augmented_views_split(encoder: Encoder, split: ImageSplit, *, n_views: int =
     random resized crop (area fraction ~ U(``scale``), aspect ratio in [3/4, 4/3]) resized back and a horizontal
     flip with p = 0.5 -- SimCLR's geometric augmentations, which apply to any encoder's normalized input (photometric
     ones do not). Seeded: the same seed gives the same views. Not cached (the run record keeps what they give)."""
-    from .pretrain.augment import random_resized_crop
+    from riskdecomp.pretrain.augment import random_resized_crop
 
     dev = resolve_device(device)
     module = encoder.module.to(dev).eval()
@@ -301,8 +306,8 @@ def check_feature_dtype(dtype) -> str:
 
 def storage_array(z: np.ndarray, dtype: str, who: str) -> np.ndarray:
     """``z`` (float32 features) cast to the cache's ``dtype``; values that dtype cannot hold are a FeatureError
-    naming ``who`` (see :func:`riskdecomp.decomposition.check_feature_values`), never silently inf or 0."""
-    from .decomposition import check_feature_values
+    naming ``who`` (see :func:`riskdecomp.utils.validation.check_feature_values`), never silently inf or 0."""
+    from riskdecomp.utils.validation import check_feature_values
 
     if dtype != "float32":
         tiny = check_feature_values(z, who, dtype=np.dtype(dtype), subnormal_ok=True,
@@ -332,7 +337,7 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
     the cache key). The arrays come back as in-memory float32, or with ``mmap`` as read-only memory maps of the cache
     files in ``dtype`` (nothing is read until used; ``decompose`` reads them without a full float32 copy of each).
     ``force``: cached features are not read (recomputed and rewritten), and a recipe entry is pretrained again.
-    ``decode``: where JPEGs are decoded (:func:`riskdecomp.decode.device_plan`). A group of one
+    ``decode``: where JPEGs are decoded (:func:`riskdecomp.features.decode.device_plan`). A group of one
     (:func:`featurize_group`).
     """
     return featurize_group([entry], dataset, cache_dir=cache_dir, device=device, batch_size=batch_size,
@@ -348,7 +353,7 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
 
     Per split, the entries whose cache entry is valid are read (a fully cached rerun builds no encoder); the others
     are locked (one file lock per cache entry, taken in sorted path order so two processes cannot deadlock),
-    checked again, their encoders built, and grouped by :func:`riskdecomp.decode.preprocessing_key`: each group
+    checked again, their encoders built, and grouped by :func:`riskdecomp.features.decode.preprocessing_key`: each group
     makes one pass over the split (:func:`encode_group`) and every encoder's features are written to its own cache
     entry exactly as :func:`featurize` writes them (same key, :func:`write_cached`: atomic array then sidecar with
     the checksum), so the files are byte-identical to one-by-one featurization. Entries with different
@@ -363,7 +368,7 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
 
     from filelock import FileLock
 
-    from .decode import preprocessing_key
+    from riskdecomp.features.decode import preprocessing_key
 
     dtype = check_feature_dtype(dtype)
     names = [e.name for e in entries]
@@ -444,8 +449,8 @@ def load_features_npz(entry) -> Features:
     """Read a precomputed-features entry and check its arrays: an ``.npz`` archive (never unpickled) holding
     ``x_train``/``x_test`` (n, d) real numbers a float32 probe can honour and ``y_train``/``y_test`` (n,) integer
     class labels. Anything else is a one-line FeatureError naming the file and the array (see
-    :func:`riskdecomp.decomposition.check_feature_values`)."""
-    from .decomposition import check_feature_values
+    :func:`riskdecomp.utils.validation.check_feature_values`)."""
+    from riskdecomp.utils.validation import check_feature_values
 
     who = f"model {entry.name!r}"
     path = Path(entry.path)

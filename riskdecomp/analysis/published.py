@@ -30,9 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from riskdecomp.errors import RiskdecompError
-from riskdecomp.schema import COMPONENTS
-
+from riskdecomp.utils.errors import RiskdecompError
+from riskdecomp.utils.schema import COMPONENTS
 
 IMAGENET_N_TRAIN = 1_281_167
 IMAGENET_N_TEST = 50_000

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .errors import RiskdecompError
+from riskdecomp.utils.errors import RiskdecompError
 
 NAME_RE = re.compile(r"^[a-z0-9_-][a-z0-9_.-]*$")
 MAX_LEN = 100  # two names + separator + suffix stay far below the 255-byte file-name limit

@@ -5,7 +5,7 @@ File shape::
     defaults:          # optional: deep-merged into every entry (the entry wins); base: NAME, sweep: see zoo_expand
       metadata: {pretraining_data: digits}
       seeds: [0, 1, 2]  # optional (recipe entries): one entry per pretraining seed, named <name>.s<seed>
-                        # (riskdecomp.seeds); the leaderboard pools them into one row per model
+                        # (riskdecomp.zoo.seeds); the leaderboard pools them into one row per model
     models:
       - name: dino_vits16                   # unique, [a-z0-9_.-]+, not starting with '.'
         source: timm                        # a registered source: see riskdecomp.sources
@@ -28,17 +28,18 @@ from typing import Annotated, Any, Optional, Union
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
-from . import sources
-from .errors import ZooError
-from .pretrain.recipe import Recipe
+from riskdecomp import sources
+from riskdecomp.pretrain.recipe import Recipe
+
 # the entry models live with their sources (riskdecomp.sources); re-exported here, where users look for them
-from .sources.base import METADATA_FIELDS, REPRESENTATIONS, file_sha256  # noqa: F401
-from .sources.checkpoint import CheckpointEntry  # noqa: F401
-from .sources.features import FeaturesEntry  # noqa: F401
-from .sources.recipe import RecipeEntry  # noqa: F401
-from .sources.timm import TimmEntry  # noqa: F401
-from .sources.torch_hub import TorchHubEntry  # noqa: F401
-from .zoo_expand import expand
+from riskdecomp.sources.base import METADATA_FIELDS, REPRESENTATIONS, file_sha256  # noqa: F401
+from riskdecomp.sources.checkpoint import CheckpointEntry  # noqa: F401
+from riskdecomp.sources.features import FeaturesEntry  # noqa: F401
+from riskdecomp.sources.recipe import RecipeEntry  # noqa: F401
+from riskdecomp.sources.timm import TimmEntry  # noqa: F401
+from riskdecomp.sources.torch_hub import TorchHubEntry  # noqa: F401
+from riskdecomp.utils.errors import ZooError
+from riskdecomp.zoo.expand import expand
 
 ZooEntry = Annotated[Union[tuple(sources.entry_classes().values())], Field(discriminator="source")]
 _ENTRY = TypeAdapter(ZooEntry)
@@ -157,7 +158,7 @@ def parse_zoo(data: Any, path: Optional[Path] = None) -> Zoo:
     models = data["models"]
     if not isinstance(models, list) or not models:
         raise ZooError(f"{where}: 'models' must be a non-empty list")
-    from .seeds import expand_seeds, split_seed
+    from riskdecomp.zoo.seeds import expand_seeds, split_seed
 
     default_seeds = {"seeds": defaults["seeds"]} if "seeds" in defaults else {}
     shaped = expand(models, {k: v for k, v in defaults.items() if k != "seeds"}, where, sources.entry_classes(),

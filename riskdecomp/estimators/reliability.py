@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.stats import rankdata
 
-from .errors import FeatureError
+from riskdecomp.estimators.solvers import brier_ovo
+from riskdecomp.utils.errors import FeatureError
 
 N_BINS = 10
 # Names of the decile-bin metrics, shared by the producer (here) and the consumers (report): ``acc_bin_01`` ..
@@ -46,103 +46,6 @@ def bin_metric(kind: str, j: int) -> str:
     return f"{kind}_{j:02d}"
 
 
-# ----------------------------------------------------------------------------- targets
-def brier_ovo(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    *,
-    C: float = 1.0,
-    max_iter: int = 500,
-    tol: float = 1e-9,
-) -> np.ndarray:
-    """Mean one-vs-one Brier score of each test point over the pairs containing its true class.
-
-    All C(C-1)/2 binary logistic regressions are fitted *jointly*: pair (a, b) has augmented
-    weights w_ab = -w_ba (an antisymmetric (C, C, d+1) tensor, last entry = intercept); the
-    objective sum_pairs [C * sum_{i in a or b} log(1 + exp(-s_i w.[x_i, 1])) + |w_{:d}|^2 / 2]
-    separates over pairs, so its minimiser is exactly that of C(C-1)/2 independent
-    ``sklearn.linear_model.LogisticRegression(C=C)`` fits (intercept unpenalised). One L-BFGS
-    run (torch, float64) with one batched matrix product per step: cost ~ n_train * d * C
-    per step instead of C^2 separate fits. Preconditioning: w = T u with
-    T = (diag(1,..,1,eps) + c S)^{-1/2}, S = mean of [x,1][x,1]^T, c = C * n_pair / 4 (the
-    Hessian's typical scale), which makes the problem well conditioned.
-    For a test point of class a, pair (a, b) gives p_a = sigmoid(w_ab.[x, 1]) and Brier
-    (1 - p_a)^2 (the binary Brier for that pair); the score is the mean over b != a.
-    """
-    classes = np.unique(y_train)
-    n_c = len(classes)
-    if n_c < 2:
-        raise FeatureError("brier_ovo needs at least 2 classes in the train labels")
-    if not np.isin(y_test, classes).all():
-        raise FeatureError("brier_ovo: a test label does not occur in the train labels")
-    xa = np.c_[np.asarray(x_train, dtype=np.float64), np.ones(len(y_train))]
-    n, d1 = xa.shape
-    ytr = np.searchsorted(classes, y_train)
-    # preconditioner T = M^{-1/2}
-    scale = C * (2 * n / n_c) / 4
-    m = scale * (xa.T @ xa) / n
-    m[np.arange(d1 - 1), np.arange(d1 - 1)] += 1.0
-    m[-1, -1] += 1e-8
-    ev, evec = np.linalg.eigh(m)
-    t_mat = torch.from_numpy((evec / np.sqrt(np.maximum(ev, 1e-12))) @ evec.T)
-    xp = torch.from_numpy(xa) @ t_mat  # features in the preconditioned coordinates
-    # class-grouped, zero-padded features (n_c, m_max, d+1) so one bmm gives every logit
-    counts = np.bincount(ytr, minlength=n_c)
-    order = np.argsort(ytr, kind="stable")
-    slot = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
-    xpad = torch.zeros((n_c, counts.max(), d1), dtype=torch.float64)
-    xpad[torch.from_numpy(ytr[order]), torch.from_numpy(slot)] = xp[torch.from_numpy(order)]
-    mask = torch.zeros((n_c, counts.max(), 1), dtype=torch.float64)
-    mask[torch.from_numpy(ytr[order]), torch.from_numpy(slot)] = 1.0
-    pen = t_mat[:, :-1]  # w_{:d} = u @ T[:, :d]  (T symmetric)
-    u = torch.zeros((n_c, n_c, d1), dtype=torch.float64, requires_grad=True)
-    upper = torch.triu(torch.ones(n_c, n_c, dtype=torch.float64), diagonal=1)[..., None]
-    off = 1.0 - torch.eye(n_c, dtype=torch.float64)
-
-    def coords() -> torch.Tensor:
-        uu = u * upper
-        return uu - uu.transpose(0, 1)
-
-    def objective() -> torch.Tensor:
-        uu = coords()
-        w = (u * upper) @ pen
-        loss = 0.5 * (w * w).sum()
-        logit = torch.bmm(xpad, uu.transpose(1, 2))  # (C, m_max, C): positive = row's class a
-        return loss + C * (torch.nn.functional.softplus(-logit) * mask * off[:, None, :]).sum()
-
-    ref = float(C * n * (n_c - 1) * np.log(2.0))  # loss at u = 0
-    opt = torch.optim.LBFGS([u], lr=1, max_iter=max_iter, tolerance_grad=1e-12,
-                            tolerance_change=tol * ref, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = objective()
-        loss.backward()
-        return loss
-
-    # small problems are dominated by per-op overhead, where extra threads only add
-    # synchronisation cost (3x slower measured on a busy machine): one thread below ~0.5 GFLOP per step
-    threads = torch.get_num_threads()
-    if n_c * n * d1 < 5e8:
-        torch.set_num_threads(1)
-    try:
-        opt.step(closure)
-    finally:
-        torch.set_num_threads(threads)
-    with torch.no_grad():
-        w = coords() @ t_mat  # (C, C, d+1) original coordinates
-        xq = torch.from_numpy(np.c_[np.asarray(x_test, dtype=np.float64), np.ones(len(y_test))])
-        yq = np.searchsorted(classes, y_test)
-        out = np.empty(len(yq))
-        for a in np.unique(yq):
-            rows = np.nonzero(yq == a)[0]
-            p = torch.sigmoid(xq[rows] @ w[a].T).numpy()
-            br = (1.0 - p) ** 2
-            br[:, a] = 0.0
-            out[rows] = br.sum(1) / (n_c - 1)
-    return out
 
 
 def targets(

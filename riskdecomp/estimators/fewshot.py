@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from riskdecomp.decomposition import check_features, check_int
-from riskdecomp.errors import FeatureError, RiskdecompError
-from riskdecomp.probes import DEFAULT_STANDARDIZE, LinearProbe, PathFitter, _as_grid, fit_path
+from riskdecomp.estimators.probe import DEFAULT_STANDARDIZE, LinearProbe
+from riskdecomp.estimators.selection import PathFitter, _as_grid, fit_path
+from riskdecomp.utils.errors import FeatureError, RiskdecompError
+from riskdecomp.utils.validation import check_features, check_int
 
 
 def _pct_name(p: float) -> str:

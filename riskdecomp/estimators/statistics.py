@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from riskdecomp.errors import FeatureError
+from riskdecomp.utils.errors import FeatureError
 
 _RANK_FLOOR = 1e-4
 _RANK_REL = 0.01

@@ -21,9 +21,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .errors import RiskdecompError, WeightsError
-from .sources import source_of
-from .sources.base import file_sha256  # noqa: F401 (re-exported)
+from riskdecomp.sources import source_of
+from riskdecomp.sources.base import file_sha256  # noqa: F401 (re-exported)
+from riskdecomp.utils.errors import RiskdecompError, WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -246,7 +246,7 @@ def _load_timm_file(model: nn.Module, path, who: str, arch: str, strict: bool) -
 def build_encoder(entry, *, dataset=None, cache_dir=None, device: str = "cpu", progress: bool = True,
                   force: bool = False) -> Encoder:
     """Build the frozen encoder of a zoo entry through its source (:mod:`riskdecomp.sources`; ``features``
-    entries have none: see :mod:`riskdecomp.features`). ``force``: a recipe entry is pretrained again even when
+    entries have none: see :mod:`riskdecomp.features.cache`). ``force``: a recipe entry is pretrained again even when
     its checkpoint is cached (once per process)."""
     src = source_of(entry)
     if not src.has_encoder:

@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DatasetError
+from riskdecomp.utils.errors import DatasetError
 
 DEFAULT_DATASET = "cifar10-mini"
 #: The embedded CIFAR-10 subset and the SHA-256 of its bytes (checked at load: a damaged install is an error).
-CIFAR10_MINI = Path(__file__).resolve().parent / "data" / "cifar10_mini.npz"
+CIFAR10_MINI = Path(__file__).resolve().parents[1] / "data" / "cifar10_mini.npz"
 CIFAR10_MINI_SHA256 = "63bde31620711236a2c6f0e5e379e9a7719ab391e95c8324e298cc5d7990ef52"
 DIGITS_SPLIT_SEED = 0  # digits' train/test split is fixed: it does not follow --seed
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")

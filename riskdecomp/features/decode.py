@@ -5,13 +5,13 @@ device the encoders run on.
 torchvision ``Compose`` (timm's and torch.hub's transforms) the class and public settings of every step (resize
 size and interpolation, crop, normalization mean/std, ...); for riskdecomp's own ``eval_transform`` the attribute
 ``preprocessing_key`` it carries. Two encoders with equal keys are fed bit-identical tensors for the same image, so
-:func:`riskdecomp.features.featurize_group` decodes each batch once for all of them. A transform this module cannot
+:func:`riskdecomp.features.cache.featurize_group` decodes each batch once for all of them. A transform this module cannot
 describe (a ``Lambda``, a user function, an unknown step holding objects) gets a key unique to the object: it is
 never grouped with another, which costs speed, never correctness.
 
 **Device decoding.** On CUDA, decoding JPEGs with PIL on the CPU caps featurization at a few hundred images/s while
 the forward pass runs at thousands. :func:`device_plan` decides, per split, whether to decode on the device: only
-for files on disk (:class:`~riskdecomp.datasets.FileSplit`) that are all ``.jpg``/``.jpeg`` and a transform of the
+for files on disk (:class:`~riskdecomp.features.datasets.FileSplit`) that are all ``.jpg``/``.jpeg`` and a transform of the
 form ``[Resize] [CenterCrop] ToTensor Normalize`` (what timm and torch.hub encoders use); anything else, and any
 device other than CUDA, takes today's CPU path (PIL decode + the transform in loader workers). On the device path
 the loader workers only read encoded bytes (:class:`EncodedFiles`, batches collated as lists of 1-D uint8 tensors),
@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .errors import DatasetError
+from riskdecomp.utils.errors import DatasetError
 
 log = logging.getLogger(__name__)
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -145,7 +145,7 @@ class DevicePreprocess:
 
 def is_jpeg_split(split) -> bool:
     """Files on disk, every one named ``.jpg``/``.jpeg``."""
-    from .datasets import FileSplit
+    from riskdecomp.features.datasets import FileSplit
 
     return isinstance(split, FileSplit) and len(split) > 0 and all(
         p.suffix.lower() in JPEG_SUFFIXES for p in split.paths)

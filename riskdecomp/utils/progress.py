@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from .schema import COMPONENTS
+from riskdecomp.utils.schema import COMPONENTS
 
 _CURRENT: Optional["Progress"] = None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import OutputError
+from riskdecomp.utils.errors import OutputError
 
 
 def _umask() -> int:

@@ -1,0 +1,2 @@
+"""Encoders and the feature cache: images -> arrays (one forward pass per image, cached by content).
+"""

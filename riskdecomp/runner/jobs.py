@@ -1,0 +1,271 @@
+"""One job: one zoo entry on one dataset -> features -> every estimator -> one run record (+ per-sample tables).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from riskdecomp import __version__
+from riskdecomp.features.cache import Features, featurize
+from riskdecomp.runner.records import (
+    PROTOCOL_VERSION,
+    RECORD_VERSION,
+    Settings,
+    _flatten_metadata,
+    check_record,
+    dataset_name,
+    read_record,
+    run_key,
+)
+from riskdecomp.runner.tables import per_sample_table
+from riskdecomp.sources import source_of
+from riskdecomp.utils.atomic import atomic_write_text, jsonable, write_csv
+from riskdecomp.utils.errors import RiskdecompError
+from riskdecomp.utils.names import result_path
+from riskdecomp.utils.progress import stage
+from riskdecomp.zoo import load_zoo
+
+log = logging.getLogger(__name__)
+
+
+_DATASETS: dict = {}  # per process: a dataset is scanned once, however many jobs use it
+
+
+def _dataset_for(entry, dataset_spec: str, seed: int):
+    if entry is not None and not source_of(entry).needs_dataset:
+        return None
+    if (dataset_spec, seed) not in _DATASETS:
+        from riskdecomp.features.datasets import load_dataset
+
+        _DATASETS[(dataset_spec, seed)] = load_dataset(dataset_spec, seed=seed)
+    return _DATASETS[(dataset_spec, seed)]
+
+
+def _load(entry, dataset_spec, settings, cache_dir, force: bool = False, mmap: bool = False) -> Features:
+    ds = _dataset_for(entry, dataset_spec, settings.seed)
+    return featurize(entry, ds, cache_dir=cache_dir, device=settings.device, batch_size=settings.batch_size,
+                     num_workers=settings.num_workers, progress=settings.progress, force=force,
+                     dtype=settings.feature_dtype, mmap=mmap)
+
+
+def run_job(zoo_source, name: str, dataset_spec: str, out: str, cache_dir: str, settings: Settings,
+            force: bool = False) -> dict:
+    """Run every estimator for one (model, dataset); write and return its record (or a failure record)."""
+    from threadpoolctl import threadpool_limits
+
+    args = (zoo_source, name, dataset_spec, out, cache_dir, settings, force)
+    if settings.threads:
+        with threadpool_limits(settings.threads):
+            return _run_job(*args)
+    return _run_job(*args)
+
+
+def _outputs_present(out: Path, name: str, dname: str, settings: Settings) -> bool:
+    return ((not settings.uncertainty or result_path(out, "per_sample", name, dname).is_file())
+            and (not settings.active or result_path(out, "active", name, dname).is_file()))
+
+
+def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings, force: bool) -> dict:
+    import os
+
+    import torch
+
+    level = os.environ.get("RISKDECOMP_LOG_LEVEL")
+    if level and not logging.getLogger().handlers:  # a worker process: log like the command that started it
+        logging.basicConfig(level=int(level), format="%(levelname)s %(name)s: %(message)s")
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    t0 = time.perf_counter()
+    dname = dataset_spec
+    out = Path(out)
+    try:
+        zoo = load_zoo(zoo_source) if isinstance(zoo_source, (str, Path)) else zoo_source
+        entry = zoo[name]
+        reference = zoo[entry.reference] if entry.reference else None
+        # the reference of other entries is its own reference: approx = its own train->train error, usability = 0
+        self_ref = reference is None and any(zoo[n].reference == name for n in zoo.names)
+        ds = _dataset_for(entry, dataset_spec, settings.seed)
+        dname = dataset_name(entry, ds)
+        rpath = result_path(out, "runs", name, dname)
+        fingerprint = ds.fingerprint if ds is not None else "npz"
+        stage(name, "weights (a recipe entry is pretrained once, then cached)")
+        key = run_key(entry, entry if self_ref else reference, ds, fingerprint, settings, cache_dir, force)
+        meta = jsonable(_flatten_metadata(entry.metadata))
+        if not force:
+            rec, why = read_record(rpath, name, dname)
+            if why:
+                log.warning("%s: invalid run record (%s): recomputing it", rpath, why)
+            if rec is not None and rec["run_key"] == key and _outputs_present(out, name, dname, settings):
+                old_meta = {k: v for k, v in rec["row"].items() if k in rec.get("metadata_fields", [])}
+                if old_meta != meta:  # metadata only labels the row: refresh it, keep the numbers
+                    rec["row"] = {**{k: v for k, v in rec["row"].items() if k not in old_meta}, **meta}
+                    rec["metadata_fields"] = sorted(meta)
+                    atomic_write_text(rpath, json.dumps(rec, indent=1, sort_keys=True, allow_nan=False))
+                rec["skipped"] = True
+                return rec
+        torch.manual_seed(settings.seed)
+        timings = {}
+        stage(name, "featurize")
+        t = time.perf_counter()
+        feats = _load(entry, dataset_spec, settings, cache_dir, force, mmap=True)
+        timings["time_features"] = time.perf_counter() - t
+        ref = None
+        if reference is not None:
+            t = time.perf_counter()
+            # (with force, evaluate recomputed the reference's features first, in its own job)
+            rf = _load(reference, dataset_spec, settings, cache_dir, mmap=True)
+            if len(rf.y_train) != len(feats.y_train) or not np.array_equal(rf.y_train, feats.y_train):
+                raise RiskdecompError(f"model {name!r}: reference {reference.name!r} features are not on the same "
+                                      "train split")
+            ref = (rf.x_train, rf.y_train)
+            timings["time_reference_features"] = time.perf_counter() - t
+        elif self_ref:
+            ref = (feats.x_train, feats.y_train)
+        t = time.perf_counter()
+        stage(name, "augmented views")
+        extras = _encoder_extras(entry, ds, cache_dir, settings)
+        if extras:
+            timings["time_encoder_extras"] = time.perf_counter() - t
+        record = evaluate_features(feats, ref, settings, out=out, timings=timings, **extras)
+        record["row"] = {"model": name, "dataset": feats.dataset, **record["row"], **meta}
+        timings["time_total"] = time.perf_counter() - t0
+        rec = {"version": RECORD_VERSION, "run_key": key, "settings_key": settings.key(), "model": name,
+               "dataset": feats.dataset, "riskdecomp_version": __version__, "protocol_version": PROTOCOL_VERSION,
+               "metadata_fields": sorted(meta), "row": jsonable(record["row"]), "fewshot": jsonable(record["fewshot"]),
+               "timings": jsonable(timings)}
+        why = check_record(rec, name, dname)
+        if why:  # never write a record that a rerun would reject
+            raise RiskdecompError(f"model {name!r}: inconsistent result ({why})")
+        text = json.dumps(rec, indent=1, sort_keys=True, allow_nan=False)
+        atomic_write_text(rpath, text)
+        return json.loads(text)  # exactly what a rerun reads back: fresh and reused runs give identical tables
+    except Exception as exc:  # one model failing must not stop the others
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not isinstance(exc, RiskdecompError):
+            msg = f"{type(exc).__name__}: {msg}"
+            log.debug("model %s failed:\n%s", name, traceback.format_exc())
+        return {"model": name, "dataset": dname, "error": msg, "error_type": type(exc).__name__}
+
+
+def _encoder_extras(entry, ds, cache_dir, settings: Settings) -> dict:
+    """What needs the encoder itself, not just its cached features: ``test_views`` (``settings.aug_views`` random
+    views of every test image, :func:`features.augmented_views_split`) and, for a stochastic recipe,
+    ``extra_scores`` with ``post_var`` per test point. Empty for ``features`` entries (no encoder)."""
+    stochastic = source_of(entry).stochastic(entry)
+    want_views = settings.aug_views >= 2 and (settings.uncertainty or settings.statistics)
+    if ds is None or not ((stochastic and settings.uncertainty) or want_views):
+        return {}
+    from riskdecomp.features.cache import (
+        augmented_views_split,
+        posterior_variance_split,
+    )
+    from riskdecomp.features.encoders import build_encoder
+
+    enc = build_encoder(entry, dataset=ds, cache_dir=cache_dir, device=settings.device, progress=False)
+    out: dict = {}
+    if want_views:
+        out["test_views"] = augmented_views_split(enc, ds.test, n_views=settings.aug_views, seed=settings.seed,
+                                                  device=settings.device, batch_size=settings.batch_size,
+                                                  num_workers=settings.num_workers)
+    if stochastic and settings.uncertainty:
+        pv = posterior_variance_split(enc, ds.test, device=settings.device, batch_size=settings.batch_size)
+        if pv is not None:
+            out["extra_scores"] = pd.DataFrame({"post_var": pv})
+    return out
+
+
+def evaluate_features(feats: Features, reference, settings: Settings, *, out: Optional[Path] = None,
+                      timings: Optional[dict] = None, extra_scores: Optional[pd.DataFrame] = None,
+                      test_views: Optional[np.ndarray] = None) -> dict:
+    """All per-model estimators on features: decomposition + CIs, few-shot, statistics, per-sample uncertainty,
+    active learning. Returns ``{"row": leaderboard fields, "fewshot": tidy rows}`` and writes per-sample / active
+    tables under ``out`` when given. ``extra_scores``: more per-test-point uncertainty columns (e.g. ``post_var``
+    of a stochastic encoder), in test order; ``test_views`` (T, n_test, d): augmented views of the test images, for
+    the augmentation-consistency scores and the ``testaug_*`` statistics (alignment, NC1 of the views)."""
+    from riskdecomp.estimators.decomposition import decompose
+    from riskdecomp.estimators.fewshot import fewshot_errors
+
+    timings = {} if timings is None else timings
+    x_tr, y_tr, x_te, y_te = feats.x_train, feats.y_train, feats.x_test, feats.y_test
+    t = time.perf_counter()
+    stage(feats.model, f"decomposition ({settings.n_boot} bootstrap resamples)")
+    dec = decompose(x_tr, y_tr, x_te, y_te, reference=reference, seed=settings.seed, n_boot=settings.n_boot,
+                    alternative=settings.alternative, device=settings.device, standardize=settings.standardize)
+    timings["time_decomposition"] = time.perf_counter() - t
+    # the decomposition reads memory-mapped cache files itself; the other estimators get in-memory float32 arrays
+    feats = replace(feats, x_train=_float32(feats.x_train), x_test=_float32(feats.x_test))
+    x_tr, x_te = feats.x_train, feats.x_test
+    row = {"n_classes": int(len(np.unique(y_tr))), **dict(dec)}
+    t = time.perf_counter()
+    stage(feats.model, "few-shot")
+    summary, table = fewshot_errors(x_tr, y_tr, x_te, y_te, shots=settings.shots, fractions=settings.fractions,
+                                    n_seeds=settings.fewshot_seeds, seed=settings.seed, device=settings.device,
+                                    standardize=settings.standardize)
+    timings["time_fewshot"] = time.perf_counter() - t
+    row.update(summary)
+    if settings.statistics:
+        from riskdecomp.estimators.statistics import representation_statistics
+
+        t = time.perf_counter()
+        stage(feats.model, "statistics")
+        row.update(representation_statistics(x_tr, y_tr, prefix="train_", seed=settings.seed))
+        row.update(representation_statistics(x_te, y_te, prefix="test_", aug_views=test_views, seed=settings.seed))
+        timings["time_statistics"] = time.perf_counter() - t
+    if out is not None and settings.uncertainty:
+        t = time.perf_counter()
+        stage(feats.model, "uncertainty")
+        per_sample = per_sample_table(feats, dec, settings, extra_scores, test_views)
+        write_csv(per_sample, result_path(out, "per_sample", feats.model, feats.dataset))
+        timings["time_uncertainty"] = time.perf_counter() - t
+    if out is not None and settings.active:
+        from riskdecomp.estimators.active import run_active_learning
+
+        t = time.perf_counter()
+        stage(feats.model, "active learning")
+        curves = run_active_learning(x_tr, y_tr, x_te, y_te, seeds=settings.active_seeds,
+                                     budget_per_class=settings.active_budget_per_class, seed=settings.seed)
+        curves.insert(0, "model", feats.model)
+        curves.insert(1, "dataset", feats.dataset)
+        write_csv(curves, result_path(out, "active", feats.model, feats.dataset))
+        timings["time_active"] = time.perf_counter() - t
+    fewshot_rows = table.assign(model=feats.model, dataset=feats.dataset).to_dict(orient="records")
+    return {"row": row, "fewshot": fewshot_rows}
+
+
+def _float32(x: np.ndarray) -> np.ndarray:
+    """``x`` as an in-memory float32 array (a memory map or another dtype is copied, anything else kept)."""
+    return x if type(x) is np.ndarray and x.dtype == np.float32 else np.array(x, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ the zoo
+@dataclass
+class EvaluationResult:
+    """Everything :func:`evaluate` / :func:`build` wrote: the summary tables (built from all valid records of the
+    folder's settings in ``out/runs``) and ``paths`` (table name -> file). ``records``: the runs behind the
+    leaderboard; ``failures``: pairs whose latest attempt failed."""
+
+    leaderboard: pd.DataFrame
+    failures: pd.DataFrame
+    out: Path
+    records: list = field(default_factory=list)
+    leaderboard_seeds: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-seed rows (riskdecomp.zoo.seeds)
+    fewshot: pd.DataFrame = field(default_factory=pd.DataFrame)
+    uncertainty: pd.DataFrame = field(default_factory=pd.DataFrame)
+    active_learning: pd.DataFrame = field(default_factory=pd.DataFrame)
+    label_efficiency: pd.DataFrame = field(default_factory=pd.DataFrame)
+    timings: pd.DataFrame = field(default_factory=pd.DataFrame)
+    paths: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.failures.empty

@@ -1,0 +1,243 @@
+"""Run keys and run records: what identifies a (model, dataset) result, and the checks a record must pass to be reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from riskdecomp import __version__
+from riskdecomp.sources import source_of
+from riskdecomp.utils.atomic import atomic_write_text, jsonable
+from riskdecomp.utils.errors import RiskdecompError
+from riskdecomp.utils.names import parse_stem
+from riskdecomp.utils.schema import COMPONENTS
+
+RECORD_VERSION = 2
+# Bump when an estimator changes its numbers (decomposition, few-shot, statistics, uncertainty, active learning):
+# records of an older protocol are then recomputed, and a results folder is not mixed across protocols.
+PROTOCOL_VERSION = 2
+SUM_TOL = 1e-9  # relative: agg_risk is computed as the sum of its components, so they agree to float rounding
+FOLDER_STATE = "_folder.json"
+FAILURES_STATE = "_failures.json"
+STAGES_STATE = "_zoo_stages.json"
+
+
+def _positive(v, name, zero_ok=False) -> None:
+    ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and (v >= 0 if zero_ok else v >= 1)
+    if not ok:
+        raise RiskdecompError(f"{name} {v!r}: expected an integer >= {0 if zero_ok else 1}")
+
+
+@dataclass
+class Settings:
+    """Everything that changes the numbers of a run (part of the run key), plus execution knobs (not in the key)."""
+
+    seed: int = 0
+    n_boot: int = 1000
+    shots: tuple = (1, 3, 5, 10)
+    fractions: tuple = (0.01, 0.1)
+    fewshot_seeds: int = 5
+    statistics: bool = True
+    uncertainty: bool = True
+    uncertainty_boot: int = 200
+    # random views per test image (crop + flip) for the augmentation-consistency scores and testaug_* statistics;
+    # costs aug_views extra forward passes over the test split per encoder (0 or 1: off)
+    aug_views: int = 4
+    n_ref: int = 5000
+    active: bool = True
+    active_seeds: int = 2
+    active_budget_per_class: int = 20
+    alternative: bool = False
+    # Standardize features (mean/std of the probe's own fitting set) before every probe: encoders emit features on
+    # wildly different scales (a random-init CNN's are ~1e-3), and a fixed C grid only means the same thing across
+    # encoders on a common scale. The model class is unchanged (an affine map of the features).
+    standardize: bool = True
+    # Precision of the feature cache (features.FEATURE_DTYPES): float16 halves disk and memory; float32 is opt-in
+    feature_dtype: str = "float16"
+    # execution only (not part of the run key)
+    device: str = "auto"
+    batch_size: int = 256
+    num_workers: object = "auto"
+    progress: bool = True
+    threads: Optional[int] = None  # torch/BLAS threads per job (None: cores / jobs)
+
+    EXECUTION = ("device", "batch_size", "num_workers", "progress", "threads")
+    ZOO_LEVEL = ("uncertainty_boot",)  # used only by the zoo-level summaries, not by a run: not in the run key
+
+    def __post_init__(self):
+        """Settings the estimators cannot honour are a one-line error, never coerced."""
+        for name in ("seed", "n_boot", "uncertainty_boot", "aug_views"):
+            _positive(getattr(self, name), f"settings.{name}", zero_ok=True)
+        for name in ("fewshot_seeds", "n_ref", "active_seeds", "active_budget_per_class", "batch_size"):
+            _positive(getattr(self, name), f"settings.{name}")
+        if self.threads is not None:
+            _positive(self.threads, "settings.threads")
+        from riskdecomp.features.cache import check_feature_dtype
+
+        self.feature_dtype = check_feature_dtype(self.feature_dtype)
+        self.shots, self.fractions = tuple(self.shots), tuple(self.fractions)
+        for k in self.shots:
+            _positive(k, "shots: k")
+        for f in self.fractions:
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+                raise RiskdecompError(f"fractions: {f!r}: expected a fraction of the train split in (0, 1)")
+
+    def key_dict(self) -> dict:
+        """The settings that change any output (the folder's settings key)."""
+        d = asdict(self)
+        for k in self.EXECUTION:
+            d.pop(k)
+        d["shots"], d["fractions"] = list(self.shots), list(self.fractions)
+        return d
+
+    def run_key_dict(self) -> dict:
+        """The settings that change a run record or its per-sample / active files."""
+        d = self.key_dict()
+        for k in self.ZOO_LEVEL:
+            d.pop(k)
+        return d
+
+    def key(self) -> str:
+        """The settings key of records and of a results folder: the settings that change a record, the protocol and
+        the package version (results are never mixed across them). Zoo-level settings (``ZOO_LEVEL``) are not in
+        it: changing them just rebuilds the summaries from the same records."""
+        return _digest([PROTOCOL_VERSION, __version__, self.run_key_dict()])
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _file_digest(path) -> str:
+    from riskdecomp.sources.base import file_sha256
+
+    p = Path(path)
+    return file_sha256(p) if p.is_file() else "missing"
+
+
+def entry_key(entry, ds=None, cache_dir=None, settings: Optional[Settings] = None, force: bool = False) -> dict:
+    """What of an entry changes its numbers: its fields (not ``metadata``, which only labels the row and is
+    refreshed on reuse, nor where its files are) and its weights -- :func:`riskdecomp.features.encoders.entry_identity` (file hashes, the recipe
+    checkpoint) or, for a ``features`` entry, the SHA-256 of its file."""
+    from riskdecomp.features import encoders
+
+    src = source_of(entry)
+    d = entry.model_dump(mode="json", exclude={"metadata", *src.files})  # files: by content, not location
+    if not src.has_encoder:
+        d.update({f"{f}_sha256": _file_digest(getattr(entry, f)) for f in src.files})
+    else:
+        kw = {"device": settings.device, "progress": settings.progress} if settings is not None else {}
+        d["identity"] = encoders.entry_identity(entry, ds, cache_dir=cache_dir, force=force, **kw)
+    return d
+
+
+def run_key(entry, reference, ds, dataset_fingerprint: str, settings: Settings, cache_dir=None,
+            force: bool = False) -> str:
+    """The key a reusable record must carry (see the module docstring). With ``force``, a recipe entry's
+    checkpoint is pretrained again before its identity is taken."""
+    return _digest([RECORD_VERSION, PROTOCOL_VERSION, __version__, entry_key(entry, ds, cache_dir, settings, force),
+                    entry_key(reference, ds, cache_dir, settings) if reference else None, dataset_fingerprint,
+                    settings.run_key_dict()])
+
+
+def dataset_name(entry, ds) -> str:
+    """The dataset name of an entry's results: a ``features`` entry's ``dataset:`` (else its file's stem), else the
+    loaded dataset's name."""
+    return source_of(entry).dataset_name(entry) or ds.name
+
+
+def _flatten_metadata(meta: dict) -> dict:
+    out = {}
+    for k, v in meta.items():
+        out[k] = "|".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ records
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_record(rec, model: str, dataset: str) -> Optional[str]:
+    """Why ``rec`` is not a valid run record of (model, dataset), or None when it is: the schema, the names (a
+    record copied from another model is not trusted), finite numbers, and components that add up to ``agg_risk``
+    (``approx`` is absent without a reference). The sum is exact by construction, so the tolerance is float
+    rounding (``SUM_TOL`` relative), far below any meaningful edit."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if rec.get("version") != RECORD_VERSION:
+        return f"record version {rec.get('version')!r}, expected {RECORD_VERSION}"
+    for k, typ in (("run_key", str), ("settings_key", str), ("model", str), ("dataset", str), ("row", dict),
+                   ("fewshot", list), ("timings", dict)):
+        if not isinstance(rec.get(k), typ):
+            return f"field {k!r} missing or not a {typ.__name__}"
+    row = rec["row"]
+    for who, m, d in (("record", rec["model"], rec["dataset"]), ("row", row.get("model"), row.get("dataset"))):
+        if (m, d) != (model, dataset):
+            return f"{who} names model {m!r} on {d!r}, not {model!r} on {dataset!r}"
+    if not _number(row.get("agg_risk")):
+        return "agg_risk missing or not a finite number"
+    parts = []
+    for c in COMPONENTS:
+        v = row.get(c)
+        if v is None and c == "approx":
+            continue
+        if not _number(v):
+            return f"component {c!r} missing or not a finite number"
+        parts.append(v)
+    total = math.fsum(parts)
+    if abs(total - row["agg_risk"]) > SUM_TOL * max(1.0, abs(row["agg_risk"])):
+        return f"components add up to {total:.6g}, not agg_risk {row['agg_risk']:.6g}"
+    if any(not isinstance(r, dict) or (r.get("model"), r.get("dataset")) != (model, dataset) for r in rec["fewshot"]):
+        return "few-shot rows of another model or dataset"
+    return None
+
+
+def read_record(path: Path, model: str, dataset: str) -> tuple:
+    """(record, None) when ``path`` holds a valid record of (model, dataset), else (None, why) -- why is None when
+    there is simply no file."""
+    if not path.exists():
+        return None, None
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"unreadable ({type(exc).__name__})"
+    why = check_record(rec, model, dataset)
+    return (None, why) if why else (rec, None)
+
+
+def read_records(out) -> tuple:
+    """All valid run records in ``out/runs`` as {(model, dataset): record}, and [(path, why)] for invalid ones."""
+    valid, invalid = {}, []
+    for p in sorted((Path(out) / "runs").glob("*.json")):
+        md = parse_stem(p.stem)
+        if md is None:
+            continue  # the folder's state files (_folder.json, ...)
+        rec, why = read_record(p, *md)
+        if rec is None:
+            invalid.append((p, why))
+        else:
+            valid[md] = rec
+    return valid, invalid
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+
+
+def _write_state(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(jsonable(data), indent=1, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------------------------ one job

@@ -1,0 +1,103 @@
+"""Zoo-wide stages that need every record at once: ensemble scores, uncertainty metrics, active learning tables.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from riskdecomp.estimators.uncertainty import reference_indices
+from riskdecomp.runner.jobs import _load
+from riskdecomp.runner.parallel import _parallel_map
+from riskdecomp.runner.records import Settings
+from riskdecomp.utils.atomic import write_csv
+from riskdecomp.utils.errors import RiskdecompError
+from riskdecomp.utils.names import result_path
+from riskdecomp.utils.schema import PER_SAMPLE_TARGETS, score_columns
+from riskdecomp.zoo import Zoo
+
+
+def zoo_ensembles(zoo: Zoo, records: list, dataset: str, out: Path, cache_dir: Path, settings: Settings) -> None:
+    """Ensemble scores across the zoo's self-supervised encoders (same reference set) per dataset, written into
+    every member's per-sample file (``ens_*`` columns; stale ones dropped). Features come from the cache; records
+    whose features cannot be loaded with this run's dataset are left as they are."""
+    from riskdecomp.estimators.uncertainty import ensemble_scores
+
+    per_ds: dict = {}
+    for r in records:
+        per_ds.setdefault(r["dataset"], []).append(r["model"])
+    for ds_name, names in per_ds.items():
+        feats, members = {}, []
+        for n in names:
+            entry = zoo[n]
+            try:
+                f = _load(entry, dataset, settings, cache_dir)
+            except RiskdecompError:
+                continue
+            if f.dataset != ds_name:
+                continue  # a record of another dataset: its ensemble was made by the run on that dataset
+            members.append(n)
+            if entry.metadata.get("objective") not in ("supervised", "init"):  # the ensemble of the SSL encoders
+                feats[n] = (f.x_test, f.x_train)
+        ens = None
+        if len(feats) >= 2:
+            n_train = len(next(iter(feats.values()))[1])
+            with warnings.catch_warnings():  # members of different widths: ens_var is NaN by design
+                warnings.filterwarnings("ignore", message="ens_var skipped")
+                ens = ensemble_scores(feats, reference_indices(n_train, n_ref=settings.n_ref, seed=settings.seed), k=min(100, max(1, n_train // 10)))
+        for n in members:
+            path = result_path(out, "per_sample", n, ds_name)
+            if not path.exists():
+                continue
+            ps = pd.read_csv(path)
+            ps = ps.drop(columns=[c for c in ps.columns if c.startswith("ens_")])
+            if ens is not None:
+                for c in ens.columns:
+                    ps[c] = ens[c].to_numpy()
+            write_csv(ps, path)
+
+
+def _record_uncertainty(path: str, model: str, dataset: str, n_boot: int, seed: int) -> Optional[pd.DataFrame]:
+    """One record's score metrics (``reliability.evaluate_scores``) from its per-sample file."""
+    from riskdecomp.estimators.reliability import evaluate_scores
+
+    ps = pd.read_csv(path)
+    target_cols = [c for c in PER_SAMPLE_TARGETS if c in ps.columns]
+    score_cols = score_columns(ps.columns)
+    res = evaluate_scores(ps[score_cols], ps[target_cols], n_boot=n_boot, seed=seed)
+    res.insert(0, "model", model)
+    res.insert(1, "dataset", dataset)
+    return res
+
+
+def zoo_uncertainty_metrics(records: list, out: Path, settings: Settings, jobs: int = 1) -> pd.DataFrame:
+    """Every per-sample score's metrics (``reliability.evaluate_scores``) per (model, dataset) record, ``jobs``
+    records at a time (the result does not depend on ``jobs``)."""
+    args = [(str(p), r["model"], r["dataset"], settings.uncertainty_boot, settings.seed) for r in records
+            if (p := result_path(out, "per_sample", r["model"], r["dataset"])).exists()]
+    frames = _parallel_map(_record_uncertainty, args, max(1, min(jobs, len(args))))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def zoo_active(records: list, out: Path) -> tuple:
+    """All active-learning curves and label efficiencies of the records (from ``active/<stem>.csv``)."""
+    from riskdecomp.estimators.active import label_efficiency
+
+    curves, effs = [], []
+    for r in records:
+        p = result_path(out, "active", r["model"], r["dataset"])
+        if not p.exists():
+            continue
+        c = pd.read_csv(p)
+        curves.append(c)
+        err = r["row"].get("err_test")
+        full = (100.0 - float(err)) / 100.0 if err is not None else None  # curves hold accuracy fractions
+        le = label_efficiency(c.drop(columns=["model", "dataset"]), full_accuracy=full)
+        le.insert(0, "model", r["model"])
+        le.insert(1, "dataset", r["dataset"])
+        effs.append(le)
+    cat = (lambda fs: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame())
+    return cat(curves), cat(effs)
