@@ -71,6 +71,40 @@ def test_uncertainty_and_active_outputs(full_run):
     assert (out / "label_efficiency.csv").exists()
 
 
+def test_ensemble_scores_have_their_own_file_and_per_sample_files_stay_as_the_jobs_wrote_them(zoo, full_run,
+                                                                                              tmp_path):
+    """The zoo-wide stage writes ``ensemble/<dataset>.csv`` and never rewrites a job's per-sample file; the
+    uncertainty metrics join the two. A folder of the earlier layout (``ens_*`` columns inside per-sample files, an
+    older stage key) gets its stages redone once, with the same numbers."""
+    import shutil
+
+    _res, out = full_run
+    ens = pd.read_csv(out / "ensemble" / "synth.csv")
+    assert list(ens.columns[:1]) == ["index"] and len(ens) == 80
+    # k = n_train // 10 = 24; ens_var is NaN: the two SSL members have different widths (12, 16)
+    assert {c for c in ens.columns if c != "index"} == {"ens_nc_24", "ens_var"} and ens["ens_var"].isna().all()
+    assert ens["ens_nc_24"].between(0, 1).all() and ens["ens_nc_24"].gt(0).any()
+    for f in (out / "per_sample").glob("*.csv"):
+        assert not [c for c in pd.read_csv(f).columns if c.startswith("ens_")], f.name
+    unc = pd.read_csv(out / "uncertainty.csv")
+    ens_rows = unc[unc["score"].str.startswith("ens_")]
+    assert set(ens_rows["model"]) == {"sup", "good", "weak"}  # scored against every model's errors
+
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    ps_path = old / "per_sample" / "good@synth.csv"
+    ps = pd.read_csv(ps_path)
+    ps["ens_nc_10"] = 0.5  # what an earlier release left in a per-sample file: stale, must not be scored
+    ps.to_csv(ps_path, index=False)
+    shutil.rmtree(old / "ensemble")
+    (old / "runs" / "_zoo_stages.json").write_text(json.dumps({"uncertainty": "an earlier stage key"}))
+    written = {f.name: f.read_bytes() for f in (old / "per_sample").glob("*.csv")}
+    evaluate(zoo, "digits", old, cache_dir=out / "cache", settings=fast_settings())
+    assert (old / "ensemble" / "synth.csv").read_bytes() == (out / "ensemble" / "synth.csv").read_bytes()
+    assert (old / "uncertainty.csv").read_bytes() == (out / "uncertainty.csv").read_bytes()
+    assert {f.name: f.read_bytes() for f in (old / "per_sample").glob("*.csv")} == written
+
+
 def test_rerun_reuses_records_and_is_byte_identical(zoo, full_run):
     res, out = full_run
     before = (out / "leaderboard.csv").read_bytes()

@@ -41,6 +41,7 @@ from riskdecomp.runner.records import (
     FOLDER_STATE,
     PROTOCOL_VERSION,
     STAGES_STATE,
+    ZOO_STAGES_VERSION,
     Settings,
     _digest,
     _positive,
@@ -185,7 +186,7 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
         # zoo-level stages are redone only when some record changed (a rerun of finished work stays fast)
         valid, _ = read_records(out)
         current = sorted((m, d, r["run_key"]) for (m, d), r in valid.items() if r["settings_key"] == settings.key())
-        zoo_key = _digest([current, settings.key_dict()])
+        zoo_key = _digest([current, settings.key_dict(), ZOO_STAGES_VERSION])
         stages_path = out / "runs" / STAGES_STATE
         stages = _read_state(stages_path)
         redo = stages.get("uncertainty") != zoo_key or not (out / "uncertainty.csv").exists()

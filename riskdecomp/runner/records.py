@@ -27,6 +27,9 @@ SUM_TOL = 1e-9  # relative: agg_risk is computed as the sum of its components, s
 FOLDER_STATE = "_folder.json"
 FAILURES_STATE = "_failures.json"
 STAGES_STATE = "_zoo_stages.json"
+#: bumped when the zoo-wide stages write differently (2: ensemble scores in ``ensemble/<dataset>.csv``): a folder made
+#: by an earlier version gets them redone once
+ZOO_STAGES_VERSION = 2
 
 
 def _positive(v, name, zero_ok=False) -> None:

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from riskdecomp.estimators.uncertainty import reference_indices
@@ -15,56 +16,60 @@ from riskdecomp.runner.parallel import _parallel_map
 from riskdecomp.runner.records import Settings
 from riskdecomp.utils.atomic import write_csv
 from riskdecomp.utils.errors import RiskdecompError
-from riskdecomp.utils.names import result_path
+from riskdecomp.utils.names import ensemble_path, result_path
 from riskdecomp.utils.schema import PER_SAMPLE_TARGETS, score_columns
 from riskdecomp.zoo import Zoo
 
 
 def zoo_ensembles(zoo: Zoo, records: list, dataset: str, out: Path, cache_dir: Path, settings: Settings) -> None:
-    """Ensemble scores across the zoo's self-supervised encoders (same reference set) per dataset, written into
-    every member's per-sample file (``ens_*`` columns; stale ones dropped). Features come from the cache; records
-    whose features cannot be loaded with this run's dataset are left as they are."""
+    """Ensemble scores across the zoo's self-supervised encoders (same reference set) per dataset, written to
+    ``ensemble/<dataset>.csv`` (columns ``index`` and ``ens_*``, one row per test point). The per-sample files the
+    jobs wrote are not touched: :func:`zoo_uncertainty_metrics` joins the two on ``index``. Features come from the
+    cache; records whose features cannot be loaded with this run's dataset are left out. With fewer than two
+    self-supervised members the dataset has no ensemble, and a file left from an earlier run is removed."""
     from riskdecomp.estimators.uncertainty import ensemble_scores
 
     per_ds: dict = {}
     for r in records:
         per_ds.setdefault(r["dataset"], []).append(r["model"])
     for ds_name, names in per_ds.items():
-        feats, members = {}, []
+        feats = {}
         for n in names:
             entry = zoo[n]
+            if entry.metadata.get("objective") in ("supervised", "init"):  # the ensemble of the SSL encoders
+                continue
             try:
                 f = _load(entry, dataset, settings, cache_dir)
             except RiskdecompError:
                 continue
-            if f.dataset != ds_name:
-                continue  # a record of another dataset: its ensemble was made by the run on that dataset
-            members.append(n)
-            if entry.metadata.get("objective") not in ("supervised", "init"):  # the ensemble of the SSL encoders
+            if f.dataset == ds_name:  # else a record of another dataset: its ensemble was made by that dataset's run
                 feats[n] = (f.x_test, f.x_train)
-        ens = None
-        if len(feats) >= 2:
-            n_train = len(next(iter(feats.values()))[1])
-            with warnings.catch_warnings():  # members of different widths: ens_var is NaN by design
-                warnings.filterwarnings("ignore", message="ens_var skipped")
-                ens = ensemble_scores(feats, reference_indices(n_train, n_ref=settings.n_ref, seed=settings.seed), k=min(100, max(1, n_train // 10)))
-        for n in members:
-            path = result_path(out, "per_sample", n, ds_name)
-            if not path.exists():
-                continue
-            ps = pd.read_csv(path)
-            ps = ps.drop(columns=[c for c in ps.columns if c.startswith("ens_")])
-            if ens is not None:
-                for c in ens.columns:
-                    ps[c] = ens[c].to_numpy()
-            write_csv(ps, path)
+        path = ensemble_path(out, ds_name)
+        if len(feats) < 2:
+            path.unlink(missing_ok=True)
+            continue
+        n_train = len(next(iter(feats.values()))[1])
+        ref = reference_indices(n_train, n_ref=settings.n_ref, seed=settings.seed)
+        with warnings.catch_warnings():  # members of different widths: ens_var is NaN by design
+            warnings.filterwarnings("ignore", message="ens_var skipped")
+            ens = ensemble_scores(feats, ref, k=min(100, max(1, n_train // 10)))
+        ens.insert(0, "index", np.arange(len(ens)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(ens, path)
 
 
-def _record_uncertainty(path: str, model: str, dataset: str, n_boot: int, seed: int) -> Optional[pd.DataFrame]:
-    """One record's score metrics (``reliability.evaluate_scores``) from its per-sample file."""
+def _record_uncertainty(path: str, ens_path: Optional[str], model: str, dataset: str, n_boot: int,
+                        seed: int) -> Optional[pd.DataFrame]:
+    """One record's score metrics (``reliability.evaluate_scores``) from its per-sample file, joined on ``index``
+    with its dataset's ensemble scores when there are any for the same test points."""
     from riskdecomp.estimators.reliability import evaluate_scores
 
     ps = pd.read_csv(path)
+    ps = ps.drop(columns=[c for c in ps.columns if c.startswith("ens_")])  # put there by earlier releases
+    if ens_path is not None:
+        ens = pd.read_csv(ens_path)
+        if len(ens) == len(ps) and "index" in ps and set(ens["index"]) == set(ps["index"]):
+            ps = ps.merge(ens, on="index", how="left", validate="one_to_one")
     target_cols = [c for c in PER_SAMPLE_TARGETS if c in ps.columns]
     score_cols = score_columns(ps.columns)
     res = evaluate_scores(ps[score_cols], ps[target_cols], n_boot=n_boot, seed=seed)
@@ -76,7 +81,8 @@ def _record_uncertainty(path: str, model: str, dataset: str, n_boot: int, seed: 
 def zoo_uncertainty_metrics(records: list, out: Path, settings: Settings, jobs: int = 1) -> pd.DataFrame:
     """Every per-sample score's metrics (``reliability.evaluate_scores``) per (model, dataset) record, ``jobs``
     records at a time (the result does not depend on ``jobs``)."""
-    args = [(str(p), r["model"], r["dataset"], settings.uncertainty_boot, settings.seed) for r in records
+    args = [(str(p), str(e) if (e := ensemble_path(out, r["dataset"])).exists() else None, r["model"], r["dataset"],
+             settings.uncertainty_boot, settings.seed) for r in records
             if (p := result_path(out, "per_sample", r["model"], r["dataset"])).exists()]
     frames = _parallel_map(_record_uncertainty, args, max(1, min(jobs, len(args))))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -56,3 +56,9 @@ def result_path(out, kind: str, model: str, dataset: str) -> Path:
     ``per_sample/<stem>.csv`` or ``active/<stem>.csv``. Every writer and reader goes through here."""
     suffix = {"runs": ".json", "per_sample": ".csv", "active": ".csv"}[kind]
     return Path(out) / kind / (result_stem(model, dataset) + suffix)
+
+
+def ensemble_path(out, dataset: str) -> Path:
+    """Where the zoo's ensemble scores on ``dataset`` live: ``ensemble/<dataset>.csv`` (one file per dataset, shared
+    by every model evaluated on it; the name validated like every other)."""
+    return Path(out) / "ensemble" / f"{check_name(dataset, 'dataset name')}.csv"
