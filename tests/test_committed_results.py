@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 
 from riskdecomp.cli import main
-from riskdecomp.zoo.seeds import split_seed
+from riskdecomp.utils.names import split_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from riskdecomp.cli import main
+from riskdecomp.utils.names import split_seed
 from riskdecomp.zoo import Zoo, load_zoo
-from riskdecomp.zoo.seeds import split_seed
 
 ZOO = Path(__file__).resolve().parents[1] / "model_zoo.yaml"
 EXPLICIT = Path(__file__).resolve().parent / "data" / "model_zoo_explicit.yaml"

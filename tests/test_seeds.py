@@ -20,8 +20,8 @@ from riskdecomp.analysis.effects import (
 )
 from riskdecomp.analysis.seeds import combine
 from riskdecomp.utils.errors import ZooError
+from riskdecomp.utils.names import split_seed
 from riskdecomp.zoo import parse_zoo
-from riskdecomp.zoo.seeds import split_seed
 
 TINY = {"backbone": "smallcnn", "width": 4, "z_dim": 8, "epochs": 1, "image_size": 8, "batch_size": 128,
         "head": {"kind": "mlp", "depth": 2, "width": 16, "out_dim": 8}}

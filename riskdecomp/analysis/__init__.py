@@ -24,7 +24,7 @@ from riskdecomp.utils.atomic import atomic_write_text as _atomic_write_text
 from riskdecomp.utils.atomic import jsonable, write_csv
 
 # ----------------------------------------------------------------------------- orchestration
-LEADERBOARD_COLUMNS = ("model", "dataset", "agg_risk")
+REQUIRED_COLUMNS = ("model", "dataset", "agg_risk")
 
 
 def read_leaderboard(path) -> pd.DataFrame:
@@ -39,7 +39,7 @@ def read_leaderboard(path) -> pd.DataFrame:
         df = pd.read_csv(path)
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise RiskdecompError(f"{path}: not a readable CSV ({type(exc).__name__})") from None
-    missing = [c for c in LEADERBOARD_COLUMNS if c not in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise RiskdecompError(f"{path}: not a riskdecomp leaderboard (no column(s) {', '.join(missing)})")
     if df.empty:
@@ -47,7 +47,7 @@ def read_leaderboard(path) -> pd.DataFrame:
     return df
 
 
-def _load(x) -> pd.DataFrame | None:
+def _frame(x) -> pd.DataFrame | None:
     if x is None:
         return None
     if isinstance(x, pd.DataFrame):
@@ -79,12 +79,12 @@ def analyze(leaderboard=None, published=None, out_dir=None, seeds=None) -> dict:
     if out_dir is None:
         raise ValueError("analyze needs out_dir")
     out_dir = Path(out_dir)
-    sources = {name: _load(x) for name, x in (("ours", leaderboard), ("published", published))}
+    sources = {name: _frame(x) for name, x in (("ours", leaderboard), ("published", published))}
     sources = {k: v for k, v in sources.items() if v is not None}
     if not sources:
         raise ValueError("analyze needs a leaderboard or the published table")
     summaries, effects, pairs, moves, preds = {}, [], [], [], []
-    seed_table = _load(seeds)
+    seed_table = _frame(seeds)
     for name, df in sources.items():
         summaries[name] = summarize(df)
         e = design_effects(df)

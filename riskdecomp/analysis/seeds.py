@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from riskdecomp.zoo.seeds import split_seed
+from riskdecomp.utils.names import split_seed
 
 KEYS = ("model", "dataset")
 

@@ -36,7 +36,8 @@ def _as_float32(name: str, a: np.ndarray) -> np.ndarray:
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(a, axis=1, keepdims=True)
+    """Rows (last axis) scaled to unit length; a zero row stays zero."""
+    n = np.linalg.norm(a, axis=-1, keepdims=True)
     return a / np.maximum(n, np.finfo(np.float32).tiny)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import entr, ive, logsumexp
 
-from riskdecomp.estimators.neighbors import knn
+from riskdecomp.estimators.neighbors import _unit, knn
 from riskdecomp.utils.errors import FeatureError
 
 _METRIC_TAG = {"cosine": "cos", "euclidean": "euc"}
@@ -152,10 +152,6 @@ def vmf_nll(
     kappa = rbar * (d - rbar**2) / (1 - rbar**2)
     logp = np.log(nk / n) + vmf_log_normalizer(kappa, d) + kappa * (x @ mu.T)
     return -logsumexp(logp, axis=1)
-
-
-def _unit(a: np.ndarray) -> np.ndarray:
-    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
 def neg_norm(z: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ def check_arch(v: str, what: str = "architecture") -> str:
     return v
 
 
-Objective = Literal["simclr", "byol", "simsiam", "vicreg", "barlow_twins", "stochastic", "supervised", "init"]
+ObjectiveName = Literal["simclr", "byol", "simsiam", "vicreg", "barlow_twins", "stochastic", "supervised", "init"]
 
 
 class HeadConfig(BaseModel):
@@ -54,7 +54,7 @@ class Recipe(BaseModel):
     """Settings of one self-supervised (or baseline) pretraining run."""
 
     model_config = ConfigDict(extra="forbid")
-    objective: Objective
+    objective: ObjectiveName
     backbone: str = "smallcnn"  # the package's own small CNN, or any timm architecture name
     width: int = Field(32, ge=1)  # base channel width of smallcnn
     z_dim: int = Field(64, ge=1)  # representation dimension

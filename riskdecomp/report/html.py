@@ -22,7 +22,7 @@ figcaption{font-size:.9em;color:#444;margin-top:.3em}.note{color:#8a5a00;font-si
 code{background:#f5f5f5;padding:0 .2em}.prov{color:#666;font-size:.8em;margin-top:-.5em}
 """
 
-LEADERBOARD_COLUMNS = ["model", "dataset", TOTAL, *COMPONENTS]
+DISPLAY_COLUMNS = ["model", "dataset", TOTAL, *COMPONENTS]
 
 
 def _fmt(v) -> str:
@@ -55,7 +55,7 @@ def leaderboard_view(lb: pd.DataFrame) -> pd.DataFrame:
     t = lb.reset_index() if "model" not in lb.columns else lb
     few = [c for c in t.columns if str(c).startswith("fewshot_") and not str(c).endswith("_std")]
     extra = [c for c in ("objective", "architecture", "source") if c in t]
-    cols = [c for c in LEADERBOARD_COLUMNS if c in t] + few + extra
+    cols = [c for c in DISPLAY_COLUMNS if c in t] + few + extra
     out = t[cols]
     if "agg_risk" in out:
         out = out.sort_values([c for c in ("dataset", "agg_risk") if c in out])

@@ -30,7 +30,7 @@ class FeaturesEntry(Entry):
 
 
 @register
-class Features(Source):
+class FeaturesSource(Source):
     name = "features"
     entry = FeaturesEntry
     files = ("path",)

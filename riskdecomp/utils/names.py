@@ -62,3 +62,17 @@ def ensemble_path(out, dataset: str) -> Path:
     """Where the zoo's ensemble scores on ``dataset`` live: ``ensemble/<dataset>.csv`` (one file per dataset, shared
     by every model evaluated on it; the name validated like every other)."""
     return Path(out) / "ensemble" / f"{check_name(dataset, 'dataset name')}.csv"
+
+
+# ------------------------------------------------------------------------------------------ pretraining seeds
+SEED_NAME_RE = re.compile(r"^(?P<model>.+)\.s(?P<seed>\d+)$")
+
+
+def seed_name(model: str, seed: int) -> str:
+    return f"{model}.s{int(seed)}"
+
+
+def split_seed(name: str) -> tuple[str, Optional[int]]:
+    """``"simclr.s2"`` -> ``("simclr", 2)``; a name without the suffix -> ``(name, None)``."""
+    m = SEED_NAME_RE.match(str(name))
+    return (m.group("model"), int(m.group("seed"))) if m else (str(name), None)

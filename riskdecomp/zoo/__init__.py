@@ -158,7 +158,8 @@ def parse_zoo(data: Any, path: Optional[Path] = None) -> Zoo:
     models = data["models"]
     if not isinstance(models, list) or not models:
         raise ZooError(f"{where}: 'models' must be a non-empty list")
-    from riskdecomp.zoo.seeds import expand_seeds, split_seed
+    from riskdecomp.utils.names import split_seed
+    from riskdecomp.zoo.seeds import expand_seeds
 
     default_seeds = {"seeds": defaults["seeds"]} if "seeds" in defaults else {}
     shaped = expand(models, {k: v for k, v in defaults.items() if k != "seeds"}, where, sources.entry_classes(),

@@ -1,4 +1,5 @@
-"""Pretraining seeds as an axis of the zoo: expansion of ``seeds:`` entries (aggregation: :mod:`riskdecomp.analysis.seeds`).
+"""Pretraining seeds as an axis of the zoo: expansion of ``seeds:`` entries (their aggregation:
+:mod:`riskdecomp.analysis.seeds`).
 
 Expansion (:func:`expand_seeds`, called by :func:`riskdecomp.zoo.parse_zoo`): a ``recipe`` entry (or ``defaults:``)
 may carry ``seeds: [0, 1, 2]``; the entry becomes one entry per seed, named ``<name>.s<seed>`` with
@@ -6,28 +7,15 @@ may carry ``seeds: [0, 1, 2]``; the entry becomes one entry per seed, named ``<n
 rewritten to the same seed of that model (an entry without seeds takes the reference's first seed).
 
 Naming convention: a model name ending in ``.s<digits>`` is seed ``<digits>`` of the model named by the rest
-(:func:`split_seed`); entries written out by hand that way aggregate the same way.
+(:func:`riskdecomp.utils.names.split_seed`); entries written out by hand that way aggregate the same way.
 """
 
 from __future__ import annotations
 
 import copy
-import re
-from typing import Optional
 
 from riskdecomp.utils.errors import ZooError
-
-SEED_NAME_RE = re.compile(r"^(?P<model>.+)\.s(?P<seed>\d+)$")
-
-
-def seed_name(model: str, seed: int) -> str:
-    return f"{model}.s{int(seed)}"
-
-
-def split_seed(name: str) -> tuple[str, Optional[int]]:
-    """``"simclr.s2"`` -> ``("simclr", 2)``; a name without the suffix -> ``(name, None)``."""
-    m = SEED_NAME_RE.match(str(name))
-    return (m.group("model"), int(m.group("seed"))) if m else (str(name), None)
+from riskdecomp.utils.names import seed_name, split_seed
 
 
 def _check_seeds(value, where: str) -> list:
