@@ -80,9 +80,9 @@ def test_ensemble_scores_have_their_own_file_and_per_sample_files_stay_as_the_jo
 
     _res, out = full_run
     ens = pd.read_csv(out / "ensemble" / "synth.csv")
-    assert list(ens.columns[:1]) == ["index"] and len(ens) == 80
+    assert list(ens.columns[:2]) == ["index", "y"] and len(ens) == 80
     # k = n_train // 10 = 24; ens_var is NaN: the two SSL members have different widths (12, 16)
-    assert {c for c in ens.columns if c != "index"} == {"ens_nc_24", "ens_var"} and ens["ens_var"].isna().all()
+    assert set(ens.columns[2:]) == {"ens_nc_24", "ens_var"} and ens["ens_var"].isna().all()
     assert ens["ens_nc_24"].between(0, 1).all() and ens["ens_nc_24"].gt(0).any()
     for f in (out / "per_sample").glob("*.csv"):
         assert not [c for c in pd.read_csv(f).columns if c.startswith("ens_")], f.name
@@ -103,6 +103,35 @@ def test_ensemble_scores_have_their_own_file_and_per_sample_files_stay_as_the_jo
     assert (old / "ensemble" / "synth.csv").read_bytes() == (out / "ensemble" / "synth.csv").read_bytes()
     assert (old / "uncertainty.csv").read_bytes() == (out / "uncertainty.csv").read_bytes()
     assert {f.name: f.read_bytes() for f in (old / "per_sample").glob("*.csv")} == written
+
+
+def test_an_entry_whose_test_points_differ_is_left_out_of_the_ensemble_with_a_warning(tmp_path, caplog):
+    """Two precomputed-features entries may name one dataset and hold different points: the ensemble is made of the
+    members that agree (one warning names the other), and it is scored only against models on the same points."""
+    import logging
+
+    from zoo_factory import synthetic_features
+
+    root = tmp_path / "zoo"
+    zoo = make_features_zoo(root, extra_models=["""
+        - name: other
+          source: features
+          path: other.npz
+          reference: null
+          metadata: {objective: byol, ssl_mode: siamese, architecture: mlp, family: mlp, z_dim: 8}
+    """])
+    x_tr, y_tr, x_te, y_te = synthetic_features(np.random.default_rng(5), 240, 80, 4, 8, 1.0)
+    np.savez(root / "other.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=np.roll(y_te, 1))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="riskdecomp"):
+        evaluate(zoo, "digits", out, cache_dir=out / "cache", settings=fast_settings(active=False))
+    warned = [r.getMessage() for r in caplog.records if "left out of the ensemble" in r.getMessage()]
+    assert len(warned) == 1 and "'other'" in warned[0] and "'good'" in warned[0]
+    ens = pd.read_csv(out / "ensemble" / "synth.csv")
+    assert np.array_equal(ens["y"], pd.read_csv(out / "per_sample" / "good@synth.csv")["y"])
+    unc = pd.read_csv(out / "uncertainty.csv")
+    scored = set(unc.loc[unc["score"].str.startswith("ens_"), "model"])
+    assert scored == {"sup", "good", "weak"}  # not "other": its test points are not the ensemble's
 
 
 def test_rerun_reuses_records_and_is_byte_identical(zoo, full_run):

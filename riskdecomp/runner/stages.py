@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -20,11 +21,14 @@ from riskdecomp.utils.names import ensemble_path, result_path
 from riskdecomp.utils.schema import PER_SAMPLE_TARGETS, score_columns
 from riskdecomp.zoo import Zoo
 
+log = logging.getLogger(__name__)
+
 
 def zoo_ensembles(zoo: Zoo, records: list, dataset: str, out: Path, cache_dir: Path, settings: Settings) -> None:
     """Ensemble scores across the zoo's self-supervised encoders (same reference set) per dataset, written to
-    ``ensemble/<dataset>.csv`` (columns ``index`` and ``ens_*``, one row per test point). The per-sample files the
-    jobs wrote are not touched: :func:`zoo_uncertainty_metrics` joins the two on ``index``. Features come from the
+    ``ensemble/<dataset>.csv`` (columns ``index``, ``y`` and ``ens_*``, one row per test point). The per-sample files
+    the jobs wrote are not touched: :func:`zoo_uncertainty_metrics` joins the two on ``index`` and ``y``. Features come
+    from the
     cache; records whose features cannot be loaded with this run's dataset are left out. With fewer than two
     self-supervised members the dataset has no ensemble, and a file left from an earlier run is removed."""
     from riskdecomp.estimators.uncertainty import ensemble_scores
@@ -33,7 +37,7 @@ def zoo_ensembles(zoo: Zoo, records: list, dataset: str, out: Path, cache_dir: P
     for r in records:
         per_ds.setdefault(r["dataset"], []).append(r["model"])
     for ds_name, names in per_ds.items():
-        feats = {}
+        feats, first = {}, None
         for n in names:
             entry = zoo[n]
             if entry.metadata.get("objective") in ("supervised", "init"):  # the ensemble of the SSL encoders
@@ -42,18 +46,27 @@ def zoo_ensembles(zoo: Zoo, records: list, dataset: str, out: Path, cache_dir: P
                 f = _load(entry, dataset, settings, cache_dir)
             except RiskdecompError:
                 continue
-            if f.dataset == ds_name:  # else a record of another dataset: its ensemble was made by that dataset's run
-                feats[n] = (f.x_test, f.x_train)
+            if f.dataset != ds_name:  # a record of another dataset: its ensemble was made by that dataset's run
+                continue
+            if first is None:
+                first = f
+            elif not (np.array_equal(f.y_train, first.y_train) and np.array_equal(f.y_test, first.y_test)):
+                # e.g. two precomputed-features entries that name one dataset but hold different points
+                log.warning("model %r: its %s points differ from model %r's (labels or sizes); left out of the "
+                            "ensemble scores", n, ds_name, first.model)
+                continue
+            feats[n] = (f.x_test, f.x_train)
         path = ensemble_path(out, ds_name)
         if len(feats) < 2:
             path.unlink(missing_ok=True)
             continue
-        n_train = len(next(iter(feats.values()))[1])
+        n_train = len(first.y_train)
         ref = reference_indices(n_train, n_ref=settings.n_ref, seed=settings.seed)
         with warnings.catch_warnings():  # members of different widths: ens_var is NaN by design
             warnings.filterwarnings("ignore", message="ens_var skipped")
             ens = ensemble_scores(feats, ref, k=min(100, max(1, n_train // 10)))
         ens.insert(0, "index", np.arange(len(ens)))
+        ens.insert(1, "y", first.y_test)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_csv(ens, path)
 
@@ -68,8 +81,9 @@ def _record_uncertainty(path: str, ens_path: Optional[str], model: str, dataset:
     ps = ps.drop(columns=[c for c in ps.columns if c.startswith("ens_")])  # put there by earlier releases
     if ens_path is not None:
         ens = pd.read_csv(ens_path)
-        if len(ens) == len(ps) and "index" in ps and set(ens["index"]) == set(ps["index"]):
-            ps = ps.merge(ens, on="index", how="left", validate="one_to_one")
+        same = ps[["index", "y"]].merge(ens[["index", "y"]], on=["index", "y"], how="inner")
+        if len(ens) == len(ps) == len(same):  # the same test points (an ensemble of another test set is not scored)
+            ps = ps.merge(ens, on=["index", "y"], how="left", validate="one_to_one")
     target_cols = [c for c in PER_SAMPLE_TARGETS if c in ps.columns]
     score_cols = score_columns(ps.columns)
     res = evaluate_scores(ps[score_cols], ps[target_cols], n_boot=n_boot, seed=seed)
