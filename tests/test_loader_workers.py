@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from riskdecomp.features.cache import _num_workers, encode_split
+from riskdecomp.features.cache import _num_workers, encode_group
 from riskdecomp.features.datasets import load_imagefolder
 from riskdecomp.features.encoders import build_encoder
 from riskdecomp.zoo import TimmEntry
@@ -31,7 +31,9 @@ def jpeg_folder(tmp_path_factory):
 def _encode(root, num_workers):
     ds = load_imagefolder(root)
     enc = build_encoder(TimmEntry(name="r", source="timm", model="test_resnet", pretrained=False))
-    return encode_split(enc, ds.test, num_workers=num_workers, progress=False, batch_size=32)
+    z, errors, _ = encode_group([enc], ds.test, num_workers=num_workers, progress=False, batch_size=32)
+    assert not errors
+    return z["r"]
 
 
 @pytest.fixture(scope="module")

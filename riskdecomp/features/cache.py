@@ -184,19 +184,6 @@ def input_batches(encoder: Encoder, split: ImageSplit, *, device: str, batch_siz
         yield xb.to(memory_format=torch.channels_last) if cuda else xb
 
 
-def encode_split(encoder: Encoder, split: ImageSplit, *, device: str = "cpu", batch_size: int = 256,
-                 num_workers="auto", progress: bool = True, counter: Optional[list] = None,
-                 decode: str = "auto") -> np.ndarray:
-    """Run the encoder over a split (eval mode, batched, AMP + channels-last on CUDA). Returns float32 (N, D)."""
-    z, errors, counts = encode_group([encoder], split, device=device, batch_size=batch_size, num_workers=num_workers,
-                                     progress=progress, decode=decode)
-    if counter is not None:
-        counter.extend([1] * counts[encoder.name])
-    if errors:
-        raise errors[encoder.name]
-    return z[encoder.name]
-
-
 @torch.inference_mode()
 def encode_group(encoders: Sequence[Encoder], split: ImageSplit, *, device: str = "cpu", batch_size: int = 256,
                  num_workers="auto", progress: bool = True, decode: str = "auto") -> tuple[dict, dict, dict]:
