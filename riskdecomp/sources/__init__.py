@@ -49,12 +49,5 @@ def entry_classes() -> dict:
     return {n: s.entry for n, s in _REGISTRY.items()}
 
 
-# the registry list: one import per source module (each registers itself)
-from riskdecomp.sources import (  # noqa: E402,F401
-    checkpoint,
-    features,
-    huggingface,
-    recipe,
-    timm,
-    torch_hub,
-)
+# the registry list, in the order names() reports: one import per source module (each registers itself)
+from riskdecomp.sources import timm, torch_hub, checkpoint, features, recipe, huggingface  # noqa: E402,F401,I001
