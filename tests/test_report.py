@@ -91,6 +91,16 @@ def test_evaluate_report_draws_every_figure(evaluated):
     assert (evaluated / "analysis" / "design_effects.csv").is_file()
 
 
+def test_redrawing_the_report_gives_byte_identical_figures(results):
+    """The figures of the same results are the same files (no date, no random element ids in the SVGs), so a
+    committed results folder does not churn when its report is redrawn."""
+    make_report(results)
+    first = {p.name: p.read_bytes() for p in (results / "plots").iterdir()}
+    assert sum(n.endswith(".svg") for n in first) >= 5
+    make_report(results)
+    assert {p.name: p.read_bytes() for p in (results / "plots").iterdir()} == first
+
+
 def test_reliability_bins_drawn_from_the_producers_metric_names(results):
     """Issue 12 #12: reliability.py writes acc_bin_NN; the decile figure is drawn from exactly those rows, and they
     are not repeated in the metrics table."""

@@ -54,7 +54,8 @@ def _save(fig, out_dir: Path, name: str) -> Path:
     png = out_dir / f"{name}.png"
     fig.tight_layout()
     fig.savefig(png, dpi=100 if fig.get_size_inches()[1] < 20 else 70, bbox_inches="tight")
-    fig.savefig(out_dir / f"{name}.svg", bbox_inches="tight")
+    with plt.rc_context({"svg.hashsalt": name}):  # no date, fixed element ids: the same figure, the same bytes
+        fig.savefig(out_dir / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return png
 
