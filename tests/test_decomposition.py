@@ -162,3 +162,21 @@ def test_bad_inputs_raise_one_line_feature_errors(mutate, match):
     with pytest.raises(FeatureError, match=match) as info:
         run(*mutate(x, y, xt, yt))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("holdout", ["crossfit", "single"])
+def test_an_encoder_that_is_its_own_reference_has_usability_exactly_zero(holdout):
+    """Known answer: usability = err_train_train - err_ref_train_train is 0 for the reference itself, and its approx is
+    the one every encoder that references it reads. (The same problem fitted twice with the rows in another order
+    differs by float rounding near separability, as here: the old code gave usability 0.067 with crossfit on one
+    machine; 0.02 points on the default zoo.)"""
+    x, y = gaussians(1500, d=64, k=10, sep=0.5)
+    x = x.astype(np.float32)
+    xt, yt = gaussians(300, d=64, k=10, sep=0.5, seed=100)
+    own = decompose(x, y, xt, yt, reference=(x, y), holdout=holdout, n_boot=20, device="cpu")  # default C grid
+    assert own["usability"] == 0.0 and own["usability_lo"] == 0.0 and own["usability_hi"] == 0.0
+    assert own["approx"] == own["err_train_train"] == own["err_ref_train_train"]
+    x2, _ = gaussians(1500, d=16, k=10, sep=0.3, seed=2)
+    xt2, _ = gaussians(300, d=16, k=10, sep=0.3, seed=3)
+    other = decompose(x2, y, xt2, yt, reference=(x, y), holdout=holdout, n_boot=20, device="cpu")
+    assert other["approx"] == own["approx"]

@@ -230,7 +230,10 @@ def decompose(
     points only: see the module docstring and ``docs/protocol.md``).
 
     ``reference`` = (x_ref_train, y_ref_train): the supervised reference encoder's features of the
-    same train points (same order) or None (then ``approx`` is NaN and merged into ``usability``).
+    same train points (same order) or None (then ``approx`` is NaN and merged into ``usability``). ``reference``
+    whose first array IS ``x_train`` (an encoder that is its own reference, as the runner passes it): its
+    train->train fit is the reference fit, so ``err_train_train == err_ref_train_train`` and usability is exactly 0
+    (two fits of one problem with the rows in another order would differ by float rounding, ~0.02 points).
     ``holdout``: how err_heldout is estimated: ``"crossfit"`` (``n_folds`` folds, every train point held out
     once), ``"single"`` (one stratified S of ``n_sub`` points, default min(|D_te|, 20% |D_tr|): the paper's
     protocol) or ``"auto"`` (crossfit up to ``CROSSFIT_MAX_TRAIN`` train points, single above).
@@ -243,6 +246,7 @@ def decompose(
     held-out probes are fitted on n_train - n_sub points),
     ``n_train``, ``n_test``, ``n_classes``, ``n_boot``, ``seed``, ``approx_merged``.
     """
+    own_reference = reference is not None and reference[0] is x_train
     x_train, y_train = check_features(x_train, y_train, "x_train")
     x_test, y_test = check_features(x_test, y_test, "x_test")
     seed, n_boot = check_int(seed, "seed", 0), check_int(n_boot, "n_boot", 0)
@@ -355,6 +359,9 @@ def decompose(
         C_ref, _ = fit_path(ref_path, x_ref, y_train, patience=None)
         train_loss["err_ref_train_train"] = _errors(ref_path.get(C_ref), x_ref, y_train).astype(float)
         res["C_ref_train_train"] = C_ref
+        if own_reference:  # one fit, the same one another encoder's approx reads: usability is exactly 0
+            train_loss["err_train_train"] = train_loss["err_ref_train_train"]
+            res["C_train_train"] = C_ref
         del x_ref, ref_path
     if alternative:
         x_u = np.concatenate([x_train, x_test], dtype=work)

@@ -22,7 +22,7 @@ from riskdecomp.utils.schema import COMPONENTS
 RECORD_VERSION = 2
 # Bump when an estimator changes its numbers (decomposition, few-shot, statistics, uncertainty, active learning):
 # records of an older protocol are then recomputed, and a results folder is not mixed across protocols.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: an encoder that is its own reference has usability exactly 0
 SUM_TOL = 1e-9  # relative: agg_risk is computed as the sum of its components, so they agree to float rounding
 FOLDER_STATE = "_folder.json"
 FAILURES_STATE = "_failures.json"
