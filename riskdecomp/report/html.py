@@ -16,7 +16,7 @@ padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;font-size:.82em;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.2em .5em;text-align:right}th{background:#f3f3f3;position:sticky;top:0}
-td.t,th.t{text-align:left}.scroll{max-height:32em;overflow:auto;border:1px solid #eee}
+td.t,th.t{text-align:left;white-space:nowrap}.scroll{max-height:32em;overflow:auto;border:1px solid #eee}
 figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.9em;color:#444;margin-top:.3em}.note{color:#8a5a00;font-size:.9em}
 code{background:#f5f5f5;padding:0 .2em}.prov{color:#666;font-size:.8em;margin-top:-.5em}
