@@ -200,7 +200,7 @@ def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_work
 @click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True)
 @click.option("--dask-scheduler", default=None, help="Address of a dask.distributed scheduler (implies --backend dask).")
 @click.option("--force", is_flag=True, help="Recompute everything (records, features, recipe checkpoints), also "
-              "into an --out that holds results of other settings (they are replaced).")
+              "into an --out that holds results of other settings (those are moved to runs/_replaced/<key>/).")
 @click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(0), help="Bootstrap resamples for CIs.")
 @click.option("--shots", default="1,3,5,10", show_default=True, type=SHOTS, help="Few-shot k per class (>= 1).")
 @click.option("--fractions", default="0.01,0.1", show_default=True, type=FRACTIONS,
@@ -257,16 +257,24 @@ def _focused(name, keep):
     """`riskdecomp uncertainty` / `riskdecomp active`: evaluate with only that per-sample analysis switched on
     (the decomposition's tuned test probe is what both build on, so it always runs)."""
 
-    @cli.command(name, help=f"Run the evaluation with only the {name} analysis (writes the same files as evaluate).")
+    @cli.command(name, help=f"Run the evaluation with only the {name} analysis (writes the same files as evaluate); "
+                            f"on an --out that holds results, add the {name} analysis to them.")
     @_zoo_options
     @click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False))
     @click.option("--jobs", default="auto", show_default=True, type=Jobs())
     @click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(0))
+    @click.option("--force", is_flag=True, help="Recompute everything, as evaluate --force.")
     @click.pass_context
     def command(ctx, **kw):
-        flags = {"uncertainty": keep == "uncertainty", "active": keep == "active", "statistics": False,
-                 "report": False}
-        ctx.invoke(evaluate, **kw, **flags)  # click fills in (and converts) evaluate's other defaults
+        from riskdecomp.runner.pipeline import folder_settings
+
+        kw.update(uncertainty=False, active=False, statistics=False, report=False)
+        # an --out that holds results: their settings, with this analysis switched on (an option given here wins)
+        given = {k for k in kw if ctx.get_parameter_source(k) not in (None, click.core.ParameterSource.DEFAULT)}
+        options = {p.name for p in evaluate.params}
+        kw.update({k: v for k, v in folder_settings(kw["out"]).items() if k in options and k not in given})
+        kw[keep] = True
+        ctx.invoke(evaluate, **kw)  # click fills in (and converts) evaluate's other defaults
 
     return command
 

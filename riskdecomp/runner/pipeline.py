@@ -10,7 +10,9 @@ version. An invalid record is recomputed with a warning. Only small records trav
 
 An output folder holds the results of ONE set of settings (``runs/_folder.json``): a run with other settings into
 it is refused (one line naming the differences) unless ``--force``, which recomputes everything and makes the new
-settings the folder's. Every summary (``leaderboard.csv``, ``timings.csv``, ``fewshot.csv``, ``uncertainty.csv``,
+settings the folder's (the former settings' results are moved to ``runs/_replaced/<settings key>/``, never deleted);
+a run that only switches analyses on adds them to every row of the folder (:func:`_adds_analyses`). Every summary
+(``leaderboard.csv``, ``timings.csv``, ``fewshot.csv``, ``uncertainty.csv``,
 ``active_learning.csv``, ``label_efficiency.csv``, ``failures.csv``) is rebuilt by :func:`build` from ALL valid
 records in ``runs/`` made with the folder's settings -- not only from this run's -- so a ``--models`` subset run adds
 rows and never drops any, and a failing rerun (full disk, every model failing) leaves the good rows in place.
@@ -55,7 +57,7 @@ from riskdecomp.runner.tables import build_leaderboard
 from riskdecomp.sources import source_of
 from riskdecomp.utils.atomic import check_writable_dir, write_csv
 from riskdecomp.utils.errors import RiskdecompError, ZooError
-from riskdecomp.utils.names import result_stem
+from riskdecomp.utils.names import result_path, result_stem
 from riskdecomp.utils.progress import Progress, is_terminal
 from riskdecomp.zoo import Zoo, load_zoo
 
@@ -97,6 +99,62 @@ def _folder_settings(settings: Settings) -> dict:
     return {**settings.key_dict(), "protocol_version": PROTOCOL_VERSION, "riskdecomp_version": __version__}
 
 
+#: the analyses a run can add to a folder: switching one on keeps every number of the others (its own columns,
+#: per-sample or active files come in addition)
+ANALYSES = ("uncertainty", "active", "statistics")
+#: where ``--force`` moves the results of a folder's former settings: ``runs/_replaced/<settings key>/``
+REPLACED = "_replaced"
+
+
+def _adds_analyses(old: dict, new: dict) -> bool:
+    """Whether the settings ``new`` differ from the folder's ``old`` only by analyses switched on (an addition to the
+    folder, not other settings: nothing the folder holds is dropped)."""
+    diff = [k for k in set(old) | set(new) if old.get(k) != new.get(k)]
+    return bool(diff) and all(k in ANALYSES and old.get(k) is False and new.get(k) is True for k in diff)
+
+
+def folder_settings(out) -> dict:
+    """The settings recorded for the results folder ``out`` (``runs/_folder.json``), {} when it has none."""
+    folder = _read_state(Path(out) / "runs" / FOLDER_STATE)
+    settings = folder.get("settings") if "settings_key" in folder else None
+    if not isinstance(settings, dict):
+        return {}
+    return {k: v for k, v in settings.items() if k in Settings.__dataclass_fields__}
+
+
+def _replaced_dir(out: Path, key) -> Path:
+    """``runs/_replaced/<key>/``; a key that is not one :meth:`Settings.key` makes (an edited file) goes to
+    ``unknown``, never outside ``out``."""
+    ok = isinstance(key, str) and len(key) == 24 and all(c in "0123456789abcdef" for c in key)
+    return out / "runs" / REPLACED / (key if ok else "unknown")
+
+
+def _set_aside(out: Path, folder: dict, new_key: str) -> None:
+    """``--force`` with other settings: the results of the folder's former settings are moved, not lost, to
+    ``runs/_replaced/<settings key>/``, a results folder of its own (``riskdecomp build --results`` works there):
+    their run records with their per-sample and active files, the ensemble scores, a copy of the summary CSVs and
+    the folder state. A record of yet other settings goes to its own key's folder."""
+    import shutil
+
+    dest = _replaced_dir(out, folder["settings_key"])
+    (dest / "runs").mkdir(parents=True, exist_ok=True)
+    for f in sorted(out.glob("*.csv")):
+        shutil.copy2(f, dest / f.name)
+    for f in sorted((out / "ensemble").glob("*.csv")):
+        (dest / "ensemble").mkdir(exist_ok=True)
+        f.replace(dest / "ensemble" / f.name)
+    _write_state(dest / "runs" / FOLDER_STATE, folder)
+    for (m, d), rec in read_records(out)[0].items():
+        if rec["settings_key"] == new_key:
+            continue  # made with the new settings already: --force recomputes it in place
+        keep = _replaced_dir(out, rec["settings_key"])
+        for kind in ("per_sample", "active", "runs"):  # the record last: a kill in between recomputes, loses nothing
+            src = result_path(out, kind, m, d)
+            if src.is_file():
+                result_path(keep, kind, m, d).parent.mkdir(parents=True, exist_ok=True)
+                src.replace(result_path(keep, kind, m, d))
+
+
 def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Optional[Sequence[str]] = None,
              cache_dir=None, settings: Optional[Settings] = None, jobs: Optional[int] = 1, backend: str = "loky",
              scheduler: Optional[str] = None, force: bool = False) -> EvaluationResult:
@@ -105,7 +163,9 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
 
     Before any compute: ``out`` and the cache must be writable folders (not a filesystem root or a home folder),
     every result file name valid, and ``out`` must not hold results of other settings (unless ``force``: then
-    everything is recomputed -- records, features, recipe checkpoints -- and the new settings become the folder's).
+    everything is recomputed -- records, features, recipe checkpoints -- and the new settings become the folder's, the
+    former ones' results moved to ``runs/_replaced/<settings key>/``); settings that only switch analyses on add
+    them to every row of the folder.
     ``jobs=None`` (auto): one process per CPU core (at most one per model) on CPU, a single process on a GPU; more
     jobs than models are capped (with a warning). Each job then uses ``settings.threads`` threads (default: cores /
     jobs). Results are byte-identical for the same seed, inputs and thread count, whatever the number of jobs or the
@@ -138,10 +198,18 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
             raise RiskdecompError(f"{exc} ({hint})") from None
     folder_path = out / "runs" / FOLDER_STATE
     folder = _read_state(folder_path)
-    if folder.get("settings_key") not in (None, settings.key()) and not force:
+    other = folder.get("settings_key") not in (None, settings.key())
+    adding = other and _adds_analyses(folder.get("settings", {}), _folder_settings(settings))
+    if other and not adding and not force:
         raise RiskdecompError(f"--out {out}: holds results made with other settings "
                               f"({_settings_diff(folder.get('settings', {}), _folder_settings(settings))}); "
                               f"use another --out, or --force to recompute with the new settings")
+    if other and force:
+        _set_aside(out, folder, settings.key())
+    elif adding:  # every row of the folder gets the added analyses (a --models run must not drop the others)
+        old_rows = {md for md, r in read_records(out)[0].items() if r["settings_key"] == folder["settings_key"]}
+        names = with_references(full, [n for n in full.names
+                                       if n in names or (n, dataset_name(full[n], ds)) in old_rows])
     order = list(full.names) + [n for n in folder.get("order", []) if n not in full.names]
     _write_state(folder_path, {"settings_key": settings.key(), "settings": _folder_settings(settings),
                                "order": order})
