@@ -33,10 +33,14 @@ def _ci(row, c: str) -> str:
 
 
 def _delta(row, c: str) -> str:
+    if pd.isna(row[f'delta_{c}_lo']):  # zero variance over seeds: not testable (riskdecomp.analysis.effects)
+        return f"{row[f'delta_{c}']:+.1f} points"
     return f"{row[f'delta_{c}']:+.1f} points [{row[f'delta_{c}_lo']:+.1f}, {row[f'delta_{c}_hi']:+.1f}]"
 
 
 def _p(row, c: str) -> str:
+    if pd.isna(row[f'p_holm_{c}']):
+        return "not testable: no variance over seeds"
     return f"p_Holm = {row[f'p_holm_{c}']:.2g}"
 
 

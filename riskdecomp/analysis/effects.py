@@ -7,6 +7,10 @@ one row per model x dataset with columns ``model`` (or the index), ``dataset``, 
 Errors are in percent. Missing columns/values are skipped, never fatal: a tiny table returns what can
 be estimated (empty tables / NaN where nothing can).
 
+A test whose standard error is 0 (a difference with zero variance over seeds, a perfect OLS fit) is not testable:
+its p-value and CI are NaN, never p = 0 or "significant", and one warning line per table says which and why (a
+difference that is exactly 0 in every seed keeps p = 1 and CI [0, 0]: :func:`seed_difference`).
+
 When a table holds several datasets, rankings and scaling laws are computed within each dataset
 (Kendall taus are averaged over datasets, equal weights) and design effects / pairs carry a
 ``dataset`` column.
@@ -14,6 +18,7 @@ When a table holds several datasets, rankings and scaling laws are computed with
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -24,6 +29,8 @@ from riskdecomp.analysis.scaling import fit_scaling_law
 from riskdecomp.analysis.tables import _setting_name, _table, fewshot_settings
 from riskdecomp.utils.atomic import jsonable
 from riskdecomp.utils.schema import COMPONENTS, OUTCOMES
+
+log = logging.getLogger(__name__)
 
 #: Treatments analysed by default (those present in the table are used).
 DEFAULT_TREATMENTS = [
@@ -204,14 +211,15 @@ def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
     datasets are analysed separately.
 
     Returns a tidy DataFrame: dataset, treatment, level, base, component, coef, se, p, ci_lo,
-    ci_hi, n, controls (";"-joined) — one row per (treatment level, component).
+    ci_hi, n, controls (";"-joined) — one row per (treatment level, component). A coefficient whose standard error
+    is 0 or not finite (a perfect fit) is not testable: p, ci_lo and ci_hi NaN (with a warning).
     """
     t = _table(df)
     cols = ["dataset", "treatment", "level", "base", "component", "coef", "se", "p", "ci_lo", "ci_hi",
             "n", "controls"]
     treatments = [x for x in (treatments or DEFAULT_TREATMENTS) if x in t]
     outcomes = [c for c in (outcomes or OUTCOMES) if c in t]
-    rows = []
+    rows, untestable = [], []
     for ds, g in t.groupby("dataset", sort=True):
         for tr in treatments:
             gt = g
@@ -261,13 +269,18 @@ def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
                         continue
                     level = name.split("[T.")[-1].rstrip("]") if "[T." in name else (
                         f"log({tr})" if tr in LOG_FIELDS else tr)
+                    se = float(fit.bse[name])
+                    p, lo, hi = float(fit.pvalues[name]), float(ci.loc[name, 0]), float(ci.loc[name, 1])
+                    if _zero_se(se, np.abs(d[outcome]).max()):  # no residual variance: nothing to test against
+                        p = lo = hi = np.nan
+                        untestable.append(f"{tr}={level} on {outcome}")
                     rows.append({
                         "dataset": ds, "treatment": tr, "level": level, "base": base,
                         "component": outcome, "coef": float(fit.params[name]),
-                        "se": float(fit.bse[name]), "p": float(fit.pvalues[name]),
-                        "ci_lo": float(ci.loc[name, 0]), "ci_hi": float(ci.loc[name, 1]),
+                        "se": se, "p": p, "ci_lo": lo, "ci_hi": hi,
                         "n": int(fit.nobs), "controls": ";".join(controls),
                     })
+    _warn_untestable("design effects", untestable, "standard error 0: the fit is perfect")
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -295,7 +308,10 @@ def seed_difference(a: pd.Series, b: pd.Series) -> tuple[float, float, float, fl
     degrees of freedom); with fewer than 2 shared seeds but >= 2 on each side, Welch's unpaired test.
     Returns ``(mean, lo, hi, p, n)``: the mean is the interval's center (the paired mean over the shared seeds,
     which differs from the difference of the two models' seed means when their seed sets differ); NaN (n = 0) when
-    neither is possible. Inference is over pretraining seeds on this test set (a fresh test set adds
+    neither is possible. A difference with zero variance over the seeds (standard error 0: identical runs, or one
+    run counted as several seeds) is not testable: ``lo``, ``hi`` and ``p`` NaN with ``n`` > 0
+    (:func:`untestable`), never p = 0 -- except a difference that is exactly 0 in every seed (two models reading
+    the same reference's numbers): ``(0, 0, 0, 1, n)``, no difference at all. Inference is over pretraining seeds on this test set (a fresh test set adds
     test-sampling noise that the per-model CIs show)."""
     a, b = pd.to_numeric(a, errors="coerce").dropna(), pd.to_numeric(b, errors="coerce").dropna()
     common = a.index.intersection(b.index)
@@ -308,10 +324,35 @@ def seed_difference(a: pd.Series, b: pd.Series) -> tuple[float, float, float, fl
         df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else 1
     else:
         return np.nan, np.nan, np.nan, np.nan, 0
-    if se == 0:
-        return mean, mean, mean, (1.0 if mean == 0 else 0.0), n
+    if _zero_se(se, max(a.abs().max(), b.abs().max())):
+        if np.all(d == 0) if len(common) >= 2 else (a.nunique() == 1 and b.nunique() == 1 and mean == 0):
+            return mean, mean, mean, 1.0, n  # no difference in any seed (e.g. the same reference): exactly 0
+        return mean, np.nan, np.nan, np.nan, n
     half = float(stats.t.ppf(0.975, df)) * se
     return mean, mean - half, mean + half, float(2 * stats.t.sf(abs(mean) / se, df)), n
+
+
+#: A standard error below this fraction of the data's scale is 0 up to float and CSV rounding (10 significant digits)
+ZERO_SE_REL = 1e-8
+
+
+def _zero_se(se: float, scale: float) -> bool:
+    """Whether a standard error is 0 (or not finite) for data of magnitude ``scale``: nothing to test against."""
+    return not np.isfinite(se) or se <= ZERO_SE_REL * max(1.0, float(scale))
+
+
+def untestable(p: float, n: int) -> bool:
+    """Whether a :func:`seed_difference` result is a zero-variance difference (it had seeds but no p-value)."""
+    return bool(n) and not np.isfinite(p)
+
+
+def _warn_untestable(what: str, items: list, why: str) -> None:
+    if items:
+        log.warning("%s: %d test(s) not testable, p-value and CI left NaN (%s): %s", what, len(items), why,
+                    ", ".join(items[:5]) + (f" (and {len(items) - 5} more)" if len(items) > 5 else ""))
+
+
+_ZERO_VAR = "zero variance over pretraining seeds: identical runs, or one run counted as several seeds"
 
 
 def holm(p) -> np.ndarray:
@@ -350,7 +391,7 @@ def controlled_pairs(df: pd.DataFrame, fields: list[str] | None = None,
                                                           f"p_holm_{c}", f"significant_{c}")]
     if not fields:
         return pd.DataFrame(columns=cols)
-    rows = []
+    rows, flat = [], []
     for ds, g in t.groupby("dataset", sort=True):
         g = g.reset_index(drop=True)
         vals = g[fields].astype("string").fillna("<NA>").to_numpy()
@@ -372,10 +413,13 @@ def controlled_pairs(df: pd.DataFrame, fields: list[str] | None = None,
                     if sa is not None and sb is not None and c in sa and c in sb:
                         mean, lo, hi, p, n = seed_difference(sa[c], sb[c])
                         row["n_seeds"] = max(row["n_seeds"], n)
+                        if untestable(p, n):
+                            flat.append(f"{ma} -> {mb} ({c})")
                         if n:  # the difference its CI and p-value are about (paired over the shared seeds)
                             row[f"delta_{c}"] = mean
                     row.update({f"delta_{c}_lo": lo, f"delta_{c}_hi": hi, f"p_{c}": p})
             rows.append(row)
+    _warn_untestable("controlled pairs", flat, _ZERO_VAR)
     out = pd.DataFrame(rows, columns=cols)
     if per_seed:
         for c in outs:
@@ -395,7 +439,7 @@ def baseline_contrasts(df: pd.DataFrame, seeds: pd.DataFrame | None, baseline: s
     cols = ["dataset", "model", "baseline", "n_seeds"] + [x for c in outs for x in (
         f"delta_{c}", f"delta_{c}_lo", f"delta_{c}_hi", f"p_{c}", f"p_holm_{c}", f"significant_{c}")]
     per_seed = _per_seed_values(seeds)
-    rows = []
+    rows, flat = [], []
     for ds, g in t.groupby("dataset", sort=True):
         base = baseline
         if base is None and "objective" in g:
@@ -410,10 +454,13 @@ def baseline_contrasts(df: pd.DataFrame, seeds: pd.DataFrame | None, baseline: s
             row = {"dataset": ds, "model": r["model"], "baseline": base, "n_seeds": 0}
             for c in outs:
                 mean, lo, hi, p, n = seed_difference(per_seed[(ds, base)][c], per_seed[(ds, r["model"])][c])
+                if untestable(p, n):
+                    flat.append(f"{r['model']} vs {base} ({c})")
                 row.update({f"delta_{c}": mean if n else r[c] - b[c], f"delta_{c}_lo": lo, f"delta_{c}_hi": hi,
                             f"p_{c}": p})
                 row["n_seeds"] = max(row["n_seeds"], n)
             rows.append(row)
+    _warn_untestable("baseline contrasts", flat, _ZERO_VAR)
     out = pd.DataFrame(rows, columns=cols)
     for c in outs:
         out[f"p_holm_{c}"] = holm(out[f"p_{c}"].to_numpy(float))

@@ -23,6 +23,7 @@ from riskdecomp.runner.records import (
     _flatten_metadata,
     check_record,
     dataset_name,
+    pretraining_identity,
     read_record,
     run_key,
 )
@@ -101,6 +102,7 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         stage(name, "weights (a recipe entry is pretrained once, then cached)")
         key = run_key(entry, entry if self_ref else reference, ds, fingerprint, settings, cache_dir, force)
         meta = jsonable(_flatten_metadata(entry.metadata))
+        pretraining = pretraining_identity(entry)
         if not force:
             rec, why = read_record(rpath, name, dname)
             if why:
@@ -110,6 +112,9 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
                 if old_meta != meta:  # metadata only labels the row: refresh it, keep the numbers
                     rec["row"] = {**{k: v for k, v in rec["row"].items() if k not in old_meta}, **meta}
                     rec["metadata_fields"] = sorted(meta)
+                # a record written before records held the pretraining identity gets it (the run key is unchanged)
+                if old_meta != meta or rec.get("pretraining", ()) != pretraining:
+                    rec["pretraining"] = pretraining
                     atomic_write_text(rpath, json.dumps(rec, indent=1, sort_keys=True, allow_nan=False))
                 rec["skipped"] = True
                 return rec
@@ -141,7 +146,7 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         timings["time_total"] = time.perf_counter() - t0
         rec = {"version": RECORD_VERSION, "run_key": key, "settings_key": settings.key(), "model": name,
                "dataset": feats.dataset, "riskdecomp_version": __version__, "protocol_version": PROTOCOL_VERSION,
-               "metadata_fields": sorted(meta), "row": jsonable(record["row"]), "fewshot": jsonable(record["fewshot"]),
+               "metadata_fields": sorted(meta), "pretraining": pretraining, "row": jsonable(record["row"]), "fewshot": jsonable(record["fewshot"]),
                "timings": jsonable(timings)}
         why = check_record(rec, name, dname)
         if why:  # never write a record that a rerun would reject

@@ -20,7 +20,8 @@ rows and never drops any, and a failing rerun (full disk, every model failing) l
 whose latest attempt failed (a failed model keeps its earlier valid row, if any).
 
 ``leaderboard.csv``: one row per model x dataset, pooled over pretraining seeds (``leaderboard_seeds.csv``: one
-row per pretraining seed, when the zoo has seeds: see :mod:`riskdecomp.zoo.seeds`); byte-identical for the same seed
+row per pretraining seed, when the zoo has seeds: see :mod:`riskdecomp.zoo.seeds`; runs are pooled as seeds only when
+their records prove it, :mod:`riskdecomp.analysis.seeds`); byte-identical for the same seed
 and inputs on CPU. ``timings.csv``
 holds wall-clock seconds per stage (kept out of the leaderboard so it stays reproducible).
 """
@@ -261,7 +262,8 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
         if redo:
             ens_records = [valid[(m, d)] for m, d, _ in current if m in full.names]
             zoo_ensembles(full, ens_records, dataset, out, cache_dir, settings)
-    res = build(out, settings=settings, computed=computed, redo_uncertainty=redo, jobs=1 if use_dask else jobs)
+    res = build(out, settings=settings, computed=computed, redo_uncertainty=redo, jobs=1 if use_dask else jobs,
+                zoo_names=full.names)
     if settings.uncertainty and redo:
         _write_state(stages_path, {**stages, "uncertainty": zoo_key})
     return res
@@ -281,13 +283,14 @@ def _update_failures(out: Path, ok: list, failed: list, settings: Settings) -> N
 
 
 def build(results, *, settings: Optional[Settings] = None, computed=(), redo_uncertainty: bool = True,
-          jobs: int = 1) -> EvaluationResult:
+          jobs: int = 1, zoo_names: Optional[Sequence[str]] = None) -> EvaluationResult:
     """Rebuild every summary CSV of a results folder from its run records (``riskdecomp build --results DIR``;
     :func:`evaluate` ends with it). Uses the valid records of the folder's settings (``settings``, default: those
     in ``runs/_folder.json``); invalid records and records of other settings are left out with a warning. A summary
     that has no rows (e.g. ``uncertainty.csv`` with uncertainty off) is removed, so no file of other settings stays
     beside the others. ``computed``: (model, dataset) pairs computed by the calling run (``timings.csv``'s
-    ``reused`` column). ``redo_uncertainty=False`` keeps an existing ``uncertainty.csv``. ``jobs``: processes for the uncertainty metrics."""
+    ``reused`` column). ``redo_uncertainty=False`` keeps an existing ``uncertainty.csv``. ``jobs``: processes for the uncertainty metrics.
+    ``zoo_names``: the evaluated zoo's models; records of other models (an earlier zoo's) are kept, with a warning."""
     out = Path(results)
     runs = out / "runs"
     if not runs.is_dir():
@@ -316,7 +319,14 @@ def build(results, *, settings: Optional[Settings] = None, computed=(), redo_unc
         r["skipped"] = (r["model"], r["dataset"]) not in computed
     from riskdecomp.analysis.seeds import aggregate_seeds
 
-    board, per_seed = aggregate_seeds(build_leaderboard(recs))  # one row per model, pooled over pretraining seeds
+    if zoo_names is not None:  # a record of an earlier zoo still counts (nothing is lost), but not silently
+        stale = sorted({r["model"] for r in recs} - set(zoo_names))
+        if stale:
+            log.warning("%s: %d run record(s) of model(s) not in this zoo kept in the summaries: %s (delete their "
+                        "files in runs/ to drop them)", runs, len(stale), ", ".join(stale))
+    # one row per model, pooled over pretraining seeds proven by the records (analysis.seeds.seed_plan)
+    proof = {(r["model"], r["dataset"]): r["pretraining"] for r in recs if "pretraining" in r}
+    board, per_seed = aggregate_seeds(build_leaderboard(recs), proof)
     res = EvaluationResult(board, pd.DataFrame(), out, recs)
     tables = {
         "leaderboard": (res.leaderboard, True),

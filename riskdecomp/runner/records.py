@@ -16,7 +16,7 @@ from riskdecomp import __version__
 from riskdecomp.sources import source_of
 from riskdecomp.utils.atomic import atomic_write_text, jsonable
 from riskdecomp.utils.errors import RiskdecompError
-from riskdecomp.utils.names import parse_stem
+from riskdecomp.utils.names import parse_stem, split_seed
 from riskdecomp.utils.schema import COMPONENTS
 
 RECORD_VERSION = 2
@@ -150,6 +150,33 @@ def run_key(entry, reference, ds, dataset_fingerprint: str, settings: Settings, 
                     settings.run_key_dict()])
 
 
+def pretraining_identity(entry) -> Optional[dict]:
+    """What makes runs seeds of one model (the run record's ``pretraining`` field; not part of the run key): for an
+    entry with a pretraining seed (a recipe entry) ``{"seed": recipe.seed, "identity": ...}`` where ``identity`` is
+    the entry minus its seed -- every field but ``name`` and ``recipe.seed`` (source, recipe, reference, representation,
+    metadata, ...), a reference to the same seed of a model written as ``{"same_seed_of": model}``; None for an
+    entry without a pretraining seed. :func:`riskdecomp.analysis.seeds.aggregate_seeds` pools runs as seeds of one
+    model only when their identities are equal and each name's ``.s<seed>`` is its recipe's seed."""
+    recipe = getattr(entry, "recipe", None)
+    if recipe is None or not isinstance(getattr(recipe, "seed", None), int):
+        return None
+    ident = entry.model_dump(mode="json", exclude={"name", *source_of(entry).files})
+    ident["recipe"].pop("seed", None)
+    ref_base, ref_seed = split_seed(entry.reference) if entry.reference else (None, None)
+    if ref_seed is not None and ref_seed == recipe.seed:
+        ident["reference"] = {"same_seed_of": ref_base}
+    return json.loads(json.dumps(jsonable({"seed": int(recipe.seed), "identity": ident}), sort_keys=True))
+
+
+def _pretraining_problem(value) -> Optional[str]:
+    if value is None:
+        return None
+    if (not isinstance(value, dict) or set(value) != {"seed", "identity"} or not isinstance(value["identity"], dict)
+            or isinstance(value["seed"], bool) or not isinstance(value["seed"], int) or value["seed"] < 0):
+        return "field 'pretraining' is not {seed: int >= 0, identity: mapping} or null"
+    return None
+
+
 def dataset_name(entry, ds) -> str:
     """The dataset name of an entry's results: a ``features`` entry's ``dataset:`` (else its file's stem), else the
     loaded dataset's name."""
@@ -200,7 +227,7 @@ def check_record(rec, model: str, dataset: str) -> Optional[str]:
         return f"components add up to {total:.6g}, not agg_risk {row['agg_risk']:.6g}"
     if any(not isinstance(r, dict) or (r.get("model"), r.get("dataset")) != (model, dataset) for r in rec["fewshot"]):
         return "few-shot rows of another model or dataset"
-    return None
+    return _pretraining_problem(rec.get("pretraining"))
 
 
 def read_record(path: Path, model: str, dataset: str) -> tuple:

@@ -73,6 +73,7 @@ def seed_name(model: str, seed: int) -> str:
 
 
 def split_seed(name: str) -> tuple[str, Optional[int]]:
-    """``"simclr.s2"`` -> ``("simclr", 2)``; a name without the suffix -> ``(name, None)``."""
+    """``"simclr.s2"`` -> ``("simclr", 2)``; a name without the suffix -> ``(name, None)``. What a name claims, not
+    proof that runs are seeds of one model (that is :func:`riskdecomp.analysis.seeds.seed_plan`'s job)."""
     m = SEED_NAME_RE.match(str(name))
     return (m.group("model"), int(m.group("seed"))) if m else (str(name), None)

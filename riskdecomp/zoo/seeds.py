@@ -6,8 +6,11 @@ may carry ``seeds: [0, 1, 2]``; the entry becomes one entry per seed, named ``<n
 ``recipe.seed = <seed>``, each its own pretraining run and run record. A ``reference:`` naming a seeded model is
 rewritten to the same seed of that model (an entry without seeds takes the reference's first seed).
 
-Naming convention: a model name ending in ``.s<digits>`` is seed ``<digits>`` of the model named by the rest
-(:func:`riskdecomp.utils.names.split_seed`); entries written out by hand that way aggregate the same way.
+Naming convention: a model name ending in ``.s<digits>`` names seed ``<digits>`` of the model named by the rest
+(:func:`riskdecomp.utils.names.split_seed`). The name alone pools nothing: the leaderboard pools runs as seeds of one
+model only when their run records prove it (the entry minus its seed equal, each seed once, the name's seed = the
+recipe's ``seed``: :mod:`riskdecomp.analysis.seeds`). Entries written out by hand as ``x.s0, x.s1`` pool when each
+gives its ``recipe.seed``; without it they are one pretraining run (seed 0) several times and stay separate rows.
 """
 
 from __future__ import annotations
