@@ -75,18 +75,28 @@ def _zoo(d):
     ]}, d / "zoo.yaml")
 
 
-def test_identities_of_existing_entries_are_unchanged(files):
+def test_identities_of_existing_entries_are_unchanged(files, tmp_path, monkeypatch):
     """The identity strings (part of every feature-cache key and run key) as riskdecomp wrote them before the
-    sources registry: a changed string would silently recompute every cache and invalidate every record."""
+    sources registry: a changed string would silently recompute every cache and invalidate every record. The
+    exceptions identified too little (issue 24): a random init now names its init seed, a torch.hub entry the code
+    of its repository (here a cached copy: nothing is downloaded)."""
+    import hashlib
+    import json
+
     from riskdecomp.sources.base import file_sha256
 
+    repo = tmp_path / "hub" / "facebookresearch_dino_main"
+    repo.mkdir(parents=True)
+    (repo / "hubconf.py").write_text("dependencies = ['torch']\n")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    code = hashlib.sha256(json.dumps({"hubconf.py": file_sha256(repo / "hubconf.py")}).encode()).hexdigest()
     zoo, sha = _zoo(files), file_sha256(files / "tr.safetensors")
-    assert entry_identity(zoo["rand"]) == f"timm|test_resnet|random-init|pooled|[]|{TV}"
+    assert entry_identity(zoo["rand"]) == f"timm|test_resnet|random-init|pooled|[]|{TV}|init-seed0"
     assert entry_identity(zoo["hubw"]) == f"timm|vit_tiny_patch16_224|hub:vit_tiny_patch16_224|cls|size64|[]|{TV}"
     assert entry_identity(zoo["filew"]) == f"timm|test_resnet|file:{sha}|pooled|[]|{TV}"
     assert entry_identity(zoo["ck"]) == f"ckpt|test_resnet|{sha}|pooled|size32|[('drop_rate', 0.0)]|{TV}"
     assert entry_identity(zoo["hub"]) == ("hub|facebookresearch/dino:main|dino_vits16|[('a', 1)]|pooled|"
-                                          "imagenet224")
+                                          f"imagenet224|code:{code}|init-seed0")
     # a built encoder reports the identity the cache key was made from
     assert build_encoder(zoo["filew"]).identity == entry_identity(zoo["filew"])
     # a features entry is keyed by its file's content, not its location

@@ -14,6 +14,7 @@ code is refused.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -243,22 +244,36 @@ def _load_timm_file(model: nn.Module, path, who: str, arch: str, strict: bool) -
     return load_weights(model, _drop_classifier(model, sd), who, path, arch, strict)
 
 
+@contextmanager
+def seeded_init(seed: Optional[int]):
+    """Run the block with torch's CPU generator seeded with ``seed`` (None: as it is), restoring the caller's state
+    afterwards: a model built inside is initialized the same way whatever ran before it in the process."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
+        yield
+
+
 def build_encoder(entry, *, dataset=None, cache_dir=None, device: str = "cpu", progress: bool = True,
                   force: bool = False) -> Encoder:
     """Build the frozen encoder of a zoo entry through its source (:mod:`riskdecomp.sources`; ``features``
-    entries have none: see :mod:`riskdecomp.features.cache`). ``force``: a recipe entry is pretrained again even when
+    entries have none: see :mod:`riskdecomp.features.cache`), under the entry's init seed (:func:`seeded_init`: a
+    random initialization is the same network in every build, and the seed is part of the identity). ``force``: a recipe entry is pretrained again even when
     its checkpoint is cached (once per process)."""
     src = source_of(entry)
     if not src.has_encoder:
         raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder to build")
     kw = dict(cache_dir=cache_dir, device=device, progress=progress, force=force)
-    module, transform, ignored, sha = src.build(entry, dataset, **kw)
+    with seeded_init(src.init_seed(entry)):
+        module, transform, ignored, sha = src.build(entry, dataset, **kw)
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
     sha = sha or src.weights_sha256(entry, dataset, **kw)
     size, native = getattr(transform, "input_size", None), _native_size(dataset)
-    return Encoder(entry.name, module, transform, src.identity(entry, dataset, sha), ignored_keys=ignored,
+    return Encoder(entry.name, module, transform, src.full_identity(entry, dataset, sha), ignored_keys=ignored,
                    weights_sha256=sha, input_size=size,
                    upscaled=None if size is None or native is None else size > native)
 
@@ -268,14 +283,14 @@ def entry_identity(entry, dataset=None, *, cache_dir=None, device: str = "cpu", 
     """What determines an entry's features, without building the model (a fully cached rerun builds nothing):
     its source's :meth:`~riskdecomp.sources.base.Source.identity` of the SHA-256 of the weights used (file entries:
     the file; recipe entries: the cached checkpoint, pretrained first when it is not in ``cache_dir`` -- with
-    ``force``, pretrained again), architecture, hub tag or random init, representation, options, and the library
+    ``force``, pretrained again), architecture, hub tag or random init and its init seed, representation, options, and the library
     version that defines the preprocessing. Part of the feature-cache key and of the run key, so both change when
     the weights do."""
     src = source_of(entry)
     if not src.has_encoder:
         raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder")
     sha = src.weights_sha256(entry, dataset, cache_dir=cache_dir, device=device, progress=progress, force=force)
-    return src.identity(entry, dataset, sha)
+    return src.full_identity(entry, dataset, sha)
 
 
 def default_cache_dir() -> Path:

@@ -51,11 +51,12 @@ def _dataset_for(entry, dataset_spec: str, seed: int):
     return _DATASETS[(dataset_spec, seed)]
 
 
-def _load(entry, dataset_spec, settings, cache_dir, force: bool = False, mmap: bool = False) -> Features:
+def _load(entry, dataset_spec, settings, cache_dir, force: bool = False, mmap: bool = False,
+          encoder=None) -> Features:
     ds = _dataset_for(entry, dataset_spec, settings.seed)
     return featurize(entry, ds, cache_dir=cache_dir, device=settings.device, batch_size=settings.batch_size,
                      num_workers=settings.num_workers, progress=settings.progress, force=force,
-                     dtype=settings.feature_dtype, mmap=mmap)
+                     dtype=settings.feature_dtype, mmap=mmap, encoder=encoder)
 
 
 def run_job(zoo_source, name: str, dataset_spec: str, out: str, cache_dir: str, settings: Settings,
@@ -122,7 +123,10 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         timings = {}
         stage(name, "featurize")
         t = time.perf_counter()
-        feats = _load(entry, dataset_spec, settings, cache_dir, force, mmap=True)
+        # one encoder per job: the features (when not cached) and the augmented views / posterior come from the same
+        # network (built under the entry's init seed, so a cached rerun's views come from it too)
+        enc = _extras_encoder(entry, ds, cache_dir, settings, force)
+        feats = _load(entry, dataset_spec, settings, cache_dir, force, mmap=True, encoder=enc)
         timings["time_features"] = time.perf_counter() - t
         ref = None
         if reference is not None:
@@ -138,7 +142,7 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
             ref = (feats.x_train, feats.y_train)
         t = time.perf_counter()
         stage(name, "augmented views")
-        extras = _encoder_extras(entry, ds, cache_dir, settings)
+        extras = _encoder_extras(enc, entry, ds, settings)
         if extras:
             timings["time_encoder_extras"] = time.perf_counter() - t
         record = evaluate_features(feats, ref, settings, out=out, timings=timings, **extras)
@@ -162,27 +166,43 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         return {"model": name, "dataset": dname, "error": msg, "error_type": type(exc).__name__}
 
 
-def _encoder_extras(entry, ds, cache_dir, settings: Settings) -> dict:
-    """What needs the encoder itself, not just its cached features: ``test_views`` (``settings.aug_views`` random
-    views of every test image, :func:`features.augmented_views_split`) and, for a stochastic recipe,
-    ``extra_scores`` with ``post_var`` per test point. Empty for ``features`` entries (no encoder)."""
+def _wants_encoder(entry, ds, settings: Settings) -> tuple[bool, bool]:
+    """``(views, posterior)``: whether the job needs the encoder itself, not just its cached features, for
+    augmented views and for a stochastic recipe's posterior variance (never for a ``features`` entry)."""
     stochastic = source_of(entry).stochastic(entry)
     want_views = settings.aug_views >= 2 and (settings.uncertainty or settings.statistics)
-    if ds is None or not ((stochastic and settings.uncertainty) or want_views):
+    return ds is not None and want_views, ds is not None and stochastic and settings.uncertainty
+
+
+def _extras_encoder(entry, ds, cache_dir, settings: Settings, force: bool):
+    """The job's encoder when :func:`_wants_encoder` says it needs one (else None: featurize builds it if the cache
+    misses): featurize then encodes with it, so features and views come from one build."""
+    if not any(_wants_encoder(entry, ds, settings)):
+        return None
+    from riskdecomp.features.encoders import build_encoder
+
+    return build_encoder(entry, dataset=ds, cache_dir=cache_dir, device=settings.device, progress=False,
+                         force=force)
+
+
+def _encoder_extras(enc, entry, ds, settings: Settings) -> dict:
+    """What needs the encoder ``enc`` itself: ``test_views`` (``settings.aug_views`` random views of every test
+    image, :func:`features.augmented_views_split`) and, for a stochastic recipe, ``extra_scores`` with ``post_var``
+    per test point. Empty when :func:`_wants_encoder` says neither."""
+    want_views, want_posterior = _wants_encoder(entry, ds, settings)
+    if not (want_views or want_posterior):
         return {}
     from riskdecomp.features.cache import (
         augmented_views_split,
         posterior_variance_split,
     )
-    from riskdecomp.features.encoders import build_encoder
 
-    enc = build_encoder(entry, dataset=ds, cache_dir=cache_dir, device=settings.device, progress=False)
     out: dict = {}
     if want_views:
         out["test_views"] = augmented_views_split(enc, ds.test, n_views=settings.aug_views, seed=settings.seed,
                                                   device=settings.device, batch_size=settings.batch_size,
                                                   num_workers=settings.num_workers)
-    if stochastic and settings.uncertainty:
+    if want_posterior:
         pv = posterior_variance_split(enc, ds.test, device=settings.device, batch_size=settings.batch_size)
         if pv is not None:
             out["extra_scores"] = pd.DataFrame({"post_var": pv})

@@ -128,11 +128,13 @@ def _file_digest(path) -> str:
 def entry_key(entry, ds=None, cache_dir=None, settings: Optional[Settings] = None, force: bool = False) -> dict:
     """What of an entry changes its numbers: its fields (not ``metadata``, which only labels the row and is
     refreshed on reuse, nor where its files are) and its weights -- :func:`riskdecomp.features.encoders.entry_identity` (file hashes, the recipe
-    checkpoint) or, for a ``features`` entry, the SHA-256 of its file."""
+    checkpoint, the init seed of a random initialization) or, for a ``features`` entry, the SHA-256 of its file."""
     from riskdecomp.features import encoders
 
     src = source_of(entry)
-    d = entry.model_dump(mode="json", exclude={"metadata", *src.files})  # files: by content, not location
+    # files: by content, not location; init_seed: in the identity where the build can leave random weights (a hub
+    # model's key does not depend on it)
+    d = entry.model_dump(mode="json", exclude={"metadata", "init_seed", *src.files})
     if not src.has_encoder:
         d.update({f"{f}_sha256": _file_digest(getattr(entry, f)) for f in src.files})
     else:

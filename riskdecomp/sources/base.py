@@ -62,6 +62,18 @@ class Entry(BaseModel):
         return v
 
 
+class SeededEntry(Entry):
+    """An entry whose source builds the network itself (timm, torch_hub, checkpoint, huggingface). ``init_seed``
+    (default 0): every build of its encoder runs with torch's CPU generator seeded with it (in a forked RNG state, so
+    the caller's random stream is untouched), so weights a build leaves at their random initialization --
+    ``pretrained: false``, the tensors ``strict: false`` leaves missing, whatever a torch.hub entrypoint does not
+    load -- are a function of the entry: every build of it (featurize, a job's augmented views, another cache) is
+    the same network. Where the build can leave such weights (:meth:`Source.random_init`) the seed is part of the
+    feature-cache and run keys."""
+
+    init_seed: int = Field(0, ge=0)
+
+
 class Built(NamedTuple):
     """What a source's :meth:`Source.build` returns: the frozen module (``forward(batch) -> (N, D)``), its
     preprocessing (PIL image -> tensor, with ``input_size`` in px where known), the weights keys a non-strict load
@@ -160,8 +172,25 @@ class Source:
         return file_sha256(path)
 
     def identity(self, entry, dataset, sha: Optional[str]) -> str:
-        """What determines the entry's features (given the weights' SHA-256)."""
+        """What determines the entry's features (given the weights' SHA-256); the init seed is added by
+        :meth:`full_identity` where it matters."""
         raise NotImplementedError
+
+    def init_seed(self, entry) -> Optional[int]:
+        """The seed the encoder is built under (:class:`SeededEntry`), None where the source seeds nothing (a recipe
+        is seeded by its own ``recipe.seed`` and identified by its checkpoint's checksum)."""
+        return getattr(entry, "init_seed", None)
+
+    def random_init(self, entry) -> bool:
+        """Whether a build may leave weights at their random initialization (then :meth:`init_seed` makes them)."""
+        return False
+
+    def full_identity(self, entry, dataset, sha: Optional[str]) -> str:
+        """:meth:`identity`, plus ``|init-seed<N>`` when the build may leave random weights: the identity of a random
+        initialization includes the seed that makes it (the feature-cache and run keys use this)."""
+        ident = self.identity(entry, dataset, sha)
+        seed = self.init_seed(entry)
+        return f"{ident}|init-seed{seed}" if seed is not None and self.random_init(entry) else ident
 
     def stochastic(self, entry) -> bool:
         """Whether the encoder has a posterior (``posterior_variance`` scores)."""

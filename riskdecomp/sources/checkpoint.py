@@ -7,13 +7,15 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
+from riskdecomp.pretrain.backbones import BACKBONES
 from riskdecomp.pretrain.recipe import check_arch
 from riskdecomp.sources import register
 from riskdecomp.sources.base import (
     Built,
-    Entry,
+    SeededEntry,
     Source,
     file_label,
+    file_sha256,
     no_ignored,
     representation_key,
     timm_version,
@@ -21,7 +23,7 @@ from riskdecomp.sources.base import (
 from riskdecomp.utils.errors import RiskdecompError
 
 
-class CheckpointEntry(Entry):
+class CheckpointEntry(SeededEntry):
     """An architecture (timm name or one of riskdecomp's backbones) + a local ``.safetensors`` / ``.pt`` file."""
 
     source: Literal["checkpoint"]
@@ -98,6 +100,15 @@ class Checkpoint(Source):
         transform = _timm_transform(model, _image_size(entry, who))
         return Built(Representation(model, entry.representation, who), transform, ignored)
 
+    def random_init(self, entry) -> bool:
+        return not entry.strict  # tensors missing from the file stay at their initialization
+
     def identity(self, entry, dataset, sha) -> str:
-        return (f"ckpt|{entry.architecture}|{sha}|{representation_key(entry)}|{sorted(entry.model_kwargs.items())}|"
-                f"{timm_version()}")
+        ident = (f"ckpt|{entry.architecture}|{sha}|{representation_key(entry)}|{sorted(entry.model_kwargs.items())}|"
+                 f"{timm_version()}")
+        # build() reads the riskdecomp sidecar <weights>.json (pretrain.checkpoint.sidecar_path) when there is one:
+        # its normalization, image size and backbone arguments change the features, so its bytes are identity too
+        sidecar = Path(entry.weights).with_name(Path(entry.weights).name + ".json")
+        if entry.architecture in BACKBONES and sidecar.is_file():
+            ident += f"|sidecar:{file_sha256(sidecar)}"
+        return ident

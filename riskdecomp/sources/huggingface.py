@@ -26,15 +26,14 @@ from pydantic import field_validator, model_validator
 from torch import nn
 
 from riskdecomp.sources import register
-from riskdecomp.sources.base import Built, Entry, Source, file_sha256
+from riskdecomp.sources.base import Built, SeededEntry, Source, file_sha256
 from riskdecomp.utils.errors import RiskdecompError, WeightsError
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*/[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 REVISION_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
-_FILES = ("config.json", "preprocessor_config.json")  # besides the weights: what determines the features
 
 
-class HuggingFaceEntry(Entry):
+class HuggingFaceEntry(SeededEntry):
     """A transformers model: ``model: org/name`` (hub) or ``path: FOLDER`` (local), exactly one."""
 
     source: Literal["huggingface"]
@@ -85,13 +84,29 @@ def _transformers(who: str):
     return transformers
 
 
+def folder_files(folder: Path) -> list:
+    """The files of a model folder that identify it: every regular file under it (relative POSIX paths, sorted)
+    but documentation (``*.md``) and hidden ones (``.gitattributes``, the ``.cache/`` of a hub download). transformers
+    reads more than the weights, config and ``preprocessor_config.json`` -- ``processor_config.json`` (its nested
+    ``image_processor`` first), ``model.safetensors.index.json`` and the shards it names, ``generation_config.json``,
+    an ``adapter_config.json`` (peft) -- and which ones changes with its version, so the rule is by exclusion: a file
+    no loader reads costs only its hashing, a file one reads and the key missed would change the features under the
+    same key."""
+    out = []
+    for p in sorted(Path(folder).rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts) and p.suffix.lower() != ".md":
+            out.append(rel.as_posix())
+    return out
+
+
 def folder_sha256(folder: Path, who: str) -> str:
-    """One SHA-256 over the files of a ``save_pretrained`` folder that determine the features (config,
-    preprocessing, every ``*.safetensors``)."""
+    """One SHA-256 over the files of a ``save_pretrained`` folder (:func:`folder_files`: what the loader may read,
+    each by name and content)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise WeightsError(f"{who}: model folder {folder} not found")
-    names = [n for n in _FILES if (folder / n).is_file()] + sorted(p.name for p in folder.glob("*.safetensors"))
+    names = folder_files(folder)
     if not any(n.endswith(".safetensors") for n in names):
         pickled = sorted(p.name for p in folder.glob("*.bin"))
         extra = f" (refusing {pickled[0]}: pickled weights are never loaded)" if pickled else ""
@@ -209,6 +224,9 @@ class HuggingFace(Source):
         module = HFRepresentation(model.eval(), entry.representation, n_prefix, who)
         return Built(module, _transform(processor, who), {"missing": sorted(missing), "unexpected": sorted(unexpected)},
                      sha)
+
+    def random_init(self, entry) -> bool:
+        return not entry.strict  # transformers initializes the tensors the file lacks
 
     def identity(self, entry, dataset, sha) -> str:
         transformers = _transformers(f"model {entry.name!r}")

@@ -11,7 +11,7 @@ from riskdecomp.pretrain.recipe import check_arch
 from riskdecomp.sources import register
 from riskdecomp.sources.base import (
     Built,
-    Entry,
+    SeededEntry,
     Source,
     file_label,
     no_ignored,
@@ -21,11 +21,11 @@ from riskdecomp.sources.base import (
 from riskdecomp.utils.errors import WeightsError
 
 
-class TimmEntry(Entry):
+class TimmEntry(SeededEntry):
     """A timm architecture; weights from the hub (``pretrained: true``), a local file (``weights``), or a random
     initialization, which must be asked for (``pretrained: false``): an entry with neither is an error, since
     evaluating random weights by accident (``vit_small_patch16_224.dino`` without ``pretrained``) looks like a
-    result."""
+    result. A random initialization is made by ``init_seed`` (default 0), which is part of its identity."""
 
     source: Literal["timm"]
     model: str
@@ -96,6 +96,9 @@ class Timm(Source):
                                  img_size=_image_size(entry, who))
         transform = _timm_transform(model, _image_size(entry, who))
         return Built(Representation(model, entry.representation, who), transform, ignored)
+
+    def random_init(self, entry) -> bool:
+        return entry.pretrained is False or (entry.weights is not None and not entry.strict)
 
     def identity(self, entry, dataset, sha) -> str:
         w = f"file:{sha}" if sha else (f"hub:{entry.model}" if entry.pretrained else "random-init")
