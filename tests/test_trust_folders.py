@@ -247,27 +247,33 @@ def test_7_a_sweep_below_the_cap_still_expands(tmp_path, capsys):
     assert "ok: 10 entries" in capsys.readouterr().out
 
 
-NEWLINE_CASES = {
-    "zoo name": '{name: "a\\n", source: features, path: f.npz}',
-    "features dataset": '{name: a, source: features, path: f.npz, dataset: "x\\n"}',
-    "reference": '{name: a, source: features, path: f.npz, reference: "b\\n"}',
-    "timm model": '{name: a, source: timm, model: "resnet18\\n"}',
-    "recipe backbone": '{name: a, source: recipe, recipe: {objective: simclr, backbone: "resnet18\\n"}}',
-    "checkpoint architecture": '{name: a, source: checkpoint, architecture: "resnet18\\n", weights: w.pt}',
-    "huggingface model": '{name: a, source: huggingface, model: "org/name\\n"}',
-    "huggingface revision": '{name: a, source: huggingface, model: org/name, revision: "main\\n"}',
-    "torch_hub repo": '{name: a, source: torch_hub, repo: "org/repo\\n", model: m}',
+NEWLINE_CASES = {  # (entry, the field the error names)
+    "zoo name": ('{name: "a\\n", source: features, path: f.npz}', "'name'"),
+    "features dataset": ('{name: a, source: features, path: f.npz, dataset: "x\\n"}', "'dataset'"),
+    "reference": ('{name: a, source: features, path: f.npz, reference: "b\\n"}', "'reference'"),
+    "timm model": ('{name: a, source: timm, model: "resnet18\\n", pretrained: false}', "'model'"),
+    "recipe backbone": ('{name: a, source: recipe, recipe: {objective: simclr, backbone: "resnet18\\n"}}', "backbone"),
+    "checkpoint architecture": ('{name: a, source: checkpoint, architecture: "resnet18\\n", weights: w.pt}',
+                                "'architecture'"),
+    "huggingface model": ('{name: a, source: huggingface, model: "org/name\\n"}', "'model'"),
+    "huggingface revision": ('{name: a, source: huggingface, model: org/name, revision: "main\\n"}', "'revision'"),
+    "torch_hub repo": ('{name: a, source: torch_hub, repo: "org/repo\\n", entrypoint: m, trust_repo: true}', "'repo'"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(NEWLINE_CASES))
 def test_7_a_validated_string_ending_in_a_newline_is_refused(case, tmp_path, capsys):
+    """Every validated string of a zoo entry: the same value without the newline is accepted, with it the entry is
+    refused naming that field."""
     (tmp_path / "f.npz").write_bytes(b"")
     (tmp_path / "w.pt").write_bytes(b"")
-    extra = "  - {name: b, source: features, path: f.npz}\n" if case == "reference" else ""
-    path = write_zoo(tmp_path, "models:\n  - " + NEWLINE_CASES[case] + "\n" + extra)
+    entry, field = NEWLINE_CASES[case]
+    other = "\n  - {name: b, source: features, path: f.npz}\n"
+    assert zoo_check(write_zoo(tmp_path, "models:\n  - " + entry.replace("\\n", "") + other)) == 0
+    capsys.readouterr()
+    path = write_zoo(tmp_path, "models:\n  - " + entry + other)
     assert zoo_check(path) == 2
-    one_error_line(capsys, str(path))
+    one_error_line(capsys, str(path), f"field {field}" if field.startswith("'") else field)
 
 
 def test_7_a_dataset_name_ending_in_a_newline_makes_no_look_alike_files(tmp_path, capsys):
