@@ -34,7 +34,7 @@ def fewshot_settings(df: pd.DataFrame) -> dict[str, tuple[float, str]]:
     """Map few-shot column -> (k or p, "shot"|"pct") for columns ``fewshot_<k>shot|<p>pct``."""
     out = {}
     for col in df.columns:
-        m = _SETTING_RE.match(str(col))
+        m = _SETTING_RE.fullmatch(str(col))
         if m and pd.to_numeric(df[col], errors="coerce").notna().any():
             out[col] = (float(m.group(1)), m.group(2))
     return out
@@ -50,7 +50,7 @@ def _sizes(df: pd.DataFrame, col: str) -> pd.Series:
     n_train = pd.to_numeric(df.get("n_train"), errors="coerce")
     if col == "agg_risk":
         return n_train.astype(float)
-    m = _SETTING_RE.match(str(col))  # from the name: a column without values (one dataset's) still has a size
+    m = _SETTING_RE.fullmatch(str(col))  # from the name: a column without values (one dataset's) still has a size
     if m is None:
         raise ValueError(f"{col!r} is not a few-shot column (fewshot_<k>shot or fewshot_<p>pct)")
     k, kind = float(m.group(1)), m.group(2)

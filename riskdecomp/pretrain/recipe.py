@@ -20,7 +20,7 @@ ARCH_RE = re.compile(r"^(hf[-_]hub:|timm/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z
 
 def check_arch(v: str, what: str = "architecture") -> str:
     """Validate a timm architecture name (also used for recipe backbones)."""
-    if not ARCH_RE.match(v) or ".." in v:
+    if not ARCH_RE.fullmatch(v) or ".." in v:
         raise ValueError(f"{what} {v!r} is not a valid model name ([A-Za-z0-9_.-], optionally 'hf-hub:org/name')")
     return v
 

@@ -3,8 +3,9 @@
 ``make_report(results_dir)`` reads ``leaderboard.csv`` and, when present, uncertainty.csv,
 per_sample/*.csv, active_learning.csv, label_efficiency.csv; runs
 :func:`riskdecomp.analysis.analyze` into ``results_dir/analysis/``; draws
-``results_dir/plots/*.png|svg``; writes ``results_dir/report.html``, self-contained (the PNGs inlined as data
-URIs, inline CSS, no script): one file to mail. A provenance line says which versions drew it, where and when.
+``results_dir/plots/*.png|svg`` (``analysis/`` and ``plots/`` must be real folders, not symbolic links); writes
+``results_dir/report.html``, self-contained (the PNGs inlined as data URIs, inline CSS, no script): one file to
+mail. A provenance line says which versions drew it, where and when.
 Reporting never recomputes features or probes.
 """
 
@@ -31,10 +32,12 @@ def make_report(results_dir, *, published=None, color_by: str | None = "objectiv
     from riskdecomp.report.html import render_html
     from riskdecomp.report.plots import collect_plots
     from riskdecomp.utils.atomic import atomic_write_text as write_text_atomic
+    from riskdecomp.utils.atomic import real_folder
 
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise RiskdecompError(f"results directory not found: {results_dir}")
+    analysis_dir, plots_dir = real_folder(results_dir, "analysis"), real_folder(results_dir, "plots")  # not links
     if published is not None and not isinstance(published, pd.DataFrame):
         from riskdecomp.analysis.published import load_published
         published = load_published(published)
@@ -44,10 +47,9 @@ def make_report(results_dir, *, published=None, color_by: str | None = "objectiv
 
     summary, effects = None, None
     if lb is not None or published is not None:
-        summary = analyze(leaderboard=lb, published=published, out_dir=results_dir / "analysis",
-                                   seeds=_read(results_dir / "leaderboard_seeds.csv"))
-        effects = _read(results_dir / "analysis" / "design_effects.csv")
-    plots_dir = results_dir / "plots"
+        summary = analyze(leaderboard=lb, published=published, out_dir=analysis_dir,
+                          seeds=_read(results_dir / "leaderboard_seeds.csv"))
+        effects = _read(analysis_dir / "design_effects.csv")
     made, notes = collect_plots(results_dir, plots_dir, color_by, published=published,
                                 effects=effects if effects is not None else pd.DataFrame())
     rel = [(_data_uri(Path(p)), caption, Path(p).stem) for p, caption in made]

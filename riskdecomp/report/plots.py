@@ -276,7 +276,7 @@ def plot_uncertainty_bins(unc: pd.DataFrame, out_dir: Path, name: str = "uncerta
     need = {"metric", "value", "score"}
     if unc is None or not need <= set(unc.columns):
         raise PlotSkipped("uncertainty bins: uncertainty.csv absent or lacks metric/value/score")
-    parts = unc["metric"].astype(str).str.extract(f"^{BIN_METRIC_RE}$")
+    parts = unc["metric"].astype(str).str.extract(f"^{BIN_METRIC_RE}\\Z")
     b = unc[parts["kind"] == ACC_BIN].dropna(subset=["value"]).copy()
     if b.empty:
         raise PlotSkipped(f"uncertainty bins: no {ACC_BIN}_* rows (no 0-1 error target)")

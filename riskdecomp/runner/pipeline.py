@@ -11,8 +11,10 @@ version. An invalid record is recomputed with a warning. Only small records trav
 An output folder holds the results of ONE set of settings (``runs/_folder.json``): a run with other settings into
 it is refused (one line naming the differences) unless ``--force``, which recomputes everything and makes the new
 settings the folder's (the former settings' results are moved to ``runs/_replaced/<settings key>/``, never deleted);
-a run that only switches analyses on adds them to every row of the folder (:func:`_adds_analyses`). Every summary
-(``leaderboard.csv``, ``timings.csv``, ``fewshot.csv``, ``uncertainty.csv``,
+a run that only switches analyses on adds them to every row of the folder (:func:`_adds_analyses`). A damaged
+``_folder.json`` (checked like a record: :func:`riskdecomp.runner.records.check_folder_state`) is rewritten by
+:func:`evaluate` only when every record is of its settings; :func:`build` refuses it with one line and leaves the
+summaries as they are. Every summary (``leaderboard.csv``, ``timings.csv``, ``fewshot.csv``, ``uncertainty.csv``,
 ``active_learning.csv``, ``label_efficiency.csv``, ``failures.csv``) is rebuilt by :func:`build` from ALL valid
 records in ``runs/`` made with the folder's settings -- not only from this run's -- so a ``--models`` subset run adds
 rows and never drops any, and a failing rerun (full disk, every model failing) leaves the good rows in place.
@@ -42,6 +44,7 @@ from riskdecomp.runner.parallel import _dask_client, _parallel_map
 from riskdecomp.runner.records import (
     FAILURES_STATE,
     FOLDER_STATE,
+    OUTPUT_FOLDERS,
     PROTOCOL_VERSION,
     STAGES_STATE,
     ZOO_STAGES_VERSION,
@@ -51,12 +54,13 @@ from riskdecomp.runner.records import (
     _read_state,
     _write_state,
     dataset_name,
+    read_folder_state,
     read_records,
 )
 from riskdecomp.runner.stages import zoo_active, zoo_ensembles, zoo_uncertainty_metrics
 from riskdecomp.runner.tables import build_leaderboard
 from riskdecomp.sources import source_of
-from riskdecomp.utils.atomic import check_writable_dir, write_csv
+from riskdecomp.utils.atomic import check_writable_dir, real_folder, write_csv
 from riskdecomp.utils.errors import RiskdecompError, ZooError
 from riskdecomp.utils.names import result_path, result_stem
 from riskdecomp.utils.progress import Progress, is_terminal
@@ -116,7 +120,7 @@ def _adds_analyses(old: dict, new: dict) -> bool:
 
 def folder_settings(out) -> dict:
     """The settings recorded for the results folder ``out`` (``runs/_folder.json``), {} when it has none."""
-    folder = _read_state(Path(out) / "runs" / FOLDER_STATE)
+    folder, _ = read_folder_state(Path(out) / "runs")  # a damaged state has none
     settings = folder.get("settings") if "settings_key" in folder else None
     if not isinstance(settings, dict):
         return {}
@@ -186,6 +190,8 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
     full = load_zoo(zoo) if isinstance(zoo, (str, Path)) else zoo
     names = with_references(full, models)
     out = check_writable_dir(out, "--out")
+    for sub in OUTPUT_FOLDERS:  # nothing is written or deleted through a link to elsewhere
+        real_folder(out, sub)
     cache_dir = check_writable_dir(Path(cache_dir) if cache_dir else default_cache_dir(), "--cache-dir")
     ds = None
     if any(source_of(full[n]).needs_dataset for n in names):
@@ -198,7 +204,13 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
                     "the dataset's name comes from its folder: rename it or link it under a valid name")
             raise RiskdecompError(f"{exc} ({hint})") from None
     folder_path = out / "runs" / FOLDER_STATE
-    folder = _read_state(folder_path)
+    folder, why = read_folder_state(out / "runs")
+    if why:  # damaged: rewritten only when every record is of this run's settings (nothing of others is mixed in)
+        others = {r["settings_key"] for r in read_records(out)[0].values()} - {settings.key()}
+        if others and not force:
+            raise RiskdecompError(f"{folder_path}: damaged folder state ({why}) and run records of other settings: "
+                                  f"use another --out, or --force to recompute with the new settings")
+        log.warning("%s: damaged folder state (%s): rewritten with this run's settings", folder_path, why)
     other = folder.get("settings_key") not in (None, settings.key())
     adding = other and _adds_analyses(folder.get("settings", {}), _folder_settings(settings))
     if other and not adding and not force:
@@ -271,7 +283,7 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
 
 def _update_failures(out: Path, ok: list, failed: list, settings: Settings) -> None:
     """``runs/_failures.json``: the (model, dataset) pairs whose latest attempt failed (cleared when one succeeds)."""
-    path = out / "runs" / FAILURES_STATE
+    path = real_folder(out, "runs") / FAILURES_STATE
     state = _read_state(path)
     for r in ok:
         state.pop(f"{r['model']}|{r['dataset']}", None)
@@ -280,6 +292,21 @@ def _update_failures(out: Path, ok: list, failed: list, settings: Settings) -> N
                                                  "settings_key": settings.key()}
     if state or path.exists():
         _write_state(path, state)
+
+
+_FAILURE_FIELDS = ("model", "dataset", "error_type", "error")
+
+
+def _failure_rows(runs: Path, key: str) -> list:
+    """The rows of ``failures.csv``: the entries of ``runs/_failures.json`` of settings ``key``; a damaged entry
+    (not a mapping, a field missing or not a string) is left out with a warning."""
+    rows = []
+    for k, f in _read_state(runs / FAILURES_STATE).items():
+        if not isinstance(f, dict) or not all(isinstance(f.get(n), str) for n in (*_FAILURE_FIELDS, "settings_key")):
+            log.warning("%s: damaged entry %r left out of failures.csv", runs / FAILURES_STATE, k)
+        elif f["settings_key"] == key:
+            rows.append({n: f[n] for n in _FAILURE_FIELDS})
+    return rows
 
 
 def build(results, *, settings: Optional[Settings] = None, computed=(), redo_uncertainty: bool = True,
@@ -292,20 +319,29 @@ def build(results, *, settings: Optional[Settings] = None, computed=(), redo_unc
     ``reused`` column). ``redo_uncertainty=False`` keeps an existing ``uncertainty.csv``. ``jobs``: processes for the uncertainty metrics.
     ``zoo_names``: the evaluated zoo's models; records of other models (an earlier zoo's) are kept, with a warning."""
     out = Path(results)
+    for sub in OUTPUT_FOLDERS:  # nothing is written or deleted through a link to elsewhere
+        real_folder(out, sub)
     runs = out / "runs"
     if not runs.is_dir():
         raise RiskdecompError(f"--results {out}: no runs/ folder (not an output folder of riskdecomp evaluate)")
-    folder = _read_state(runs / FOLDER_STATE)
+    folder, why = read_folder_state(runs)
+    if why:  # never read as "no settings" or "no order": the summaries in place stay as they are
+        raise RiskdecompError(f"--results {out}: runs/{FOLDER_STATE}: damaged folder state ({why}); nothing was "
+                              "rebuilt: rerun evaluate with the folder's settings to rewrite it")
     key = settings.key() if settings is not None else folder.get("settings_key")
+    valid, invalid = read_records(out)
     if settings is None:
         known = {k: v for k, v in folder.get("settings", {}).items() if k in Settings.__dataclass_fields__}
         if "settings_key" not in folder:
             raise RiskdecompError(f"--results {out}: runs/{FOLDER_STATE} is missing or unreadable; rerun evaluate")
         try:
             settings = Settings(**known)
-        except (TypeError, RiskdecompError) as exc:
+        except (TypeError, ValueError, RiskdecompError) as exc:
             raise RiskdecompError(f"--results {out}: runs/{FOLDER_STATE}: invalid settings ({exc})") from None
-    valid, invalid = read_records(out)
+        if valid and not any(r["settings_key"] == key for r in valid.values()):
+            raise RiskdecompError(f"--results {out}: runs/{FOLDER_STATE}: its settings_key {key!r} matches none of "
+                                  f"the {len(valid)} valid run records (a damaged folder state?); nothing was "
+                                  "rebuilt: rerun evaluate with the folder's settings to rewrite it")
     for p, why in invalid:
         log.warning("%s: invalid run record (%s): left out of the summaries", p, why)
     recs = [r for r in valid.values() if r["settings_key"] == key]
@@ -334,10 +370,7 @@ def build(results, *, settings: Optional[Settings] = None, computed=(), redo_unc
         "timings": (pd.DataFrame([{"model": r["model"], "dataset": r["dataset"], **r.get("timings", {}),
                                    "reused": r["skipped"]} for r in recs]), False),
         "fewshot": (pd.DataFrame([row for r in recs for row in r.get("fewshot", [])]), False),
-        "failures": (pd.DataFrame([{k: f[k] for k in ("model", "dataset", "error_type", "error")}
-                                   for f in _read_state(runs / FAILURES_STATE).values()
-                                   if isinstance(f, dict) and f.get("settings_key") == key],
-                                  columns=["model", "dataset", "error_type", "error"]), False),
+        "failures": (pd.DataFrame(_failure_rows(runs, key), columns=list(_FAILURE_FIELDS)), False),
     }
     if settings.uncertainty and redo_uncertainty:
         tables["uncertainty"] = (zoo_uncertainty_metrics(recs, out, settings, jobs), False)

@@ -14,7 +14,7 @@ import numpy as np
 
 from riskdecomp import __version__
 from riskdecomp.sources import source_of
-from riskdecomp.utils.atomic import atomic_write_text, jsonable
+from riskdecomp.utils.atomic import atomic_write_text, jsonable, real_folder
 from riskdecomp.utils.errors import RiskdecompError
 from riskdecomp.utils.names import parse_stem, split_seed
 from riskdecomp.utils.schema import COMPONENTS
@@ -27,6 +27,9 @@ SUM_TOL = 1e-9  # relative: agg_risk is computed as the sum of its components, s
 FOLDER_STATE = "_folder.json"
 FAILURES_STATE = "_failures.json"
 STAGES_STATE = "_zoo_stages.json"
+#: every folder riskdecomp writes to or deletes from under --out: real folders, never symbolic links (checked before
+#: any compute: :func:`riskdecomp.utils.atomic.real_folder`)
+OUTPUT_FOLDERS = ("runs", "per_sample", "active", "ensemble", "analysis", "plots")
 #: bumped when the zoo-wide stages write differently (2: ensemble scores in ``ensemble/<dataset>.csv``): a folder made
 #: by an earlier version gets them redone once
 ZOO_STAGES_VERSION = 2
@@ -248,7 +251,7 @@ def read_record(path: Path, model: str, dataset: str) -> tuple:
 def read_records(out) -> tuple:
     """All valid run records in ``out/runs`` as {(model, dataset): record}, and [(path, why)] for invalid ones."""
     valid, invalid = {}, []
-    for p in sorted((Path(out) / "runs").glob("*.json")):
+    for p in sorted(real_folder(out, "runs").glob("*.json")):
         md = parse_stem(p.stem)
         if md is None:
             continue  # the folder's state files (_folder.json, ...)
@@ -266,6 +269,35 @@ def _read_state(path: Path) -> dict:
         return data if isinstance(data, dict) else {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
+
+
+def check_folder_state(state) -> Optional[str]:
+    """Why ``state`` is not a valid folder state (``runs/_folder.json``), or None when it is: checked like a run record
+    (a damaged one is never read as "no settings" or "no order")."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    for k, typ in (("settings_key", str), ("settings", dict), ("order", list)):
+        if not isinstance(state.get(k), typ):
+            return f"field {k!r} missing or not a {'JSON object' if typ is dict else typ.__name__}"
+    if not state["settings_key"]:
+        return "field 'settings_key' is empty"
+    if not all(isinstance(n, str) for n in state["order"]):
+        return "field 'order' holds a non-string"
+    return None
+
+
+def read_folder_state(runs: Path) -> tuple:
+    """``(state, why)`` of ``runs/_folder.json``: ``({}, None)`` when there is no such file, ``({}, why)`` when it
+    is unreadable or damaged (:func:`check_folder_state`), else ``(state, None)``."""
+    path = runs / FOLDER_STATE
+    if not path.exists():
+        return {}, None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return {}, f"unreadable ({type(exc).__name__})"
+    why = check_folder_state(state)
+    return ({}, why) if why else (state, None)
 
 
 def _write_state(path: Path, data: dict) -> None:

@@ -45,14 +45,14 @@ class HuggingFaceEntry(SeededEntry):
     @field_validator("model")
     @classmethod
     def _safe_model(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and (not HUB_ID_RE.match(v) or ".." in v):
+        if v is not None and (not HUB_ID_RE.fullmatch(v) or ".." in v):
             raise ValueError(f"model {v!r}: expected a hub repository id 'org/name' (a local folder goes in path:)")
         return v
 
     @field_validator("revision")
     @classmethod
     def _safe_revision(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and (not REVISION_RE.match(v) or ".." in v):
+        if v is not None and (not REVISION_RE.fullmatch(v) or ".." in v):
             raise ValueError(f"revision {v!r}: expected a tag, branch or commit hash")
         return v
 

@@ -31,7 +31,7 @@ class TorchHubEntry(SeededEntry):
     @field_validator("repo")
     @classmethod
     def _safe_repo(cls, v: str) -> str:
-        if not REPO_RE.match(v) or ".." in v.split(":")[0]:
+        if not REPO_RE.fullmatch(v) or ".." in v.split(":")[0]:
             raise ValueError(f"repo {v!r}: expected 'owner/name' or 'owner/name:ref' (GitHub)")
         return v
 

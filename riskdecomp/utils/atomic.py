@@ -4,8 +4,9 @@
 target: a reader (or a run resumed after ``kill -9``) sees either the old file or the complete new one, never a
 partial file. Files get the usual ``0666 & ~umask`` mode (``mkstemp`` alone would make them 0600, unreadable to a
 team sharing results). A full disk, a read-only folder or a folder under a file is a one-line :class:`OutputError`
-naming the path, and the old file stays as it was. Also :func:`jsonable`, which makes values safe for the strict
-JSON those files hold.
+naming the path, and the old file stays as it was. :func:`real_folder` refuses a symbolic link among the folders
+under an output folder (writes and deletions never go through one). Also :func:`jsonable`, which makes values safe
+for the strict JSON those files hold.
 """
 
 import errno
@@ -93,6 +94,20 @@ def write_csv(df, path) -> None:
         for c in mixed:
             df[c] = df[c].astype(float)
     atomic_write_text(Path(path), df.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+
+
+def real_folder(root, *parts) -> Path:
+    """``root/parts/...``: a folder riskdecomp writes to or deletes from under an output folder ``root`` (``runs/``,
+    ``per_sample/``, ``plots/``, ...). ``root`` itself may be a link the user chose; every folder below it must be a
+    real folder (or not exist yet): a symbolic link there would take writes and deletions outside ``root``, so it is a
+    one-line :class:`OutputError` (never followed). Every writer and deleter under ``--out`` gets its folder here."""
+    path = Path(root)
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            raise OutputError(f"{path} is a symbolic link; riskdecomp writes only to real folders under --out "
+                              f"({root})")
+    return path
 
 
 def _roots() -> set:

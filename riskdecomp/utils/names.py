@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from riskdecomp.utils.atomic import real_folder
 from riskdecomp.utils.errors import RiskdecompError
 
 NAME_RE = re.compile(r"^[a-z0-9_-][a-z0-9_.-]*$")
@@ -25,7 +26,7 @@ def name_problem(value) -> Optional[str]:
     """Why ``value`` cannot be a name (None when it can)."""
     if not isinstance(value, str):
         return f"expected a string, got {type(value).__name__}"
-    if not NAME_RE.match(value) or len(value) > MAX_LEN:
+    if not NAME_RE.fullmatch(value) or len(value) > MAX_LEN:
         return f"{value!r} must match {RULE} (it names files)"
     return None
 
@@ -53,15 +54,16 @@ def parse_stem(stem: str) -> Optional[tuple]:
 
 def result_path(out, kind: str, model: str, dataset: str) -> Path:
     """Where the ``kind`` result of (model, dataset) lives under ``out``: ``runs/<stem>.json`` (the run record),
-    ``per_sample/<stem>.csv`` or ``active/<stem>.csv``. Every writer and reader goes through here."""
+    ``per_sample/<stem>.csv`` or ``active/<stem>.csv`` (the folder a real one, not a symbolic link:
+    :func:`riskdecomp.utils.atomic.real_folder`). Every writer and reader goes through here."""
     suffix = {"runs": ".json", "per_sample": ".csv", "active": ".csv"}[kind]
-    return Path(out) / kind / (result_stem(model, dataset) + suffix)
+    return real_folder(out, kind) / (result_stem(model, dataset) + suffix)
 
 
 def ensemble_path(out, dataset: str) -> Path:
     """Where the zoo's ensemble scores on ``dataset`` live: ``ensemble/<dataset>.csv`` (one file per dataset, shared
     by every model evaluated on it; the name validated like every other)."""
-    return Path(out) / "ensemble" / f"{check_name(dataset, 'dataset name')}.csv"
+    return real_folder(out, "ensemble") / f"{check_name(dataset, 'dataset name')}.csv"
 
 
 # ------------------------------------------------------------------------------------------ pretraining seeds
@@ -75,5 +77,5 @@ def seed_name(model: str, seed: int) -> str:
 def split_seed(name: str) -> tuple[str, Optional[int]]:
     """``"simclr.s2"`` -> ``("simclr", 2)``; a name without the suffix -> ``(name, None)``. What a name claims, not
     proof that runs are seeds of one model (that is :func:`riskdecomp.analysis.seeds.seed_plan`'s job)."""
-    m = SEED_NAME_RE.match(str(name))
+    m = SEED_NAME_RE.fullmatch(str(name))
     return (m.group("model"), int(m.group("seed"))) if m else (str(name), None)

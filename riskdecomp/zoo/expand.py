@@ -13,17 +13,21 @@ Decisions (README "The zoo file"):
   is a recipe field (``z_dim``, ``head.kind``, ``augment.crop``), otherwise inside the entry (``representation``,
   ``metadata.notes``). By default each variant changes one key (one design choice at a time);
   ``sweep_mode: grid`` gives the full product of all keys (names join the parts).
+- **At most** :data:`MAX_ENTRIES` final entries in a zoo (written entries, sweep variants and pretraining seeds
+  together), counted before any variant is made: a larger sweep is a one-line error, not a memory blow-up.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 from pydantic import BaseModel
 
 from riskdecomp.utils.errors import ZooError
 
 SWEEP_MODES = ("one_at_a_time", "grid")
+MAX_ENTRIES = 10_000  # final entries of one zoo (each is a model to evaluate): far above any real study (169 models)
 _NOT_INHERITED = ("name", "sweep", "sweep_mode", "base")
 
 
@@ -105,8 +109,15 @@ def _value_name(v) -> str:
     return str(v).lower() if isinstance(v, bool) or v is None else str(v)
 
 
-def _expand_sweep(entry: dict, label: str, where: str, source_classes: dict, recipe_cls) -> list:
-    """The entry and its sweep variants (plain entries, without ``sweep`` / ``sweep_mode``)."""
+def too_many(where: str, what: str, n: int) -> ZooError:
+    """The one-line error for a zoo that would have ``n`` > :data:`MAX_ENTRIES` entries."""
+    return ZooError(f"{where}: {what} would make {n:,} entries, more than the {MAX_ENTRIES:,} a zoo may have "
+                    "(split the study into several zoo files, or sweep fewer values)")
+
+
+def _expand_sweep(entry: dict, label: str, where: str, source_classes: dict, recipe_cls, room: int) -> list:
+    """The entry and its sweep variants (plain entries, without ``sweep`` / ``sweep_mode``); at most ``room`` variants
+    (counted before any is made)."""
     sweep = entry.get("sweep")
     mode = entry.get("sweep_mode", "one_at_a_time")
     base = {k: v for k, v in entry.items() if k not in ("sweep", "sweep_mode")}
@@ -145,6 +156,10 @@ def _expand_sweep(entry: dict, label: str, where: str, source_classes: dict, rec
         if not opts:
             raise ZooError(f"{at}: empty list of values")
         axes.append([(lbl, path, v) for lbl, v in opts])
+    n = math.prod(map(len, axes)) if mode == "grid" else sum(map(len, axes))
+    if n > room:
+        raise too_many(where, f"{label}: field 'sweep' ({mode}, {' x '.join(str(len(a)) for a in axes)} values)",
+                       n + MAX_ENTRIES - room)
     combos = itertools.product(*axes) if mode == "grid" else ((opt,) for axis in axes for opt in axis)
     out = [base]
     for combo in combos:
@@ -165,12 +180,16 @@ def _apply_defaults(defaults: dict, entry: dict, source_classes: dict) -> dict:
 
 def expand(models: list, defaults: dict, where: str, source_classes: dict, recipe_cls) -> list:
     """``[(label, entry dict)]``: the final entries, before validation (``label`` names the written entry in
-    errors). Raises ZooError (one line) for an unknown base, a cycle, a bad sweep or a name collision."""
+    errors). Raises ZooError (one line) for an unknown base, a cycle, a bad sweep, a name collision or more than
+    :data:`MAX_ENTRIES` entries."""
+    if len(models) > MAX_ENTRIES:
+        raise too_many(where, "its models", len(models))
     out = []
     for i, entry in enumerate(_resolve_bases(models, where)):
         label = _label(i, models[i])
+        room = MAX_ENTRIES - (len(out) + 1) - (len(models) - i - 1)  # the variants that still fit
         variants = _expand_sweep(_apply_defaults(defaults, entry, source_classes), label, where, source_classes,
-                                 recipe_cls)
+                                 recipe_cls, room)
         out.append((label, variants[0]))
         out.extend((f"{label} sweep variant {v['name']!r}", v) for v in variants[1:])
     return out

@@ -19,6 +19,7 @@ import copy
 
 from riskdecomp.utils.errors import ZooError
 from riskdecomp.utils.names import seed_name, split_seed
+from riskdecomp.zoo.expand import MAX_ENTRIES, too_many
 
 
 def _check_seeds(value, where: str) -> list:
@@ -59,6 +60,9 @@ def expand_seeds(models: list, defaults: dict, where: str) -> tuple[list, dict]:
         if isinstance(raw.get("name"), str) and split_seed(raw["name"])[1] is not None:
             raise ZooError(f"{label}: field 'seeds': the name {raw['name']!r} already ends in .s<seed>")
         plan.append((raw, seeds))
+    total = sum(len(seeds) if seeds is not None else 1 for _, seeds in plan)  # counted before any copy is made
+    if total > MAX_ENTRIES:
+        raise too_many(where, "the entries with their pretraining seeds", total)
     seeded = {raw["name"]: seeds for raw, seeds in plan if seeds is not None and isinstance(raw.get("name"), str)}
     out = []
     for raw, seeds in plan:
