@@ -23,8 +23,8 @@ from riskdecomp.utils.validation import TORCH_SEED_MAX
 def _check_seeds(value, where: str) -> list:
     if (not isinstance(value, list) or not value
             or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= TORCH_SEED_MAX for s in value)):
-        raise ZooError(f"{where}: field 'seeds': expected a non-empty list of integers in [0, 2**64 - 1] (what "
-                       f"torch.manual_seed accepts), got {value!r}")
+        raise ZooError(f"{where}: field 'seeds': expected a non-empty list of non-negative integers below 2**64 "
+                       f"(what torch.manual_seed accepts), got {value!r}")
     if len(set(value)) != len(value):
         raise ZooError(f"{where}: field 'seeds': duplicate seed in {value!r}")
     return list(value)
