@@ -259,7 +259,8 @@ def _seeded_tables(root: Path, models: dict) -> Path:
             seeds.append({"model": f"{m}.s{s}", "base_model": m, "pretrain_seed": s, "dataset": "digits",
                           "objective": objective, **comps, "enc_gen": v - 6.0, "agg_risk": v})
         board.append({"model": m, "dataset": "digits", "objective": objective, **comps,
-                      "enc_gen": vals.mean() - 6.0, "agg_risk": vals.mean()})
+                      "enc_gen": vals.mean() - 6.0, "agg_risk": vals.mean(), "agg_risk_lo": vals.min(),
+                      "agg_risk_hi": vals.max()})
     root.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(board).to_csv(root / "leaderboard.csv", index=False)
     pd.DataFrame(seeds).to_csv(root / "leaderboard_seeds.csv", index=False)
@@ -269,14 +270,23 @@ def _seeded_tables(root: Path, models: dict) -> Path:
 def test_two_init_models_each_get_their_baseline_contrasts(tmp_path, capsys):
     board = _seeded_tables(tmp_path / "res", {"init_cnn": ("init", 80.0), "init_vit": ("init", 85.0),
                                               "simclr": ("simclr", 40.0), "byol": ("byol", 50.0)})
-    assert run_cli("analyze", "--leaderboard", str(board), "--out", str(tmp_path / "an")) == 0
-    con = pd.read_csv(tmp_path / "an" / "baseline_contrasts.csv")
+    assert run_cli("analyze", "--leaderboard", str(board), "--out", str(tmp_path / "res" / "analysis")) == 0
+    con = pd.read_csv(tmp_path / "res" / "analysis" / "baseline_contrasts.csv")
     assert sorted(zip(con["model"], con["baseline"])) == [("byol", "init_cnn"), ("byol", "init_vit"),
                                                           ("simclr", "init_cnn"), ("simclr", "init_vit")]
     seeds = pd.read_csv(tmp_path / "res" / "leaderboard_seeds.csv").set_index(["base_model", "pretrain_seed"])
     for r in con.itertuples():
         diff = (seeds.loc[r.model, "agg_risk"] - seeds.loc[r.baseline, "agg_risk"]).mean()
         assert r.delta_agg_risk == pytest.approx(diff)
+    # the README findings name each row's baseline
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- findings:start -->\n<!-- findings:end -->\n")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "write_findings.py"
+    subprocess.run([sys.executable, str(script), "--results", str(tmp_path / "res"), "--readme", str(readme)],
+                   check=True, capture_output=True)
+    text = readme.read_text()
+    for r in con.itertuples():
+        assert f"`{r.model}` vs `{r.baseline}` {r.delta_agg_risk:+.1f} points" in text
 
 
 def test_one_init_model_keeps_one_contrast_per_model(tmp_path):
