@@ -1,18 +1,21 @@
 """The ``riskdecomp`` command: a thin shell over the Python API.
 
 Bad input gives one line ``riskdecomp: error: ...`` naming the culprit and exit status 2 (tracebacks only with
-``--debug``). ``evaluate`` exits 1 when some model failed (the others are complete; see ``failures.csv``).
+``--debug``). ``evaluate`` exits 1 when some model failed (the others are complete; see ``failures.csv``), ``featurize`` when some
+encoder failed (the others' features are written): one line per failed model, its traceback too with ``--debug``.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 import click
 
-from riskdecomp.utils.errors import RiskdecompError
+from riskdecomp.utils.errors import RiskdecompError, TrainingError, one_line
+from riskdecomp.utils.validation import SKLEARN_SEED_MAX
 
 
 def _csv_list(value, cast=str):
@@ -142,13 +145,19 @@ def _zoo_options(f):
     f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")(f)
     f = click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))(f)
     f = click.option("--num-workers", default="auto", show_default=True, help="Data-loading processes (or auto).")(f)
-    f = click.option("--seed", default=0, show_default=True, type=click.IntRange(0))(f)
+    f = click.option("--seed", default=0, show_default=True, type=click.IntRange(0, SKLEARN_SEED_MAX),
+                     help="Seed of every random choice of the evaluation (scikit-learn takes up to 2**32 - 1).")(f)
     f = click.option("--no-progress", is_flag=True, help="Hide progress bars.")(f)
     f = click.option("--feature-dtype", type=click.Choice(["float16", "float32"]), default="float16",
                      show_default=True,  # = features.FEATURE_DTYPES (tested)
                      help="Precision of the feature cache: float16 halves disk and memory; float32 for features "
                           "beyond float16's range (+-65504).")(f)
     return f
+
+
+def _debug() -> bool:
+    """Whether ``--debug`` was given (a failure then also prints its traceback)."""
+    return bool(click.get_current_context().find_root().params.get("debug"))
 
 
 def _workers(v):
@@ -181,13 +190,18 @@ def featurize(zoo_path, dataset, models, cache_dir, device, batch_size, num_work
     ds = None
     if any(source_of(e).needs_dataset for e in entries):
         ds = load_dataset(dataset, download=download, seed=seed)
+    failures: dict = {}  # an encoder whose forward fails: the others' features are still written
     feats = featurize_group(entries, ds, cache_dir=cache, device=device, batch_size=batch_size,
                             num_workers=_workers(num_workers), progress=not no_progress, dtype=feature_dtype,
-                            mmap=True)  # memory-mapped: a large zoo's features are not all held in memory
+                            mmap=True,  # memory-mapped: a large zoo's features are not all held in memory
+                            failures=failures)
     for e in entries:
-        f = feats[e.name]
-        click.echo(f"{e.name}: train {f.x_train.shape}, test {f.x_test.shape}, "
-                   f"{'computed' if f.forward_passes else 'cached'}")
+        if e.name in feats:
+            f = feats[e.name]
+            click.echo(f"{e.name}: train {f.x_train.shape}, test {f.x_test.shape}, "
+                       f"{'computed' if f.forward_passes else 'cached'}")
+    _report_failures({n: (one_line(exc), "".join(traceback.format_exception(exc))) for n, exc in failures.items()},
+                     None)
 
 
 @cli.command()
@@ -246,11 +260,24 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
         report_path = make_report(out)
     for line in summary_lines(res, report_path, time.perf_counter() - t0):
         click.echo(line)
-    if not res.ok:
-        for _, r in res.failures.iterrows():
-            click.echo(f"riskdecomp: model {r['model']!r} failed: {r['error']}", err=True)
-        click.echo(f"riskdecomp: {len(res.failures)} model(s) failed; see {Path(out) / 'failures.csv'}", err=True)
-        sys.exit(1)
+    # the traceback as the job (maybe a worker process) formatted it, as text
+    _report_failures({r["model"]: (r["error"], res.tracebacks.get((r["model"], r["dataset"]), ""))
+                      for _, r in res.failures.iterrows()}, Path(out) / "failures.csv")
+
+
+def _report_failures(failures: dict, listing) -> None:
+    """``{model: (one-line error, traceback text)}``: one line per failed model on stderr (its traceback before it
+    with ``--debug``), a last line pointing at ``listing`` (a file, or None), then exit status 1. Nothing when no
+    model failed."""
+    if not failures:
+        return
+    for name, (error, tb) in failures.items():
+        if tb and _debug():
+            click.echo(tb.rstrip("\n"), err=True)
+        click.echo(f"riskdecomp: model {name!r} failed: {error}", err=True)
+    see = f"; see {listing}" if listing else ""
+    click.echo(f"riskdecomp: {len(failures)} model(s) failed{see}", err=True)
+    sys.exit(1)
 
 
 def _focused(name, keep):
@@ -299,6 +326,7 @@ def pretrain(recipe_path, zoo_path, model, dataset, out, device):
 
     if bool(recipe_path) == bool(zoo_path):
         raise RiskdecompError("pretrain: give either --recipe FILE or --zoo FILE --model NAME")
+    who = f"recipe {recipe_path}" if recipe_path else f"model {model!r}"
     if recipe_path:
         data = read_yaml(recipe_path)  # as a zoo file: UTF-8 checked, no tags, alias expansion capped
         try:
@@ -312,7 +340,10 @@ def pretrain(recipe_path, zoo_path, model, dataset, out, device):
         if not isinstance(getattr(entry, "recipe", None), Recipe):
             raise RiskdecompError(f"model {model!r}: source {entry.source!r} has no recipe to pretrain")
         recipe = entry.recipe
-    path = pretrain_to_file(recipe, dataset, out, device=device)
+    try:
+        path = pretrain_to_file(recipe, dataset, out, device=device)
+    except TrainingError as exc:  # name what the user wrote: the recipe file or the zoo entry
+        raise TrainingError(f"{who}: {exc}") from exc
     click.echo(f"wrote {path}")
 
 

@@ -77,13 +77,15 @@ def findings(results: Path) -> str:
     if contrasts is not None and len(contrasts):
         sig = contrasts[contrasts["significant_agg_risk"].astype(bool)]
         non = contrasts[~contrasts["significant_agg_risk"].astype(bool)]
-        base = contrasts["baseline"].iloc[0]
+        bases = list(dict.fromkeys(contrasts["baseline"]))
+        # with several init baselines (one row per model and baseline), each row names its baseline
+        who = (lambda r: f"`{r['model']}`") if len(bases) == 1 else (lambda r: f"`{r['model']}` vs `{r['baseline']}`")
         if len(sig):
-            out.append(f"- Better or worse than random init (`{base}`), significantly: " + "; ".join(
-                f"`{r['model']}` {_delta(r, 'agg_risk')} ({_p(r, 'agg_risk')})" for _, r in sig.iterrows()) + ".")
+            out.append(f"- Better or worse than random init (`{'`, `'.join(bases)}`), significantly: " + "; ".join(
+                f"{who(r)} {_delta(r, 'agg_risk')} ({_p(r, 'agg_risk')})" for _, r in sig.iterrows()) + ".")
         if len(non):
             out.append(f"- Not significantly different from random init: " + "; ".join(
-                f"`{r['model']}` {_delta(r, 'agg_risk')} ({_p(r, 'agg_risk')})" for _, r in non.iterrows()) + ".")
+                f"{who(r)} {_delta(r, 'agg_risk')} ({_p(r, 'agg_risk')})" for _, r in non.iterrows()) + ".")
     if pairs is not None and len(pairs) and "significant_agg_risk" in pairs:
         pairs = pairs[pairs.get("source", "ours") == "ours"] if "source" in pairs else pairs
         flag = pairs["significant_agg_risk"].astype(bool)

@@ -429,8 +429,10 @@ def controlled_pairs(df: pd.DataFrame, fields: list[str] | None = None,
 
 
 def baseline_contrasts(df: pd.DataFrame, seeds: pd.DataFrame | None, baseline: str | None = None) -> pd.DataFrame:
-    """Every model against one baseline model (default: the model whose ``objective`` is ``init``, random
-    weights): the question every SSL result answers first. For each outcome: ``delta_<outcome>`` = model -
+    """Every model against a baseline model (default: each model whose ``objective`` is ``init``, random
+    weights: with several, e.g. one per architecture, every other model is contrasted with each of them, one row per
+    (model, baseline); ``init`` models are not contrasted with one another): the question every SSL result answers
+    first. For each outcome: ``delta_<outcome>`` = model -
     baseline (seed means), ``delta_<outcome>_lo``/``_hi``, ``p_<outcome>`` (:func:`seed_difference`),
     ``p_holm_<outcome>`` (Holm over the models of the table, one family per outcome), ``significant_<outcome>``.
     Empty without per-seed rows or without a baseline."""
@@ -441,31 +443,38 @@ def baseline_contrasts(df: pd.DataFrame, seeds: pd.DataFrame | None, baseline: s
     per_seed = _per_seed_values(seeds)
     rows, flat = [], []
     for ds, g in t.groupby("dataset", sort=True):
-        base = baseline
-        if base is None and "objective" in g:
-            hits = g.loc[g["objective"].astype("string") == "init", "model"]
-            base = hits.iloc[0] if len(hits) == 1 else None
-        if base is None or base not in set(g["model"]) or (ds, base) not in per_seed:
-            continue
-        b = g.set_index("model").loc[base]
-        for _, r in g.iterrows():
-            if r["model"] == base or (ds, r["model"]) not in per_seed:
-                continue
-            row = {"dataset": ds, "model": r["model"], "baseline": base, "n_seeds": 0}
-            for c in outs:
-                mean, lo, hi, p, n = seed_difference(per_seed[(ds, base)][c], per_seed[(ds, r["model"])][c])
-                if untestable(p, n):
-                    flat.append(f"{r['model']} vs {base} ({c})")
-                row.update({f"delta_{c}": mean if n else r[c] - b[c], f"delta_{c}_lo": lo, f"delta_{c}_hi": hi,
-                            f"p_{c}": p})
-                row["n_seeds"] = max(row["n_seeds"], n)
-            rows.append(row)
+        bases = [baseline] if baseline is not None else []
+        if baseline is None and "objective" in g:
+            bases = list(g.loc[(g["objective"].astype("string") == "init").fillna(False), "model"])
+        for base in bases:
+            if base in set(g["model"]) and (ds, base) in per_seed:
+                rows += _contrasts(ds, g, base, set(bases), per_seed, outs, flat)
     _warn_untestable("baseline contrasts", flat, _ZERO_VAR)
     out = pd.DataFrame(rows, columns=cols)
     for c in outs:
         out[f"p_holm_{c}"] = holm(out[f"p_{c}"].to_numpy(float))
         out[f"significant_{c}"] = out[f"p_holm_{c}"] < ALPHA
     return out
+
+
+def _contrasts(ds, g: pd.DataFrame, base: str, bases: set, per_seed: dict, outs: list, flat: list) -> list:
+    """The rows of :func:`baseline_contrasts` for dataset ``ds`` (its leaderboard rows ``g``) against ``base``;
+    the contrasts that are not testable (zero variance over seeds) are appended to ``flat``."""
+    rows = []
+    b = g.set_index("model").loc[base]
+    for _, r in g.iterrows():
+        if r["model"] in bases or (ds, r["model"]) not in per_seed:
+            continue
+        row = {"dataset": ds, "model": r["model"], "baseline": base, "n_seeds": 0}
+        for c in outs:
+            mean, lo, hi, p, n = seed_difference(per_seed[(ds, base)][c], per_seed[(ds, r["model"])][c])
+            if untestable(p, n):
+                flat.append(f"{r['model']} vs {base} ({c})")
+            row.update({f"delta_{c}": mean if n else r[c] - b[c], f"delta_{c}_lo": lo, f"delta_{c}_hi": hi,
+                        f"p_{c}": p})
+            row["n_seeds"] = max(row["n_seeds"], n)
+        rows.append(row)
+    return rows
 
 
 def seed_ranking_stability(seeds: pd.DataFrame | None, outcome: str = "agg_risk",

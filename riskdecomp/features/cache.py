@@ -335,7 +335,7 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
 def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto",
                     batch_size: int = 256, num_workers="auto", dtype: str = FEATURE_DTYPES[0], progress: bool = True,
                     encoders: Optional[dict] = None, mmap: bool = False, force: bool = False,
-                    decode: str = "auto") -> dict:
+                    decode: str = "auto", failures: Optional[dict] = None) -> dict:
     """:func:`featurize` for many zoo entries at once, decoding each image once per group: ``{name: Features}``.
 
     Per split, the entries whose cache entry is valid are read (a fully cached rerun builds no encoder); the others
@@ -347,8 +347,10 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
     preprocessing form different groups, run one after the other.
 
     Resuming: each (entry, split) file is complete or absent. A pass killed midway leaves the entries and splits
-    written before it, which a rerun reads; only the rest is recomputed. An encoder whose forward raises is dropped
-    from its group's pass, the others' files are written, and the first such error is raised at the end.
+    written before it, which a rerun reads; only the rest is recomputed. An encoder whose forward raises (or whose
+    features are not finite) is dropped from its group's pass and the others' files are written; then, when
+    ``failures`` (a dict) is given, each failed entry is left out of the result and recorded there (name -> the
+    exception, its traceback attached), else the first such error is raised at the end.
     ``encoders``: already built encoders by name (not rebuilt). Features entries read their ``.npz``.
     """
     from contextlib import ExitStack
@@ -421,15 +423,19 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
                         "fingerprint": dataset.fingerprint})
                     log.info("computed features: model=%s dataset=%s split=%s", name, dataset.name, split)
                     arrays[name][split] = read_cached(paths[name], mmap=True)
-    if failed:
+    if failed and failures is None:
         raise next(failed[n] for n in names if n in failed)
+    if failures is not None:
+        failures.update((n, failed[n]) for n in names if n in failed)
     for e in image_entries:
+        if e.name in failed:
+            continue
         # read through memory maps either way: an in-memory float32 array is then the only copy (no transient float16
         # one); np.array copies, so it does not stay tied to the file
         a = {s: v if mmap else np.array(v, dtype=np.float32) for s, v in arrays[e.name].items()}
         result[e.name] = Features(e.name, dataset.name, a["train"], dataset.train.labels, a["test"],
                                   dataset.test.labels, list(dataset.classes), forward_passes=passes[e.name])
-    return {n: result[n] for n in names}
+    return {n: result[n] for n in names if n in result}
 
 
 def load_features_npz(entry) -> Features:

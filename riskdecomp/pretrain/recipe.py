@@ -13,6 +13,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from riskdecomp.utils.validation import TORCH_SEED_MAX
+
 # Architecture names (timm, incl. 'hf-hub:org/name') reach timm's / the hub's own cache folders: no '..', no leading
 # '/', nothing but these characters (zoo entries' model / architecture and recipe backbones)
 ARCH_RE = re.compile(r"^(hf[-_]hub:|timm/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)?$")
@@ -69,8 +71,8 @@ class Recipe(BaseModel):
     temperature: float = Field(0.2, gt=0)  # simclr / stochastic
     ema: float = Field(0.99, ge=0, le=1)  # byol target momentum
     beta: float = Field(1e-3, ge=0)  # stochastic: weight of the KL term
-    image_size: Optional[int] = None  # None: the dataset's native size
-    seed: int = 0
+    image_size: Optional[int] = Field(None, ge=8, le=4096)  # None: the dataset's native size
+    seed: int = Field(0, ge=0, le=TORCH_SEED_MAX)  # what torch.manual_seed accepts
 
     @field_validator("backbone")
     @classmethod

@@ -14,7 +14,7 @@ from riskdecomp.pretrain.backbones import RecipeEncoder, build_recipe_encoder
 from riskdecomp.pretrain.objectives import build_objective
 from riskdecomp.pretrain.recipe import Recipe
 from riskdecomp.utils.device import resolve_device
-from riskdecomp.utils.errors import DatasetError
+from riskdecomp.utils.errors import DatasetError, TrainingError
 
 # Input normalization of every riskdecomp-pretrained encoder: x_norm = (x / 255 - MEAN) / STD, per channel.
 MEAN = (0.5, 0.5, 0.5)
@@ -120,9 +120,9 @@ def _pretrain(recipe: Recipe, split: ImageSplit, *, device: str, progress: bool)
             xb = images[idx]
             views = [normalize(augment(xb, gen)).to(device) for _ in range(n_views)]
             loss = objective.loss(encoder, views, labels[idx].to(device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"pretrain {recipe.objective}: loss became {loss.item()} at epoch {epoch}"
-                                         f" (try a lower lr)")
+            if not torch.isfinite(loss):  # diverged: the recipe's settings, not a bug (one line, exit 2)
+                raise TrainingError(f"pretraining {recipe.objective} diverged: the loss became {loss.item()} in "
+                                    f"epoch {epoch + 1} of {recipe.epochs} (lr {recipe.lr:g}): try a lower lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -30,10 +30,10 @@ from riskdecomp.runner.records import (
 from riskdecomp.runner.tables import per_sample_table
 from riskdecomp.sources import source_of
 from riskdecomp.utils.atomic import atomic_write_text, jsonable, write_csv
-from riskdecomp.utils.errors import RiskdecompError
+from riskdecomp.utils.errors import RiskdecompError, one_line
 from riskdecomp.utils.names import result_path
 from riskdecomp.utils.progress import stage
-from riskdecomp.zoo import load_zoo
+from riskdecomp.zoo import Zoo
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,12 @@ def _load(entry, dataset_spec, settings, cache_dir, force: bool = False, mmap: b
                      dtype=settings.feature_dtype, mmap=mmap, encoder=encoder)
 
 
-def run_job(zoo_source, name: str, dataset_spec: str, out: str, cache_dir: str, settings: Settings,
+def run_job(zoo, name: str, dataset_spec: str, out: str, cache_dir: str, settings: Settings,
             force: bool = False) -> dict:
     """Run every estimator for one (model, dataset); write and return its record (or a failure record)."""
     from threadpoolctl import threadpool_limits
 
-    args = (zoo_source, name, dataset_spec, out, cache_dir, settings, force)
+    args = (zoo, name, dataset_spec, out, cache_dir, settings, force)
     if settings.threads:
         with threadpool_limits(settings.threads):
             return _run_job(*args)
@@ -76,7 +76,7 @@ def _outputs_present(out: Path, name: str, dname: str, settings: Settings) -> bo
             and (not settings.active or result_path(out, "active", name, dname).is_file()))
 
 
-def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings, force: bool) -> dict:
+def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, force: bool) -> dict:
     import os
 
     import torch
@@ -91,7 +91,6 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
     dname = dataset_spec
     out = Path(out)
     try:
-        zoo = load_zoo(zoo_source) if isinstance(zoo_source, (str, Path)) else zoo_source
         entry = zoo[name]
         reference = zoo[entry.reference] if entry.reference else None
         # the reference of other entries is its own reference: approx = its own train->train error, usability = 0
@@ -159,11 +158,12 @@ def _run_job(zoo_source, name, dataset_spec, out, cache_dir, settings: Settings,
         atomic_write_text(rpath, text)
         return json.loads(text)  # exactly what a rerun reads back: fresh and reused runs give identical tables
     except Exception as exc:  # one model failing must not stop the others
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = one_line(exc)
         if not isinstance(exc, RiskdecompError):
-            msg = f"{type(exc).__name__}: {msg}"
             log.debug("model %s failed:\n%s", name, traceback.format_exc())
-        return {"model": name, "dataset": dname, "error": msg, "error_type": type(exc).__name__}
+        # the traceback travels back as text (a worker's traceback object does not): `--debug` prints it
+        return {"model": name, "dataset": dname, "error": msg, "error_type": type(exc).__name__,
+                "traceback": traceback.format_exc()}
 
 
 def _wants_encoder(entry, ds, settings: Settings) -> tuple[bool, bool]:
@@ -290,6 +290,7 @@ class EvaluationResult:
     label_efficiency: pd.DataFrame = field(default_factory=pd.DataFrame)
     timings: pd.DataFrame = field(default_factory=pd.DataFrame)
     paths: dict = field(default_factory=dict)
+    tracebacks: dict = field(default_factory=dict)  # (model, dataset) -> traceback text, for this run's failures
 
     @property
     def ok(self) -> bool:

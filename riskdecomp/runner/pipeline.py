@@ -1,6 +1,7 @@
 """Orchestration: which (model, dataset) jobs to run, in parallel or on dask, what to skip, where results go.
 
-One job = one zoo entry on one dataset. It loads its entry itself, featurizes (cached), runs every estimator on
+One job = one zoo entry on one dataset. It gets the zoo as read once by :func:`evaluate` (the file is never read
+again: ``--zoo /dev/stdin`` works, and a file edited mid-run does not mix two versions), featurizes (cached), runs every estimator on
 the features and writes one run record ``<out>/runs/<model>@<dataset>.json`` (atomically; file names come from
 :func:`riskdecomp.utils.names.result_path`, so no two (model, dataset) pairs share a file). A record is reused when it is
 valid (:func:`check_record`: schema, model and dataset names, components that add up to ``agg_risk``) and its
@@ -236,7 +237,6 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
     use_dask = backend == "dask" or scheduler is not None
     if settings.threads is None:
         settings = replace(settings, threads=1 if use_dask else max(1, cores // jobs))
-    zoo_source = str(full.path) if full.path is not None else full
     show = settings.progress
     # the per-stage bars (pretraining epochs, featurize img/s) only in this process and on a terminal: a worker
     # cannot draw on the parent's terminal, and a log file gets one line per finished model instead
@@ -249,7 +249,7 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
         records = []
         with Progress([n for wave in waves for n in wave], enabled=show) as bar:
             for wave in waves:
-                args = [(zoo_source, n, dataset, str(out), str(cache_dir), settings, force) for n in wave]
+                args = [(full, n, dataset, str(out), str(cache_dir), settings, force) for n in wave]
                 records += _parallel_map(run_job, args, jobs, client, on_result=bar.finished) if args else []
     finally:
         if client is not None:
@@ -276,6 +276,7 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
             zoo_ensembles(full, ens_records, dataset, out, cache_dir, settings)
     res = build(out, settings=settings, computed=computed, redo_uncertainty=redo, jobs=1 if use_dask else jobs,
                 zoo_names=full.names)
+    res.tracebacks = {(r["model"], r["dataset"]): r.get("traceback", "") for r in failed}
     if settings.uncertainty and redo:
         _write_state(stages_path, {**stages, "uncertainty": zoo_key})
     return res

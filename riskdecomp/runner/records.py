@@ -17,6 +17,7 @@ from riskdecomp.sources import source_of
 from riskdecomp.utils.atomic import atomic_write_text, jsonable, real_folder
 from riskdecomp.utils.errors import RiskdecompError
 from riskdecomp.utils.names import parse_stem, split_seed
+from riskdecomp.utils.validation import SKLEARN_SEED_MAX
 from riskdecomp.utils.schema import COMPONENTS
 
 RECORD_VERSION = 2
@@ -83,6 +84,8 @@ class Settings:
             _positive(getattr(self, name), f"settings.{name}", zero_ok=True)
         for name in ("fewshot_seeds", "n_ref", "active_seeds", "active_budget_per_class", "batch_size"):
             _positive(getattr(self, name), f"settings.{name}")
+        if self.seed > SKLEARN_SEED_MAX:  # scikit-learn's random_state (numpy RandomState) takes no larger seed
+            raise RiskdecompError(f"settings.seed {self.seed}: expected an integer in [0, {SKLEARN_SEED_MAX}]")
         if self.threads is not None:
             _positive(self.threads, "settings.threads")
         from riskdecomp.features.cache import check_feature_dtype

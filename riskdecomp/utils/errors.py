@@ -15,6 +15,18 @@ class RiskdecompError(Exception):
         super().__init__(" ".join(str(message).split()))  # always one line
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as the one line a failure report prints: a RiskdecompError's message (it names the culprit);
+    anything else as ``Type: first line of its message``."""
+    text = str(exc).strip()
+    msg = text.splitlines()[0] if text else type(exc).__name__
+    return msg if isinstance(exc, RiskdecompError) or not text else f"{type(exc).__name__}: {msg}"
+
+
+class TrainingError(RiskdecompError):
+    """Pretraining diverged (the loss became NaN or inf): the recipe's settings (learning rate...) must change."""
+
+
 class ZooError(RiskdecompError):
     """The zoo file or one of its entries is invalid."""
 

@@ -9,6 +9,10 @@ import numpy as np
 from riskdecomp.utils.errors import FeatureError, RiskdecompError
 
 _F32 = np.finfo(np.float32)
+#: the largest seed torch.manual_seed / torch.Generator.manual_seed accept (a pretraining recipe's seed)
+TORCH_SEED_MAX = 2**64 - 1
+#: the largest seed scikit-learn's ``random_state`` (numpy's RandomState) accepts: evaluate's ``--seed`` reaches it
+SKLEARN_SEED_MAX = 2**32 - 1
 #: rows per chunk when scanning or casting a feature matrix: the temporaries stay ~rows x d, not n x d
 CHUNK_ROWS = 4096
 

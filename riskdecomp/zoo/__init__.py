@@ -143,10 +143,11 @@ def _describe(err: ValidationError) -> str:
     return f"field {field!r}: {msg}{extra}"
 
 
-def parse_zoo(data: Any, path: Optional[Path] = None) -> Zoo:
-    """Validate an already-parsed zoo mapping (``path`` resolves relative paths and names the file in errors)."""
+def parse_zoo(data: Any, path: Optional[Path] = None, base: Optional[Path] = None) -> Zoo:
+    """Validate an already-parsed zoo mapping (``path`` names the file in errors; relative paths are resolved
+    against ``base``, default: ``path``'s folder, else the working directory)."""
     where = str(path) if path else "zoo"
-    base = path.parent if path else Path.cwd()
+    base = base if base is not None else path.parent if path else Path.cwd()
     if not isinstance(data, dict) or "models" not in data:
         raise ZooError(f"{where}: expected a mapping with a 'models:' list")
     unknown = sorted(set(data) - {"models", "defaults"})
@@ -166,7 +167,7 @@ def parse_zoo(data: Any, path: Optional[Path] = None) -> Zoo:
                     Recipe)
     label_of = {e.get("name"): label for label, e in shaped}
     # `seeds: [0, 1, 2]` (an entry's, or defaults') -> one entry per seed, <name>.s<seed>
-    seeded, _ = expand_seeds([e for _, e in shaped], default_seeds, where)
+    seeded, _ = expand_seeds([e for _, e in shaped], default_seeds, where, labels=[lbl for lbl, _ in shaped])
     entries, labels, seen = [], [], set()
     for raw in seeded:
         model, seed = split_seed(raw.get("name"))
@@ -279,5 +280,9 @@ def read_yaml(path):
 
 
 def load_zoo(path) -> Zoo:
-    """Read and validate a zoo YAML file (see :func:`read_yaml`)."""
-    return parse_zoo(read_yaml(path), Path(path))
+    """Read and validate a zoo YAML file (see :func:`read_yaml`), once: the runner hands the entries to its jobs, so
+    the file may be a pipe (``--zoo /dev/stdin``, ``<(...)``). Relative paths are resolved against the file's folder,
+    or the working directory for a stream (not a regular file, or a file under /dev or /proc)."""
+    path = Path(path)
+    stream = not path.is_file() or path.absolute().parts[1:2] in (("dev",), ("proc",))
+    return parse_zoo(read_yaml(path), path, base=Path.cwd() if stream else None)
