@@ -233,29 +233,28 @@ def test_features_with_a_large_common_offset_give_float32s_numbers_with_the_defa
     zoo = _layernorm_zoo(tmp_path, "ln", 2000.0, weight_scale=0.05)
     fast = ["--n-boot", "20", "--fewshot-seeds", "1", "--shots", "5", "--fractions", "0.1", "--no-uncertainty",
             "--no-active", "--no-statistics", "--aug-views", "0", "--no-report", "--no-progress", "--jobs", "1"]
-    boards = {}
+    boards, notices = {}, {}
     for dtype in ("float16", "float32"):
         caplog.clear()
         extra = [] if dtype == "float16" else ["--feature-dtype", "float32"]  # float16: the default flags
         assert run_cli("evaluate", "--zoo", zoo, "--dataset", "digits", "--out", str(tmp_path / dtype),
                        "--cache-dir", str(tmp_path / dtype / "cache"), *fast, *extra) == 0
         boards[dtype] = pd.read_csv(tmp_path / dtype / "leaderboard.csv").iloc[0]
-        notices = _notices(caplog)
-        if dtype == "float16":
-            assert len(notices) == 1, notices  # train and test both widened: one notice
-            assert "model 'ln'" in notices[0] and "320 of 320 feature columns" in notices[0], notices
-            assert "cached as float32" in notices[0]
-        else:
-            assert not notices
-    default = _cached(tmp_path / "float16" / "cache", "ln")
-    assert {s: (str(a.dtype), m["dtype"], m["lossy_columns"]) for s, (a, m) in default.items()} == {
-        "train": ("float32", "float32", 320), "test": ("float32", "float32", 320)}
+        notices[dtype] = _notices(caplog)
     a, b = boards["float16"], boards["float32"]
     assert b["agg_risk"] < 30  # the features are informative: float32 reads them
     cols = ["usability", "probe_gen", "enc_gen", "agg_risk"] + [c for c in a.index if c.startswith("err_")
                                                                  and not c.endswith(("_lo", "_hi"))]
     diff = {c: abs(float(a[c]) - float(b[c])) for c in cols if np.isfinite(float(b[c]))}
     assert max(diff.values()) <= 0.1, diff
+    said = notices["float16"]
+    assert len(said) == 1, said  # train and test both widened: one notice
+    assert "model 'ln'" in said[0] and "320 of 320 feature columns" in said[0], said
+    assert "its train and test features are cached as float32" in said[0]
+    assert not notices["float32"]
+    default = _cached(tmp_path / "float16" / "cache", "ln")
+    assert {s: (str(x.dtype), m["dtype"], m["lossy_columns"]) for s, (x, m) in default.items()} == {
+        "train": ("float32", "float32", 320), "test": ("float32", "float32", 320)}
 
 
 @pytest.mark.parametrize("case", ["mixed", "negative"])

@@ -11,7 +11,8 @@ stored with ``allow_pickle=False`` (no pickles) and can be memory-mapped.
 Precision: float16 by default (``FEATURE_DTYPES``; the dtype is part of the key, so float16 and float32 entries
 never mix). Half the disk and the memory of float32; its ~3 significant digits (relative rounding <= 2^-11)
 move a tuned linear probe's errors by far less than their bootstrap CIs (tested: <= 0.1 points on every
-decomposition number of a real encoder). Features float16 cannot hold (beyond +-65504, or a column whose
+decomposition number of a real encoder whose rounding noise is <= 0.06% of each column's spread; 0.15 points for
+the default zoo's ``init``, ~1.2%). Features float16 cannot hold (beyond +-65504, or a column whose
 values would all round to 0) are a FeatureError naming the model, never stored as inf or 0; a column of only
 float16-subnormal values (< 6.1e-5) is stored with fewer digits, with a warning. A column whose variation float16
 would flatten (rounding noise above ``FLOAT16_MAX_NOISE`` of its spread: a large common offset, e.g. a LayerNorm
@@ -297,8 +298,8 @@ def check_feature_dtype(dtype) -> str:
 #: the most rounding noise (RMS, net of its mean, relative to the column's spread: see
 #: :func:`riskdecomp.utils.validation.rounding_noise`) a column may take from float16 storage. Rounding moves a value
 #: by <= 2^-11 of its magnitude, so a column takes ~2^-12 x (its RMS / its std): 5.7e-4 at most for a random-init
-#: resnet18 on cifar10-mini, 1.2e-2 for the default zoo's ``init`` entries (columns ~56x their spread; their
-#: committed results are float16's, so the bar sits above them). Beyond it a column is flattened to a few values
+#: resnet18 on cifar10-mini, 1.2e-2 for the default zoo's ``init`` entries (columns ~56x their spread: agg_risk of
+#: init.s0 moves 0.15 points; their committed results are float16's, so the bar sits above them). Beyond it a column is flattened to a few values
 #: (a large common offset: a LayerNorm bias of 2000 with variation ~0.05 becomes one constant) and the matrix is
 #: stored in float32 instead.
 FLOAT16_MAX_NOISE = 0.025
@@ -404,7 +405,7 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
     arrays: dict = {e.name: {} for e in image_entries}
     passes = {e.name: 0 for e in image_entries}
     failed: dict = {}
-    widened: dict = {}  # name -> (columns float16 would flatten, of how many): stored as float32
+    widened: dict = {}  # name -> (columns float16 would flatten, of how many, the splits stored as float32)
     for split in ("train", "test"):
         todo = [e for e in image_entries if e.name not in failed]
         paths = {e.name: cache_path(cache_dir, e.name, dataset.name, split,
@@ -443,16 +444,18 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
                         continue
                     extra = {"lossy_columns": lossy} if lossy else {}  # ordinary entries: the sidecar as before
                     if lossy:
-                        widened[name] = (max(widened.get(name, (0, 0))[0], lossy), arr.shape[1])
+                        n, _, splits = widened.get(name, (0, 0, ()))
+                        widened[name] = (max(n, lossy), arr.shape[1], (*splits, split))
                     write_cached(paths[name], arr.astype(stored, copy=False), {
                         "model": name, "dataset": dataset.name, "split": split, "identity": identity[name],
                         "fingerprint": dataset.fingerprint, **extra})
                     log.info("computed features: model=%s dataset=%s split=%s", name, dataset.name, split)
                     arrays[name][split] = read_cached(paths[name], mmap=True)
-    for name, (lossy, width) in widened.items():  # said once per model, when its features are computed
+    for name, (lossy, width, splits) in widened.items():  # said once per model, when its features are computed
         log.warning("model %r: %d of %d feature columns vary too little for float16 at their magnitude (a large "
-                    "common offset, e.g. a LayerNorm bias): its features are cached as float32 instead (twice the "
-                    "disk; the numbers are those of --feature-dtype float32)", name, lossy, width)
+                    "common offset, e.g. a LayerNorm bias): its %s features are cached as float32 instead (twice "
+                    "the disk; the numbers are those of --feature-dtype float32)", name, lossy, width,
+                    " and ".join(splits))
     if failed:
         raise next(failed[n] for n in names if n in failed)
     for e in image_entries:
