@@ -306,7 +306,7 @@ def test_ordinary_features_are_still_stored_as_float16(tiny, tmp_path, caplog):
         np.testing.assert_array_equal(x16, x32.astype(np.float16))
 
 
-def test_storage_plan_compares_each_columns_rounding_noise_with_its_spread():
+def test_storage_plan_compares_each_columns_rounding_noise_with_its_spread(caplog):
     """Per column, the float16 rounding noise against the column's spread, whatever the sign or size of its
     offset: N(offset, 1) columns keep float16 up to an offset of ~100 (rounding noise <= 1.8% of their spread at
     64) and are stored as float32 from 128 on (float16's step there is 1/8: 3.6%); a spread-proportional column (N(0, 1) x 1000) is fine at any magnitude; a constant column is never
@@ -322,3 +322,8 @@ def test_storage_plan_compares_each_columns_rounding_noise_with_its_spread():
     assert storage_plan(mixed, "float16", "t") == ("float32", 1)
     assert storage_array(mixed, "float16", "t").dtype == np.float32
     assert storage_plan(mixed, "float32", "t") == ("float32", 0)
+    # float16-subnormal values (step 6e-8) spread by 2e-7 are flattened too: float32 keeps every digit, and the
+    # "fewer significant digits" warning is not given for what is not done
+    caplog.clear()
+    assert storage_plan(z * np.float32(2e-7), "float16", "t") == ("float32", 1)
+    assert not [r for r in caplog.records if "subnormal" in r.getMessage()]

@@ -318,11 +318,11 @@ def storage_plan(z: np.ndarray, dtype: str, who: str) -> tuple[str, int]:
         return dtype, 0
     tiny = check_feature_values(z, who, dtype=np.dtype(dtype), subnormal_ok=True,
                                 hint="store them with --feature-dtype float32 (Settings.feature_dtype)")
-    if tiny:
+    lossy = int((rounding_noise(z, np.dtype(dtype)) > FLOAT16_MAX_NOISE).sum())
+    if tiny and not lossy:  # (stored as float32, they keep every digit)
         log.warning("%s: %d feature column(s) hold only values below %.3g (%s-subnormal): stored with fewer "
                     "significant digits; --feature-dtype float32 keeps them exactly", who, tiny,
                     np.finfo(dtype).tiny, dtype)
-    lossy = int((rounding_noise(z, np.dtype(dtype)) > FLOAT16_MAX_NOISE).sum())
     return ("float32" if lossy else dtype), lossy
 
 
