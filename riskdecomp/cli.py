@@ -150,8 +150,9 @@ def _zoo_options(f):
     f = click.option("--no-progress", is_flag=True, help="Hide progress bars.")(f)
     f = click.option("--feature-dtype", type=click.Choice(["float16", "float32"]), default="float16",
                      show_default=True,  # = features.FEATURE_DTYPES (tested)
-                     help="Precision of the feature cache: float16 halves disk and memory; float32 for features "
-                          "beyond float16's range (+-65504).")(f)
+                     help="Precision of the feature cache: float16 halves disk and memory (a matrix with a column "
+                          "float16 would flatten, e.g. a large common offset, is cached as float32 anyway); float32 "
+                          "for features beyond float16's range (+-65504).")(f)
     return f
 
 

@@ -21,6 +21,7 @@ from riskdecomp.features.cache import (
     featurize,
     read_cached,
     storage_array,
+    storage_plan,
     write_cached,
 )
 from riskdecomp.features.datasets import load_dataset
@@ -189,3 +190,140 @@ def test_decompose_holds_one_float32_working_copy(tmp_path):
         peaks[dtype] = _heap_peak(run) / matrix
     assert peaks["float16"] < 1.5, peaks
     assert peaks["float32"] < 2.5, peaks
+
+
+# ----------------------------------------------------------------------- columns float16 would flatten (issue 24.3)
+LOSSY_NOTICE = "vary too little for float16"
+
+
+def _layernorm_zoo(tmp_path, name: str, bias, weight_scale: float = 1.0) -> str:
+    """A zoo of one ``checkpoint`` entry: a random-init convnext_atto, whose pooled features leave through a
+    LayerNorm (``head.norm``), with that LayerNorm's bias set to ``bias`` (a number or one value per column, 320)
+    and its weight scaled by ``weight_scale``: every column is ``bias + weight * (normalized feature)``."""
+    torch.manual_seed(0)
+    sd = timm.create_model("convnext_atto", pretrained=False, num_classes=0).state_dict()
+    sd["head.norm.bias"] = torch.as_tensor(bias, dtype=torch.float32).expand_as(sd["head.norm.bias"]).clone()
+    sd["head.norm.weight"] = sd["head.norm.weight"] * weight_scale
+    save_file(sd, str(tmp_path / f"{name}.safetensors"))
+    zoo = tmp_path / f"{name}.yaml"
+    zoo.write_text(f"models:\n  - {{name: {name}, source: checkpoint, architecture: convnext_atto, "
+                   f"weights: {tmp_path / f'{name}.safetensors'}, image_size: 32}}\n")
+    return str(zoo)
+
+
+def _cached(cache, name) -> dict:
+    """{split: (array, sidecar)} of one model's cache entries."""
+    out = {}
+    for side in sorted((cache / "features" / name).glob("*.json")):
+        meta = json.loads(side.read_text())
+        out[meta["split"]] = (np.load(side.with_suffix(".npy")), meta)
+    return out
+
+
+def _notices(caplog) -> list:
+    return [r.getMessage() for r in caplog.records if LOSSY_NOTICE in r.getMessage()]
+
+
+def test_features_with_a_large_common_offset_give_float32s_numbers_with_the_default_cache(tmp_path, caplog):
+    """The issue's example: features that leave through a LayerNorm with bias 2000 and small variation (weight x
+    0.05). float16's step at 2000 is 1, so the default cache stored each column as one constant and ``evaluate``
+    read chance (agg_risk 89.8 vs 4.3 with ``--feature-dtype float32`` on digits). Now the matrix is stored as
+    float32 under the float16 key, said once (one line naming the model and the columns), and every decomposition
+    number equals the float32 run's (within the README's 0.1 points)."""
+    zoo = _layernorm_zoo(tmp_path, "ln", 2000.0, weight_scale=0.05)
+    fast = ["--n-boot", "20", "--fewshot-seeds", "1", "--shots", "5", "--fractions", "0.1", "--no-uncertainty",
+            "--no-active", "--no-statistics", "--aug-views", "0", "--no-report", "--no-progress", "--jobs", "1"]
+    boards, notices = {}, {}
+    for dtype in ("float16", "float32"):
+        caplog.clear()
+        extra = [] if dtype == "float16" else ["--feature-dtype", "float32"]  # float16: the default flags
+        assert run_cli("evaluate", "--zoo", zoo, "--dataset", "digits", "--out", str(tmp_path / dtype),
+                       "--cache-dir", str(tmp_path / dtype / "cache"), *fast, *extra) == 0
+        boards[dtype] = pd.read_csv(tmp_path / dtype / "leaderboard.csv").iloc[0]
+        notices[dtype] = _notices(caplog)
+    a, b = boards["float16"], boards["float32"]
+    assert b["agg_risk"] < 30  # the features are informative: float32 reads them
+    cols = ["usability", "probe_gen", "enc_gen", "agg_risk"] + [c for c in a.index if c.startswith("err_")
+                                                                 and not c.endswith(("_lo", "_hi"))]
+    diff = {c: abs(float(a[c]) - float(b[c])) for c in cols if np.isfinite(float(b[c]))}
+    assert max(diff.values()) <= 0.1, diff
+    said = notices["float16"]
+    assert len(said) == 1, said  # train and test both widened: one notice
+    assert "model 'ln'" in said[0] and "320 of 320 feature columns" in said[0], said
+    assert "its train and test features are cached as float32" in said[0]
+    assert not notices["float32"]
+    default = _cached(tmp_path / "float16" / "cache", "ln")
+    assert {s: (str(x.dtype), m["dtype"], m["lossy_columns"]) for s, (x, m) in default.items()} == {
+        "train": ("float32", "float32", 320), "test": ("float32", "float32", 320)}
+
+
+@pytest.mark.parametrize("case", ["mixed", "negative"])
+def test_columns_float16_would_flatten_are_found_per_column_and_either_sign(tiny, tmp_path, caplog, case):
+    """Beyond the example, through ``riskdecomp featurize`` with the default cache: ``mixed``: 40 columns with
+    offset +2000, 40 with -2000 and 240 ordinary ones (bias 0) -- a few lossy columns make the whole matrix float32,
+    and the notice counts them (80 of 320); ``negative``: every column at -2000. The stored arrays are exactly the
+    ``--feature-dtype float32`` run's (the keys differ: float32 requests never read them)."""
+    bias = torch.zeros(320)
+    if case == "mixed":
+        bias[:40], bias[40:80] = 2000.0, -2000.0
+    else:
+        bias[:] = -2000.0
+    lossy = 80 if case == "mixed" else 320
+    zoo = _layernorm_zoo(tmp_path, "ln", bias, weight_scale=0.05)
+    args = ["featurize", "--zoo", zoo, "--dataset", f"imagefolder:{tiny}", "--no-progress"]
+    caplog.clear()
+    assert run_cli(*args, "--cache-dir", str(tmp_path / "c16")) == 0
+    notices = _notices(caplog)
+    assert len(notices) == 1 and f"{lossy} of 320 feature columns" in notices[0], notices
+    assert run_cli(*args, "--cache-dir", str(tmp_path / "c32"), "--feature-dtype", "float32") == 0
+    f16, f32 = _cached(tmp_path / "c16", "ln"), _cached(tmp_path / "c32", "ln")
+    for split in ("train", "test"):
+        (x16, m16), (x32, m32) = f16[split], f32[split]
+        assert x16.dtype == np.float32 and m16["dtype"] == "float32" and m16["lossy_columns"] == lossy
+        np.testing.assert_array_equal(x16, x32)
+        assert "lossy_columns" not in m32
+    assert set(p.name for p in (tmp_path / "c16" / "features" / "ln").glob("*.npy")).isdisjoint(
+        p.name for p in (tmp_path / "c32" / "features" / "ln").glob("*.npy"))
+    caplog.clear()  # a rerun reads the float32 entries: nothing recomputed, nothing said again
+    assert run_cli(*args, "--cache-dir", str(tmp_path / "c16")) == 0
+    assert not _notices(caplog)
+
+
+def test_ordinary_features_are_still_stored_as_float16(tiny, tmp_path, caplog):
+    """The same encoder with its LayerNorm as initialized (bias 0): every column keeps its variation in float16,
+    so the default cache stores float16 -- the float32 values rounded, byte for byte as before (same sidecar
+    keys), with nothing said."""
+    zoo = _layernorm_zoo(tmp_path, "ln", 0.0)
+    args = ["featurize", "--zoo", zoo, "--dataset", f"imagefolder:{tiny}", "--no-progress"]
+    caplog.clear()
+    assert run_cli(*args, "--cache-dir", str(tmp_path / "c16")) == 0
+    assert run_cli(*args, "--cache-dir", str(tmp_path / "c32"), "--feature-dtype", "float32") == 0
+    assert not _notices(caplog)
+    f16, f32 = _cached(tmp_path / "c16", "ln"), _cached(tmp_path / "c32", "ln")
+    for split in ("train", "test"):
+        (x16, m16), (x32, _) = f16[split], f32[split]
+        assert x16.dtype == np.float16 and m16["dtype"] == "float16" and "lossy_columns" not in m16
+        np.testing.assert_array_equal(x16, x32.astype(np.float16))
+
+
+def test_storage_plan_compares_each_columns_rounding_noise_with_its_spread(caplog):
+    """Per column, the float16 rounding noise against the column's spread, whatever the sign or size of its
+    offset: N(offset, 1) columns keep float16 up to an offset of ~100 (rounding noise <= 1.8% of their spread at
+    64) and are stored as float32 from 128 on (float16's step there is 1/8: 3.6%); a spread-proportional column (N(0, 1) x 1000) is fine at any magnitude; a constant column is never
+    lossy; and one lossy column among ordinary ones is enough for the matrix."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((4000, 1), dtype=np.float32)
+    for offset, want in ((0, "float16"), (2, "float16"), (-20, "float16"), (64, "float16"), (-64, "float16"),
+                         (200, "float32"), (-200, "float32"), (-2000, "float32"), (60000, "float32")):
+        assert storage_plan(z + np.float32(offset), "float16", "t") == (want, int(want == "float32")), offset
+    assert storage_plan(z * 1000, "float16", "t") == ("float16", 0)
+    assert storage_plan(np.full((100, 3), 2000.0, np.float32), "float16", "t") == ("float16", 0)
+    mixed = np.hstack([rng.standard_normal((4000, 7), dtype=np.float32), z + np.float32(-2000)])
+    assert storage_plan(mixed, "float16", "t") == ("float32", 1)
+    assert storage_array(mixed, "float16", "t").dtype == np.float32
+    assert storage_plan(mixed, "float32", "t") == ("float32", 0)
+    # float16-subnormal values (step 6e-8) spread by 2e-7 are flattened too: float32 keeps every digit, and the
+    # "fewer significant digits" warning is not given for what is not done
+    caplog.clear()
+    assert storage_plan(z * np.float32(2e-7), "float16", "t") == ("float32", 1)
+    assert not [r for r in caplog.records if "subnormal" in r.getMessage()]

@@ -11,9 +11,13 @@ stored with ``allow_pickle=False`` (no pickles) and can be memory-mapped.
 Precision: float16 by default (``FEATURE_DTYPES``; the dtype is part of the key, so float16 and float32 entries
 never mix). Half the disk and the memory of float32; its ~3 significant digits (relative rounding <= 2^-11)
 move a tuned linear probe's errors by far less than their bootstrap CIs (tested: <= 0.1 points on every
-decomposition number of a real encoder). Features float16 cannot hold (beyond +-65504, or a column whose
+decomposition number of a real encoder whose rounding noise is <= 0.06% of each column's spread; 0.15 points for
+the default zoo's ``init``, ~1.2%). Features float16 cannot hold (beyond +-65504, or a column whose
 values would all round to 0) are a FeatureError naming the model, never stored as inf or 0; a column of only
-float16-subnormal values (< 6.1e-5) is stored with fewer digits, with a warning. float32 is opt-in.
+float16-subnormal values (< 6.1e-5) is stored with fewer digits, with a warning. A column whose variation float16
+would flatten (rounding noise above ``FLOAT16_MAX_NOISE`` of its spread: a large common offset, e.g. a LayerNorm
+bias of 2000) makes its matrix stored as float32 under the same key (the sidecar's dtype says which), with one
+notice naming the model. float32 is opt-in.
 
 Decode once, many encoders: :func:`featurize_group` featurizes zoo entries that share preprocessing
 (:mod:`riskdecomp.features.decode`) in one pass per split, writing each encoder's entry as :func:`featurize` would (which is
@@ -291,19 +295,40 @@ def check_feature_dtype(dtype) -> str:
     return str(dtype)
 
 
-def storage_array(z: np.ndarray, dtype: str, who: str) -> np.ndarray:
-    """``z`` (float32 features) cast to the cache's ``dtype``; values that dtype cannot hold are a FeatureError
-    naming ``who`` (see :func:`riskdecomp.utils.validation.check_feature_values`), never silently inf or 0."""
-    from riskdecomp.utils.validation import check_feature_values
+#: the most rounding noise (RMS, net of its mean, relative to the column's spread: see
+#: :func:`riskdecomp.utils.validation.rounding_noise`) a column may take from float16 storage. Rounding moves a value
+#: by <= 2^-11 of its magnitude, so a column takes ~2^-12 x (its RMS / its std): 5.7e-4 at most for a random-init
+#: resnet18 on cifar10-mini, 1.2e-2 for the default zoo's ``init`` entries (columns ~56x their spread: agg_risk of
+#: init.s0 moves 0.15 points; their committed results are float16's, so the bar sits above them). Beyond it a column is flattened to a few values
+#: (a large common offset: a LayerNorm bias of 2000 with variation ~0.05 becomes one constant) and the matrix is
+#: stored in float32 instead.
+FLOAT16_MAX_NOISE = 0.025
 
-    if dtype != "float32":
-        tiny = check_feature_values(z, who, dtype=np.dtype(dtype), subnormal_ok=True,
-                                    hint="store them with --feature-dtype float32 (Settings.feature_dtype)")
-        if tiny:
-            log.warning("%s: %d feature column(s) hold only values below %.3g (%s-subnormal): stored with fewer "
-                        "significant digits; --feature-dtype float32 keeps them exactly", who, tiny,
-                        np.finfo(dtype).tiny, dtype)
-    return z.astype(dtype, copy=False)
+
+def storage_plan(z: np.ndarray, dtype: str, who: str) -> tuple[str, int]:
+    """(the dtype to store ``z`` (float32 features) in, the number of its columns that ``dtype`` would flatten).
+    Values ``dtype`` cannot hold are a FeatureError naming ``who`` (see
+    :func:`riskdecomp.utils.validation.check_feature_values`), never silently inf or 0. A reduced-precision
+    ``dtype`` is kept only when every column keeps its variation (rounding noise <= ``FLOAT16_MAX_NOISE`` of its
+    spread); otherwise the matrix is stored in float32, so the numbers are float32's (the key still names the
+    precision asked for: deterministic, and float32 requests never read these entries)."""
+    from riskdecomp.utils.validation import check_feature_values, rounding_noise
+
+    if dtype == "float32":
+        return dtype, 0
+    tiny = check_feature_values(z, who, dtype=np.dtype(dtype), subnormal_ok=True,
+                                hint="store them with --feature-dtype float32 (Settings.feature_dtype)")
+    lossy = int((rounding_noise(z, np.dtype(dtype)) > FLOAT16_MAX_NOISE).sum())
+    if tiny and not lossy:  # (stored as float32, they keep every digit)
+        log.warning("%s: %d feature column(s) hold only values below %.3g (%s-subnormal): stored with fewer "
+                    "significant digits; --feature-dtype float32 keeps them exactly", who, tiny,
+                    np.finfo(dtype).tiny, dtype)
+    return ("float32" if lossy else dtype), lossy
+
+
+def storage_array(z: np.ndarray, dtype: str, who: str) -> np.ndarray:
+    """``z`` (float32 features) as the cache stores it for precision ``dtype`` (:func:`storage_plan`)."""
+    return z.astype(storage_plan(z, dtype, who)[0], copy=False)
 
 
 def _check_finite(x: np.ndarray, who: str) -> None:
@@ -322,7 +347,7 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
     ``recipe`` entry is pretrained on first use), the cache consulted and missing splits encoded.
     ``dtype``: the cache's precision, float16 (default: half the disk and memory of float32) or float32 (part of
     the cache key). The arrays come back as in-memory float32, or with ``mmap`` as read-only memory maps of the cache
-    files in ``dtype`` (nothing is read until used; ``decompose`` reads them without a full float32 copy of each).
+    files in ``dtype`` (float32 where float16 would flatten a column: :func:`storage_plan`; nothing is read until used; ``decompose`` reads them without a full float32 copy of each).
     ``force``: cached features are not read (recomputed and rewritten), and a recipe entry is pretrained again.
     ``decode``: where JPEGs are decoded (:func:`riskdecomp.features.decode.device_plan`). A group of one
     (:func:`featurize_group`).
@@ -382,6 +407,7 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
     arrays: dict = {e.name: {} for e in image_entries}
     passes = {e.name: 0 for e in image_entries}
     failed: dict = {}
+    widened: dict = {}  # name -> (columns float16 would flatten, of how many, the splits stored as float32)
     for split in ("train", "test"):
         todo = [e for e in image_entries if e.name not in failed]
         paths = {e.name: cache_path(cache_dir, e.name, dataset.name, split,
@@ -414,15 +440,24 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
                 for name, arr in z.items():
                     try:
                         _check_finite(arr, f"model {name!r} ({split} split)")
-                        arr = storage_array(arr, dtype, f"model {name!r} ({split} split)")
+                        stored, lossy = storage_plan(arr, dtype, f"model {name!r} ({split} split)")
                     except FeatureError as exc:
                         failed[name] = exc
                         continue
-                    write_cached(paths[name], arr, {
+                    extra = {"lossy_columns": lossy} if lossy else {}  # ordinary entries: the sidecar as before
+                    if lossy:
+                        n, _, splits = widened.get(name, (0, 0, ()))
+                        widened[name] = (max(n, lossy), arr.shape[1], (*splits, split))
+                    write_cached(paths[name], arr.astype(stored, copy=False), {
                         "model": name, "dataset": dataset.name, "split": split, "identity": identity[name],
-                        "fingerprint": dataset.fingerprint})
+                        "fingerprint": dataset.fingerprint, **extra})
                     log.info("computed features: model=%s dataset=%s split=%s", name, dataset.name, split)
                     arrays[name][split] = read_cached(paths[name], mmap=True)
+    for name, (lossy, width, splits) in widened.items():  # said once per model, when its features are computed
+        log.warning("model %r: %d of %d feature columns vary too little for float16 at their magnitude (a large "
+                    "common offset, e.g. a LayerNorm bias): its %s features are cached as float32 instead (twice "
+                    "the disk; the numbers are those of --feature-dtype float32)", name, lossy, width,
+                    " and ".join(splits))
     if failed and failures is None:
         raise next(failed[n] for n in names if n in failed)
     if failures is not None:

@@ -60,6 +60,33 @@ def check_feature_values(x: np.ndarray, name: str, dtype=np.float32, hint: str =
     return int(tiny.sum())
 
 
+def rounding_noise(x: np.ndarray, dtype) -> np.ndarray:
+    """Per column of ``x`` (n, d): the RMS of the error that rounding to ``dtype`` adds, net of its mean (a shift
+    every value shares moves no probe), relative to the column's standard deviation; 0 for a constant column.
+    A column's information survives the rounding when this is small: rounding moves each value by at most a fixed
+    fraction of its magnitude (2^-11 for float16), so a column whose spread is small next to its magnitude (a large
+    common offset, e.g. a LayerNorm bias of 2000 with variation ~1) is flattened to a few steps or to one constant.
+    Accumulated in float64 over row chunks around the first row (no cancellation, no n x d temporaries)."""
+    n, d = len(x), (x.shape[1] if x.ndim == 2 else 0)
+    if n == 0 or d == 0:
+        return np.zeros(d)
+    shift = np.asarray(x[0], dtype=np.float64)
+    s1, s2, e1, e2 = (np.zeros(d) for _ in range(4))
+    for i in range(0, n, CHUNK_ROWS):
+        c = np.asarray(x[i:i + CHUNK_ROWS], dtype=np.float64)
+        e = c.astype(dtype).astype(np.float64) - c
+        c -= shift
+        s1 += c.sum(axis=0)
+        s2 += np.square(c).sum(axis=0)
+        e1 += e.sum(axis=0)
+        e2 += np.square(e).sum(axis=0)
+    var = np.maximum(s2 / n - np.square(s1 / n), 0.0)
+    noise = np.maximum(e2 / n - np.square(e1 / n), 0.0)
+    out = np.zeros(d)
+    np.divide(np.sqrt(noise), np.sqrt(var), out=out, where=var > 0)
+    return out
+
+
 def check_features(x: np.ndarray, y: np.ndarray | None, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Validate one feature array (2-D, non-empty, values a float32 probe can honour: see
     :func:`check_feature_values`) and its labels; one-line FeatureError otherwise."""
