@@ -352,18 +352,17 @@ def _column_mean_std(X: np.ndarray, chunk_rows: int = 2048) -> tuple[np.ndarray,
 
 
 #: a feature column is treated as constant when standardizing if its standard deviation is at most this fraction of
-#: max(|its mean|, the largest standard deviation of any column): a dead unit (exactly 0) or one whose spread is
-#: rounding noise next to its offset or to the other features (float32 resolves ~6e-8 of a value). Dividing such a
-#: column by its std would blow rounding noise up to unit variance (and, with a tiny std, the weights by 1/std:
-#: float32 overflow); its scale is 1 instead (:func:`feature_scale`). Ordinary columns are untouched.
+#: |its mean| (or 0): a dead unit, or one whose spread is float32 rounding noise next to its offset (float32 resolves
+#: ~6e-8 of a value). Dividing such a column by its std would blow rounding noise up to unit variance (and, with a
+#: tiny std, the weights by 1/std: float32 overflow); its scale is 1 instead (:func:`feature_scale`). The rule is
+#: per column and scale-free: ordinary columns, at whatever scale, keep their std.
 CONSTANT_REL_STD = 1e-6
 
 
 def constant_columns(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Mask of the columns that standardization treats as constant (see ``CONSTANT_REL_STD``)."""
     mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
-    top = float(std.max()) if std.size else 0.0
-    return ~(std > CONSTANT_REL_STD * np.maximum(np.abs(mean), top))
+    return ~(std > CONSTANT_REL_STD * np.abs(mean))
 
 
 def feature_scale(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
