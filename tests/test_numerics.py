@@ -246,3 +246,25 @@ def test_random_init_timm_encoder_with_dead_columns_on_real_digits(shared_dir, t
     for col in [*ERRORS, "usability", "probe_gen", "enc_gen", "agg_risk", "agg_risk_lo", "agg_risk_hi"]:
         assert np.isfinite(row[col]), col
     assert 0 < row["err_test"] < 90  # it learned something, and not everything
+
+
+def test_the_accelerator_path_gives_a_near_constant_column_scale_1_too(monkeypatch):
+    """The torch solver (``_fit_torch``, forced onto the CPU) standardizes with the same rule as the CPU solver: a
+    column of float32 rounding noise keeps scale 1, so its weight stays at the scale of the others, and both paths
+    predict alike."""
+    import torch
+
+    x, y = _clusters(300)
+    rng = np.random.default_rng(2)
+    noise = np.float32(0.25) + np.float32(2.9802322e-08) * rng.integers(-1, 2, (300, 1))
+    xn = np.c_[x, noise].astype(np.float32)
+    cpu = LinearProbe(C=100.0).fit(xn, y)
+
+    def fit_torch_on_cpu(self, X, y_idx, n_out, lam, prev):
+        return self._fit_torch(X, y_idx, n_out, lam, prev, torch.device("cpu"))
+
+    monkeypatch.setattr(LinearProbe, "_fit_cpu", fit_torch_on_cpu)
+    tp = LinearProbe(C=100.0, max_iter=2000).fit(xn, y)
+    assert np.isfinite(tp.coef_).all()
+    assert np.abs(tp.coef_[:, -1]).max() < 10 * np.abs(tp.coef_[:, :-1]).max()
+    assert np.mean(tp.predict(xn) == cpu.predict(xn)) > 0.95
