@@ -27,6 +27,7 @@ import pandas as pd
 from scipy.special import entr
 
 from riskdecomp.estimators.neighbors import knn
+from riskdecomp.estimators.solvers import feature_scale
 from riskdecomp.utils.errors import FeatureError
 
 ACQUISITIONS = ("random", "least_confidence", "entropy", "margin", "density", "coreset")
@@ -43,13 +44,12 @@ def _default_probe_factory(C: float = 1.0, max_iter: int = 100) -> Callable[[], 
 
 
 def seed_set(y: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
-    """``per_class`` random indices of every class (class-balanced seed set)."""
+    """``per_class`` random indices of every class (class-balanced seed set); all of a rare class's members when
+    it has fewer than ``per_class`` pool points (a rare class does not fail the model)."""
     out = []
     for c in np.unique(y):
         members = np.nonzero(y == c)[0]
-        if len(members) < per_class:
-            raise FeatureError(f"class {c!r} has {len(members)} pool points, fewer than seed_per_class={per_class}")
-        out.append(rng.choice(members, size=per_class, replace=False))
+        out.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
     return np.concatenate(out)
 
 
@@ -123,7 +123,7 @@ def run_active_learning(
     x = np.asarray(x_train, dtype=np.float64)
     y = np.asarray(y_train)
     mu, sd = x.mean(0), x.std(0)
-    sd[sd == 0] = 1.0
+    sd = feature_scale(mu, sd)  # 1 for a (near-)constant column
     x = (x - mu) / sd
     xt = (np.asarray(x_test, dtype=np.float64) - mu) / sd
     yt = np.asarray(y_test)

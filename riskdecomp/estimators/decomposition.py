@@ -69,7 +69,7 @@ from riskdecomp.estimators.selection import (
     refit_from,
     stratified_split,
 )
-from riskdecomp.utils.errors import FeatureError, RiskdecompError
+from riskdecomp.utils.errors import FeatureError, RiskdecompError, failing_stage
 from riskdecomp.utils.schema import ALT_COMPONENTS, COMPONENTS
 from riskdecomp.utils.validation import CHUNK_ROWS, check_features, check_int
 
@@ -316,7 +316,8 @@ def decompose(
     order = np.concatenate(parts)
     x_all, y_all = rows.buf, y_train[order]
     tr_path = PathFitter(est, x_all, y_all, g)
-    C_tt, _ = fit_path(tr_path, x_all, y_all, patience=None)
+    with failing_stage("probe fit on train (err_train_train)"):
+        C_tt, _ = fit_path(tr_path, x_all, y_all, patience=None)
     tt = np.empty(n_tr)
     tt[order] = _errors(tr_path.get(C_tt), x_all, y_all)
     train_loss["err_train_train"] = tt
@@ -332,9 +333,10 @@ def decompose(
             parts = fold_parts(k, sub_idx)
             views = rows.arrange(*parts)
         (fit_idx, val_idx, _), (x_fit, x_val, x_sub) = parts, views
-        C_k, val_probe = _choose_C(est, x_fit, y_train[fit_idx], x_val, y_train[val_idx], g, patience)
-        n_c = len(fit_idx) + len(val_idx)  # D_tr \ S_k = the fitting + validation rows, a prefix of the buffer
-        ho_probe = refit_from(est, val_probe, C_k, rows.buf[:n_c], y_train[np.concatenate([fit_idx, val_idx])])
+        with failing_stage(f"held-out probe fit (fold {k + 1} of {len(folds)})"):
+            C_k, val_probe = _choose_C(est, x_fit, y_train[fit_idx], x_val, y_train[val_idx], g, patience)
+            n_c = len(fit_idx) + len(val_idx)  # D_tr \ S_k = the fitting + validation rows, a prefix of the buffer
+            ho_probe = refit_from(est, val_probe, C_k, rows.buf[:n_c], y_train[np.concatenate([fit_idx, val_idx])])
         del val_probe
         held[sub_idx] = _errors(ho_probe, x_sub, y_train[sub_idx])
         sub_test += _errors(ho_probe, x_test, y_test) / len(folds)
@@ -347,7 +349,8 @@ def decompose(
     # err_test: C chosen on a validation part of D_tr, refit on D_tr (= the train path's fit at that C)
     fit_i, val_i = stratified_split(y_train, n_val(n_tr), seed + 2)
     x_fit, x_val = rows.arrange(fit_i, val_i)
-    C_te, _ = _choose_C(est, x_fit, y_train[fit_i], x_val, y_train[val_i], g, patience)
+    with failing_stage("probe fit for err_test"):
+        C_te, _ = _choose_C(est, x_fit, y_train[fit_i], x_val, y_train[val_i], g, patience)
     test_probe = tr_path.get(C_te)
     test_loss["err_test"] = _errors(test_probe, x_test, y_test).astype(float)
     res["C_test"] = C_te
@@ -356,7 +359,8 @@ def decompose(
     if reference is not None:
         x_ref = np.ascontiguousarray(x_ref, dtype=work)
         ref_path = PathFitter(est, x_ref, y_train, g)
-        C_ref, _ = fit_path(ref_path, x_ref, y_train, patience=None)
+        with failing_stage("reference probe fit on train"):
+            C_ref, _ = fit_path(ref_path, x_ref, y_train, patience=None)
         train_loss["err_ref_train_train"] = _errors(ref_path.get(C_ref), x_ref, y_train).astype(float)
         res["C_ref_train_train"] = C_ref
         if own_reference:  # one fit, the same one another encoder's approx reads: usability is exactly 0
@@ -367,7 +371,8 @@ def decompose(
         x_u = np.concatenate([x_train, x_test], dtype=work)
         y_u = np.concatenate([y_train, y_test])
         un_path = PathFitter(est, x_u, y_u, g)
-        C_un, _ = fit_path(un_path, x_u, y_u, patience=None)
+        with failing_stage("probe fit on train + test (alternative)"):
+            C_un, _ = fit_path(un_path, x_u, y_u, patience=None)
         test_loss["err_union"] = _errors(un_path.get(C_un), x_test, y_test).astype(float)
         res["C_union"] = C_un
         del x_u, un_path

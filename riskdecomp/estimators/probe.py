@@ -24,6 +24,7 @@ from riskdecomp.estimators.solvers import (
     _one_blas_thread,
     _solve_lbfgs,
     _solve_whitened,
+    feature_scale,
     fit_device,
 )
 
@@ -124,7 +125,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                              "the CPU solver computes in float32")
         n, d = X.shape
         mean, std = _column_mean_std(X)
-        dscale = np.where(std > 0, std, 1.0) if self.standardize else np.ones(d)
+        dscale = feature_scale(mean, std) if self.standardize else np.ones(d)
         offset = mean if _needs_centering(mean, std) else None
         if offset is None:
             X32 = np.ascontiguousarray(X, dtype=np.float32)
@@ -166,7 +167,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         Xt, mean64, std64, offset = _device_features(X, dev, PRECISIONS[self.precision])
         mean, std = mean64.float(), std64.float()
         if self.standardize:
-            scale = torch.where(std > 0, std, torch.ones_like(std))
+            scale = torch.from_numpy(feature_scale(mean64.cpu().numpy(), std64.cpu().numpy())).float().to(dev)
             pen = None
         else:
             scale = torch.sqrt(std * std + lam)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.model_selection import StratifiedShuffleSplit
 
 from riskdecomp.estimators.probe import LinearProbe
@@ -26,8 +26,10 @@ DEFAULT_GRID: np.ndarray = np.logspace(-4, 2, 10)
 def stratified_split(y: np.ndarray, n_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices of ``y`` into (keep, out) with ``len(out) == n_out``, stratified and seeded.
 
-    Falls back to a plain seeded random split when stratification is impossible (a class with a
-    single member, or fewer out-slots than classes).
+    Falls back to a seeded random split when stratification is impossible (a class with a single
+    member, or fewer out-slots than classes); in that split every class keeps a member in ``keep`` where
+    the other classes can spare one (a class's lone member is not carved out: the probe fitted on
+    ``keep`` would not know the class at all).
     """
     y = np.asarray(y)
     n = len(y)
@@ -38,8 +40,26 @@ def stratified_split(y: np.ndarray, n_out: int, seed: int) -> tuple[np.ndarray, 
         keep, out = next(sss.split(np.zeros(n), y))
     except ValueError:
         perm = np.random.default_rng(seed).permutation(n)
-        keep, out = perm[n_out:], perm[:n_out]
+        keep, out = _keep_every_class(y, perm[n_out:], perm[:n_out])
     return np.sort(keep), np.sort(out)
+
+
+def _keep_every_class(y: np.ndarray, keep: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, out) with, for each class present only in ``out``, its first member there swapped with the last
+    ``keep`` point of a class that has more than one member in ``keep`` (sizes unchanged; deterministic)."""
+    keep, out = keep.copy(), out.copy()
+    counts = dict(zip(*np.unique(y[keep], return_counts=True)))
+    for c in np.unique(y[out]):
+        if counts.get(c, 0):
+            continue
+        spare = [i for i in range(len(keep) - 1, -1, -1) if counts[y[keep[i]]] > 1]
+        if not spare:
+            break
+        i, j = spare[0], int(np.nonzero(y[out] == c)[0][0])
+        counts[y[keep[i]]] -= 1
+        counts[c] = 1
+        keep[i], out[j] = out[j], keep[i]
+    return keep, out
 
 
 def _as_grid(grid: Sequence[float] | None) -> np.ndarray:
@@ -47,6 +67,35 @@ def _as_grid(grid: Sequence[float] | None) -> np.ndarray:
     if g.size == 0 or not np.all(np.isfinite(g)) or np.any(g <= 0):
         raise ValueError("the C grid must hold positive finite values")
     return np.sort(g)  # strong -> weak regularization
+
+
+class SingleClassModel(ClassifierMixin, BaseEstimator):
+    """What a probe learns from a fitting set that holds a single class (a rare class can be missing from a
+    cross-fitting fold, or from its fitting part): that class, with probability 1, for every point."""
+
+    def __init__(self, label=None):
+        self.label = label
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(np.asarray(y))[:1]
+        self.coef_ = np.zeros((1, np.shape(X)[1]))
+        self.intercept_ = np.zeros(1)
+        self.n_iter_ = np.array([0])
+        self.converged_ = True
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        return np.ones((len(X), 1))
+
+    def predict(self, X) -> np.ndarray:
+        return np.repeat(self.classes_, len(X))
+
+
+def fit_probe(estimator: BaseEstimator, x: np.ndarray, y: np.ndarray) -> BaseEstimator:
+    """``estimator.fit(x, y)``; a :class:`SingleClassModel` instead when ``y`` holds a single class."""
+    if len(np.unique(np.asarray(y))) < 2:
+        return SingleClassModel().fit(x, y)
+    return estimator.fit(x, y)
 
 
 class PathFitter:
@@ -71,8 +120,9 @@ class PathFitter:
                 raise KeyError(f"C={C} is not in the grid")
             c = float(self.grid[self._next])
             self._next += 1
-            self._est.set_params(C=c).fit(self.x, self.y)
-            self.models[c] = copy.deepcopy(self._est).set_params(warm_start=self._warm)
+            model = fit_probe(self._est.set_params(C=c), self.x, self.y)
+            self.models[c] = (copy.deepcopy(model).set_params(warm_start=self._warm) if model is self._est
+                              else model)
         return self.models[C]
 
 
@@ -131,8 +181,8 @@ def refit_from(estimator: BaseEstimator, start: BaseEstimator, C: float, x: np.n
     for attr in ("coef_", "intercept_", "classes_"):
         if hasattr(start, attr):
             setattr(final, attr, copy.deepcopy(getattr(start, attr)))
-    final.fit(x, y)
-    return final.set_params(warm_start=warm)
+    model = fit_probe(final, x, y)
+    return model.set_params(warm_start=warm) if model is final else model
 
 
 def tune_probe(
@@ -156,6 +206,8 @@ def tune_probe(
     """
     x = np.asarray(x)
     y = np.asarray(y)
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"tune_probe needs samples of at least 2 classes, got only {np.unique(y)[:1].tolist()}")
     g = _as_grid(grid)
     est = LinearProbe(**probe_params) if estimator is None else estimator
     n_val = int(round(val_fraction * len(y)))

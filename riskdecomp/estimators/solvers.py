@@ -351,9 +351,35 @@ def _column_mean_std(X: np.ndarray, chunk_rows: int = 2048) -> tuple[np.ndarray,
     return mean, np.sqrt(ss / n)
 
 
+#: a feature column is treated as constant when standardizing if its standard deviation is at most this fraction of
+#: |its mean| (or 0): a dead unit, or one whose spread is float32 rounding noise next to its offset (float32 resolves
+#: ~6e-8 of a value). Dividing such a column by its std would blow rounding noise up to unit variance (and, with a
+#: tiny std, the weights by 1/std: float32 overflow); its scale is 1 instead (:func:`feature_scale`). The rule is
+#: per column and scale-free: ordinary columns, at whatever scale, keep their std.
+CONSTANT_REL_STD = 1e-6
+
+
+def constant_columns(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Mask of the columns that standardization treats as constant (see ``CONSTANT_REL_STD``)."""
+    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    return ~(std > CONSTANT_REL_STD * np.abs(mean))
+
+
+def feature_scale(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The per-column divisor of z-scoring: ``std``, or 1 for a (near-)constant column (:func:`constant_columns`)."""
+    return np.where(constant_columns(mean, std), 1.0, std)
+
+
 def _needs_centering(mean: np.ndarray, std: np.ndarray) -> bool:
-    ratio = np.abs(mean) / np.where(std > 0, std, np.inf)
+    ratio = np.abs(mean) / np.where(constant_columns(mean, std), np.inf, std)
     return bool(ratio.size and float(ratio.max()) > _CENTER_ABOVE)
+
+
+#: above this many classes the Kronecker-factored preconditioner of :func:`_solve_whitened` uses the diagonal of
+#: its class factor instead of its K x K eigendecomposition: that eigh runs at every function evaluation, and its
+#: O(K^3) dominates a fit with many classes and few points (800 classes x 2 points: > 500 s, nearly all of it in
+#: eigh). Up to this many classes (every committed result: 10) the full factor is used, as before.
+_EIGH_MAX_CLASSES = 64
 
 
 def _solve_whitened(
@@ -438,6 +464,8 @@ def _solve_whitened(
         if binary:
             a = np.array([float(np.mean(Pr64 * (1.0 - Pr64)))])
             return a, np.ones((1, 1))
+        if K > _EIGH_MAX_CLASSES:  # the diagonal of A: O(n K) per evaluation, no K x K eigh
+            return np.clip(np.mean(Pr64 * (1.0 - Pr64), axis=0), 0.0, None), None
         A = np.diag(Pr64.mean(axis=0)) - (Pr64.T @ Pr64) / n
         a, Q = np.linalg.eigh(A)
         return np.clip(a, 0.0, None), Q
@@ -447,9 +475,13 @@ def _solve_whitened(
         L-BFGS initial inverse Hessian. In U coordinates the feature factor is diag(evals / s2), the penalty
         lam / s2, so block (j, k) in A's eigenbasis has curvature (evals_j a_k + lam) / s2_j."""
         a, Q = curv
+        amax = max(float(a.max()), 1e-12)
+        if Q is None:  # diagonal class factor (many classes)
+            qU = s2[:, None] * q[:dK].reshape(d, K) / (ev_floored * a[None, :] + lam)
+            qc = q[dK:] / np.maximum(a, 1e-6 * amax)
+            return np.concatenate([qU.ravel(), qc])
         qU = q[:dK].reshape(d, K) @ Q
         qU = (s2[:, None] * qU / (ev_floored * a[None, :] + lam)) @ Q.T
-        amax = max(float(a.max()), 1e-12)
         qc = ((q[dK:] @ Q) / np.maximum(a, 1e-6 * amax)) @ Q.T
         return np.concatenate([qU.ravel(), qc])
 
@@ -460,24 +492,30 @@ def _solve_whitened(
         return U, c, W
 
     def fun(theta):
-        U, c, W = unpack(theta)
-        W32 = W.astype(np.float32)
-        Z = np.matmul(X, W32, out=Zbuf)
-        Z += (c - mean64 @ W).astype(np.float32)
+        """(loss, gradient, max |gradient| of the fitted model, curvature); a trial point whose logits leave
+        float32's range (a step far too long) has loss inf and nothing else (the line search backtracks)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            U, c, W = unpack(theta)
+            W32 = W.astype(np.float32)
+            Z = np.matmul(X, W32, out=Zbuf)
+            Z += (c - mean64 @ W).astype(np.float32)
+            if binary:
+                # CE of sigmoid: softplus(z) - y z ; gradient wrt z: sigmoid(z) - y
+                loss = float(np.sum(np.logaddexp(0.0, Z) - yf * Z, dtype=np.float64)) / n
+                G = expit(Z)  # no overflow warnings for large |z|
+            else:
+                Z -= Z.max(axis=1, keepdims=True)
+                zy = Z[rows, yi]
+                G = np.exp(Z, out=Z)
+                ssum = G.sum(axis=1)
+                loss = float(np.sum(np.log(ssum) - zy, dtype=np.float64)) / n
+                G /= ssum[:, None]
+        if not (np.isfinite(loss) and np.isfinite(G).all()):
+            return np.inf, None, np.inf, None
+        curv = curvature(G)
         if binary:
-            # CE of sigmoid: softplus(z) - y z ; gradient wrt z: sigmoid(z) - y
-            loss = float(np.sum(np.logaddexp(0.0, Z) - yf * Z, dtype=np.float64)) / n
-            G = expit(Z)  # no overflow warnings for large |z|
-            curv = curvature(G)
             G -= yf
         else:
-            Z -= Z.max(axis=1, keepdims=True)
-            zy = Z[rows, yi]
-            G = np.exp(Z, out=Z)
-            ssum = G.sum(axis=1)
-            loss = float(np.sum(np.log(ssum) - zy, dtype=np.float64)) / n
-            G /= ssum[:, None]
-            curv = curvature(G)
             G[rows, yi] -= 1.0
         G *= np.float32(1.0 / n)
         XtG = (XT @ G).astype(np.float64)
@@ -494,6 +532,9 @@ def _solve_whitened(
 
     theta = np.concatenate([(Pinv @ W0).ravel(), b0 + mean64 @ W0])
     f, g, gmax, curv = fun(theta)
+    if g is None:
+        raise FeatureError("the probe's logits are not finite at its starting point (features with inf, NaN or "
+                           "values beyond float32's range)")
     evals_n = 1
     S: list[np.ndarray] = []
     Y: list[np.ndarray] = []
@@ -533,7 +574,7 @@ def _solve_whitened(
             theta_new = theta + t * direction
             f_new, g_new, gmax_new, curv_new = fun(theta_new)
             evals_n += 1
-            if f_new <= f + 1e-4 * t * slope:
+            if g_new is not None and f_new <= f + 1e-4 * t * slope:
                 accepted = True
                 break
             # quadratic interpolation of the step, safeguarded to [0.1 t, 0.5 t]

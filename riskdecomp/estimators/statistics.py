@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from riskdecomp.estimators.solvers import constant_columns
 from riskdecomp.utils.errors import FeatureError
 
 _RANK_FLOOR = 1e-4
@@ -50,7 +51,7 @@ def _count_above(values: np.ndarray) -> int:
 def effective_rank(z: np.ndarray) -> int:
     """Eigenvalues of the Pearson correlation matrix (constant features dropped) above threshold."""
     z = np.asarray(z, dtype=np.float64)
-    keep = z.std(axis=0) > 0
+    keep = ~constant_columns(z.mean(axis=0), z.std(axis=0))  # a near-constant column's correlations are noise
     if keep.sum() == 0:
         return 0
     if keep.sum() == 1:

@@ -30,7 +30,7 @@ from riskdecomp.runner.records import (
 from riskdecomp.runner.tables import per_sample_table
 from riskdecomp.sources import source_of
 from riskdecomp.utils.atomic import atomic_write_text, jsonable, write_csv
-from riskdecomp.utils.errors import RiskdecompError, one_line
+from riskdecomp.utils.errors import RiskdecompError, failing_stage, one_line, stage_of
 from riskdecomp.utils.names import result_path
 from riskdecomp.utils.progress import stage
 from riskdecomp.zoo import Zoo
@@ -124,8 +124,9 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
         t = time.perf_counter()
         # one encoder per job: the features (when not cached) and the augmented views / posterior come from the same
         # network (built under the entry's init seed, so a cached rerun's views come from it too)
-        enc = _extras_encoder(entry, ds, cache_dir, settings, force)
-        feats = _load(entry, dataset_spec, settings, cache_dir, force, mmap=True, encoder=enc)
+        with failing_stage("featurize"):
+            enc = _extras_encoder(entry, ds, cache_dir, settings, force)
+            feats = _load(entry, dataset_spec, settings, cache_dir, force, mmap=True, encoder=enc)
         timings["time_features"] = time.perf_counter() - t
         ref = None
         if reference is not None:
@@ -141,7 +142,8 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
             ref = (feats.x_train, feats.y_train)
         t = time.perf_counter()
         stage(name, "augmented views")
-        extras = _encoder_extras(enc, entry, ds, settings)
+        with failing_stage("augmented views"):
+            extras = _encoder_extras(enc, entry, ds, settings)
         if extras:
             timings["time_encoder_extras"] = time.perf_counter() - t
         record = evaluate_features(feats, ref, settings, out=out, timings=timings, **extras)
@@ -161,6 +163,8 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
         msg = one_line(exc)
         if not isinstance(exc, RiskdecompError):
             log.debug("model %s failed:\n%s", name, traceback.format_exc())
+        if stage_of(exc):  # where it failed: "decomposition: held-out probe fit (fold 2 of 5): LinAlgError: ..."
+            msg = f"{stage_of(exc)}: {msg}"
         # the traceback travels back as text (a worker's traceback object does not): `--debug` prints it
         return {"model": name, "dataset": dname, "error": msg, "error_type": type(exc).__name__,
                 "traceback": traceback.format_exc()}
@@ -224,8 +228,9 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
     x_tr, y_tr, x_te, y_te = feats.x_train, feats.y_train, feats.x_test, feats.y_test
     t = time.perf_counter()
     stage(feats.model, f"decomposition ({settings.n_boot} bootstrap resamples)")
-    dec = decompose(x_tr, y_tr, x_te, y_te, reference=reference, seed=settings.seed, n_boot=settings.n_boot,
-                    alternative=settings.alternative, device=settings.device, standardize=settings.standardize)
+    with failing_stage("decomposition"):
+        dec = decompose(x_tr, y_tr, x_te, y_te, reference=reference, seed=settings.seed, n_boot=settings.n_boot,
+                        alternative=settings.alternative, device=settings.device, standardize=settings.standardize)
     timings["time_decomposition"] = time.perf_counter() - t
     # the decomposition reads memory-mapped cache files itself; the other estimators get in-memory float32 arrays
     feats = replace(feats, x_train=_float32(feats.x_train), x_test=_float32(feats.x_test))
@@ -233,9 +238,10 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
     row = {"n_classes": int(len(np.unique(y_tr))), **dict(dec)}
     t = time.perf_counter()
     stage(feats.model, "few-shot")
-    summary, table = fewshot_errors(x_tr, y_tr, x_te, y_te, shots=settings.shots, fractions=settings.fractions,
-                                    n_seeds=settings.fewshot_seeds, seed=settings.seed, device=settings.device,
-                                    standardize=settings.standardize)
+    with failing_stage("few-shot"):
+        summary, table = fewshot_errors(x_tr, y_tr, x_te, y_te, shots=settings.shots, fractions=settings.fractions,
+                                        n_seeds=settings.fewshot_seeds, seed=settings.seed, device=settings.device,
+                                        standardize=settings.standardize)
     timings["time_fewshot"] = time.perf_counter() - t
     row.update(summary)
     if settings.statistics:
@@ -243,13 +249,16 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
 
         t = time.perf_counter()
         stage(feats.model, "statistics")
-        row.update(representation_statistics(x_tr, y_tr, prefix="train_", seed=settings.seed))
-        row.update(representation_statistics(x_te, y_te, prefix="test_", aug_views=test_views, seed=settings.seed))
+        with failing_stage("statistics"):
+            row.update(representation_statistics(x_tr, y_tr, prefix="train_", seed=settings.seed))
+            row.update(representation_statistics(x_te, y_te, prefix="test_", aug_views=test_views,
+                                                 seed=settings.seed))
         timings["time_statistics"] = time.perf_counter() - t
     if out is not None and settings.uncertainty:
         t = time.perf_counter()
         stage(feats.model, "uncertainty")
-        per_sample = per_sample_table(feats, dec, settings, extra_scores, test_views)
+        with failing_stage("uncertainty"):
+            per_sample = per_sample_table(feats, dec, settings, extra_scores, test_views)
         write_csv(per_sample, result_path(out, "per_sample", feats.model, feats.dataset))
         timings["time_uncertainty"] = time.perf_counter() - t
     if out is not None and settings.active:
@@ -257,8 +266,9 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
 
         t = time.perf_counter()
         stage(feats.model, "active learning")
-        curves = run_active_learning(x_tr, y_tr, x_te, y_te, seeds=settings.active_seeds,
-                                     budget_per_class=settings.active_budget_per_class, seed=settings.seed)
+        with failing_stage("active learning"):
+            curves = run_active_learning(x_tr, y_tr, x_te, y_te, seeds=settings.active_seeds,
+                                         budget_per_class=settings.active_budget_per_class, seed=settings.seed)
         curves.insert(0, "model", feats.model)
         curves.insert(1, "dataset", feats.dataset)
         write_csv(curves, result_path(out, "active", feats.model, feats.dataset))

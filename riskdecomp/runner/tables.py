@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from riskdecomp.estimators.solvers import constant_columns
 from riskdecomp.estimators.uncertainty import reference_indices
 from riskdecomp.features.cache import Features
 from riskdecomp.runner.records import Settings
@@ -25,7 +26,8 @@ def per_sample_table(feats: Features, dec, settings: Settings, extra_scores: Opt
     proba = np.asarray(dec.test_pred_proba)
     xs_tr, xs_te = feats.x_train, feats.x_test
     if settings.standardize:  # the one-vs-one Brier probes see the features the way the main probe does
-        mu, sd = xs_tr.mean(0), xs_tr.std(0) + 1e-12
+        mu, sd = xs_tr.mean(0), xs_tr.std(0)
+        sd = np.where(constant_columns(mu, sd), 1.0, sd + 1e-12)  # a (near-)constant column is not blown up
         xs_tr, xs_te = (xs_tr - mu) / sd, (xs_te - mu) / sd
     tg = targets(feats.y_test, proba, xs_tr, feats.y_train, xs_te)
     ref = reference_indices(len(feats.y_train), n_ref=settings.n_ref, seed=settings.seed)

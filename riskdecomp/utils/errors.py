@@ -5,6 +5,10 @@ Every problem caused by the user's input (zoo file, dataset, weights, cache) rai
 that line and exits with code 2; tracebacks are shown only with ``--debug``.
 """
 
+from __future__ import annotations
+
+from contextlib import contextmanager
+
 
 class RiskdecompError(Exception):
     """Bad user input: one line that names the culprit (file, entry, field...)."""
@@ -49,3 +53,23 @@ class FeatureError(RiskdecompError):
 
 class OutputError(RiskdecompError):
     """An output or cache location cannot be written (read-only, under a file, a filesystem root, disk full...)."""
+
+
+@contextmanager
+def failing_stage(text: str):
+    """Label an exception raised inside with the stage it failed in (nested stages join outermost first:
+    ``decomposition: held-out probe fit (fold 2 of 5)``); :func:`stage_of` reads the label back."""
+    try:
+        yield
+    except Exception as exc:
+        inner = getattr(exc, "riskdecomp_stage", None)
+        try:
+            exc.riskdecomp_stage = text if inner is None else f"{text}: {inner}"
+        except AttributeError:  # pragma: no cover - an exception type without attributes
+            pass
+        raise
+
+
+def stage_of(exc: BaseException) -> str | None:
+    """The stage :func:`failing_stage` recorded on ``exc`` (None when it failed outside every labelled stage)."""
+    return getattr(exc, "riskdecomp_stage", None)
