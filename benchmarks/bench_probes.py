@@ -315,7 +315,8 @@ def _load_average():
 
 def bench_fit_speed(Cs=FIT_SPEED_CS, distributions=tuple(FIT_SPEED_DISTRIBUTIONS), repeats: int = 2,
                     seed: int = 0, quick: bool = False, threads: int | None = None,
-                    real_model: str = FIT_SPEED_REAL_MODEL, cache_dir: Path | str = FIT_SPEED_CACHE) -> list:
+                    real_model: str = FIT_SPEED_REAL_MODEL, cache_dir: Path | str = FIT_SPEED_CACHE,
+                    name: str = "fit_speed") -> list:
     """One ``LinearProbe.fit`` vs one scikit-learn ``LogisticRegression(lbfgs)`` fit at each C, on the CPU, on each of
     several feature distributions (``FIT_SPEED_DISTRIBUTIONS``: the synthetic one, a well-conditioned one, a badly
     conditioned one, real features of the default zoo), n train + n/5 test points (issue 16, section 3; issue 24,
@@ -332,7 +333,8 @@ def bench_fit_speed(Cs=FIT_SPEED_CS, distributions=tuple(FIT_SPEED_DISTRIBUTIONS
     mean-scaled objective (scipy's L-BFGS-B ``gtol``); sklearn gets ``max_iter=10000`` so that it converges
     (ConvergenceWarnings counted). Rows: one per distribution and C (``fit_speed_<dist>_C<C>``), one summary per
     distribution (``fit_speed_<dist>``: its smallest ratio), then ``fit_speed``: the smallest ratio over every
-    distribution and C, and whether every one met the target.
+    distribution and C, and whether every one met the target. ``name`` replaces the ``fit_speed`` prefix (the
+    single-thread pass of ``benchmarks/run.py --only fitspeed``: ``fit_speed_1thread``).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -369,7 +371,7 @@ def bench_fit_speed(Cs=FIT_SPEED_CS, distributions=tuple(FIT_SPEED_DISTRIBUTIONS
             acc_ours, acc_ref = 100 * ours.score(xte, yte), 100 * ref.score(zte, yte)
             ratio = min(t_ref) / min(t_ours)
             dist_rows.append({
-                "name": f"fit_speed_{dist}_C{C:g}", "distribution": dist, "size": size, "n": n, "d": d, "k": k,
+                "name": f"{name}_{dist}_C{C:g}", "distribution": dist, "size": size, "n": n, "d": d, "k": k,
                 "n_test": len(yte), "C": C, "device": "cpu", "threads": threads, "repeats": repeats,
                 "seconds": min(t_ours), "baseline_seconds": min(t_ref), "ratio": ratio,
                 "seconds_all": t_ours, "baseline_seconds_all": t_ref,
@@ -384,7 +386,7 @@ def bench_fit_speed(Cs=FIT_SPEED_CS, distributions=tuple(FIT_SPEED_DISTRIBUTIONS
             })
         worst = min(dist_rows, key=lambda r: r["ratio"])
         summaries.append({
-            "name": f"fit_speed_{dist}", "distribution": dist, "description": FIT_SPEED_DISTRIBUTIONS[dist][0],
+            "name": f"{name}_{dist}", "distribution": dist, "description": FIT_SPEED_DISTRIBUTIONS[dist][0],
             "size": f"{size}, C in {', '.join(f'{c:g}' for c in Cs)}", "device": "cpu", "threads": threads,
             "repeats": repeats, "seconds": sum(r["seconds"] for r in dist_rows),
             "baseline_seconds": sum(r["baseline_seconds"] for r in dist_rows), "ratio": worst["ratio"],
@@ -400,7 +402,7 @@ def bench_fit_speed(Cs=FIT_SPEED_CS, distributions=tuple(FIT_SPEED_DISTRIBUTIONS
     worst = min(summaries, key=lambda r: r["ratio"])
     rows.extend(summaries)
     rows.append({
-        "name": "fit_speed", "size": "; ".join(f"{s['distribution']} {s['size'].split(',')[0]}" for s in summaries)
+        "name": name, "size": "; ".join(f"{s['distribution']} {s['size'].split(',')[0]}" for s in summaries)
         + f"; C in {', '.join(f'{c:g}' for c in Cs)}", "distributions": [s["distribution"] for s in summaries],
         "device": "cpu", "threads": threads, "repeats": repeats, "machine_shared": True,
         "seconds": sum(s["seconds"] for s in summaries), "baseline_seconds": sum(s["baseline_seconds"] for s in summaries),

@@ -19,7 +19,8 @@ Benchmarks (``--only`` takes these names):
   gflops     achieved GFLOP/s of the probe fit vs a plain matmul, at both sizes (benchmarks/bench_probes.py)
   fitspeed   one LinearProbe.fit vs one sklearn LogisticRegression(lbfgs) fit at C = 1e-3..100, CPU, alternating,
              on 4 distributions: synthetic, well-conditioned, badly conditioned, real features of the default zoo;
-             the smallest ratio over all (only with --only: ~25 min on 2 cores) (benchmarks/bench_probes.py)
+             each side on all cores, then both on one thread (fit_speed_1thread_*); the smallest ratio over all
+             (only with --only: ~25-40 min on 2 shared cores)                    (benchmarks/bench_probes.py)
   torchmem   peak memory of the torch probe path (run on the CPU), chunked vs one pass, 100k x 32 x 1000
              (only with --only)                                                 (benchmarks/bench_probes.py)
   studycost  the 100-encoder ImageNet study's cost on a 16-core CPU and an H200, computed from the anchors
@@ -138,7 +139,10 @@ def child_fitspeed(quick: bool, threads: int) -> list:
         from benchmarks.bench_probes import bench_fit_speed
     except ImportError as exc:
         return _missing("fit_speed", "benchmarks/bench_probes.py", exc)
-    return bench_fit_speed(quick=quick, threads=threads, repeats=2)
+    # both sides on all cores (each library's default), then both on one thread: on a loaded machine, threads that
+    # wait on each other slow one side more than the other; one thread each compares the solvers alone
+    return (bench_fit_speed(quick=quick, threads=threads, repeats=2)
+            + bench_fit_speed(quick=quick, threads=1, repeats=2, name="fit_speed_1thread"))
 
 
 def child_studycost(quick: bool, threads: int, anchors: str) -> list:

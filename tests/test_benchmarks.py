@@ -195,6 +195,11 @@ def test_fit_speed_rows_time_both_sides_at_each_C():
     assert overall["ratio"] == min(r["ratio"] for r in fits)
     assert overall["distributions"] == list(dists) and overall["met"] == all(r["met"] for r in fits)
     assert ("MISSED" in overall["notes"]) == (not overall["met"])
+    # the single-thread pass of run.py --only fitspeed: its own row names, one thread on both sides
+    one = bench_fit_speed(quick=True, Cs=(1.0,), threads=1, distributions=("illcond",), repeats=1,
+                          name="fit_speed_1thread")
+    assert [r["name"] for r in one] == ["fit_speed_1thread_illcond_C1", "fit_speed_1thread_illcond", "fit_speed_1thread"]
+    assert all(r["threads"] == 1 for r in one)
 
 
 def test_fitspeed_alone_gets_a_budget_that_fits_its_four_distributions():
