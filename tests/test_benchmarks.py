@@ -168,16 +168,58 @@ def test_only_keeps_the_other_groups_rows(tmp_path):
 
 
 def test_fit_speed_rows_time_both_sides_at_each_C():
-    """The fitspeed benchmark (quick size, two Cs): one row per C with both times, their ratio and both test
-    accuracies, then a summary row with the smallest ratio; the two fits are of the same model (accuracies agree)."""
+    """The fitspeed benchmark (quick sizes, two Cs, three distributions): one row per distribution and C with both
+    sides' fastest of the alternating fits, their ratio and both test accuracies, a summary per distribution (its
+    smallest ratio), then ``fit_speed``: the smallest ratio over every distribution; the two fits are of the same
+    model (accuracies agree)."""
     from benchmarks.bench_probes import bench_fit_speed
 
-    rows = bench_fit_speed(quick=True, Cs=(0.01, 1.0), threads=1)
-    assert [r["name"] for r in rows] == ["fit_speed_C0.01", "fit_speed_C1", "fit_speed"]
-    for r in rows[:2]:
-        assert r["seconds"] > 0 and r["baseline_seconds"] > 0
+    dists = ("synthetic", "easy", "illcond")
+    rows = bench_fit_speed(quick=True, Cs=(0.01, 1.0), threads=1, distributions=dists, repeats=2)
+    per_c = [f"fit_speed_{d}_C{c}" for d in dists for c in ("0.01", "1")]
+    assert [r["name"] for r in rows] == per_c + [f"fit_speed_{d}" for d in dists] + ["fit_speed"]
+    fits, summaries, overall = rows[:6], rows[6:9], rows[9]
+    for r in fits:
+        assert r["seconds"] > 0 and r["baseline_seconds"] > 0 and r["repeats"] == 2
+        assert r["seconds"] == min(r["seconds_all"]) and r["baseline_seconds"] == min(r["baseline_seconds_all"])
+        assert len(r["seconds_all"]) == len(r["baseline_seconds_all"]) == 2
         assert r["ratio"] == pytest.approx(r["baseline_seconds"] / r["seconds"])
         assert r["ours_converged"] and r["sklearn_convergence_warnings"] == 0
         assert r["accuracy_diff_points"] <= 0.3 and r["met"] == (r["ratio"] >= 3)
-    assert rows[2]["ratio"] == min(r["ratio"] for r in rows[:2])
-    assert rows[2]["met"] == all(r["met"] for r in rows[:2])
+    sizes = {r["distribution"]: r["size"] for r in fits}
+    assert len(set(sizes.values())) >= 2  # the distributions really differ (illcond is smaller)
+    for d, s in zip(dists, summaries):
+        mine = [r for r in fits if r["distribution"] == d]
+        assert s["distribution"] == d and s["ratio"] == min(r["ratio"] for r in mine)
+        assert s["met"] == all(r["met"] for r in mine)
+    assert overall["ratio"] == min(r["ratio"] for r in fits)
+    assert overall["distributions"] == list(dists) and overall["met"] == all(r["met"] for r in fits)
+    assert ("MISSED" in overall["notes"]) == (not overall["met"])
+    # the single-thread pass of run.py --only fitspeed: its own row names, one thread on both sides
+    one = bench_fit_speed(quick=True, Cs=(1.0,), threads=1, distributions=("illcond",), repeats=1,
+                          name="fit_speed_1thread")
+    assert [r["name"] for r in one] == ["fit_speed_1thread_illcond_C1", "fit_speed_1thread_illcond", "fit_speed_1thread"]
+    assert all(r["threads"] == 1 for r in one)
+
+
+def test_fitspeed_alone_gets_a_budget_that_fits_its_four_distributions():
+    """``run.py --only fitspeed`` without ``--budget`` is not cut by the 15-minute suite's budget (its sklearn fits
+    on four distributions take ~25 minutes on 2 cores); the suite and quick runs keep theirs."""
+    from benchmarks.run import DEFAULT_BUDGET_S, default_budget
+
+    assert default_budget(["fitspeed"], quick=False) >= 1800
+    assert default_budget(None, quick=False) == DEFAULT_BUDGET_S == default_budget(["knn"], quick=False)
+    assert default_budget(["fitspeed"], quick=True) is None
+
+
+def test_fit_speed_distributions_are_conditioned_as_described():
+    """The well-conditioned distribution's z-scored covariance is near the identity; the badly conditioned one keeps
+    a condition number of ~span^2 after z-scoring (per-column scaling cannot undo the rotation)."""
+    from benchmarks.bench_probes import easy_features, illcond_features
+
+    def cond(x):
+        z = (x - x.mean(0)) / x.std(0)
+        return np.linalg.cond(np.cov(z.T))
+
+    assert cond(easy_features(4000, 32, 10)[0]) < 3
+    assert cond(illcond_features(4000, 32, 10, span=100.0)[0]) > 1e3
