@@ -275,6 +275,7 @@ def _report_failures(failures: dict, listing) -> None:
     for name, (error, tb) in failures.items():
         if tb and _debug():
             click.echo(tb.rstrip("\n"), err=True)
+        error = error.removeprefix(f"model {name!r}: ")  # the line names the model once
         click.echo(f"riskdecomp: model {name!r} failed: {error}", err=True)
     see = f"; see {listing}" if listing else ""
     click.echo(f"riskdecomp: {len(failures)} model(s) failed{see}", err=True)

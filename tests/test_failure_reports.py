@@ -100,7 +100,9 @@ def test_evaluate_debug_prints_a_failed_models_traceback(digits_zoo, tmp_path, j
         plain = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
         assert plain.returncode == 1, plain.stderr
         assert TRACEBACK not in plain.stderr
-        assert "riskdecomp: model 'bad' failed: AssertionError: last-n (4) is out of range (1 to 1)" in plain.stderr
+        # the stage it failed in, then why (issue 24, class 5)
+        assert "riskdecomp: model 'bad' failed: featurize: AssertionError: last-n (4) is out of range (1 to 1)" \
+            in plain.stderr
     debug = subprocess.run(argv + ["--debug"], capture_output=True, text=True, cwd=tmp_path)
     assert debug.returncode == 1, debug.stderr
     assert debug.stderr.count(TRACEBACK) == 1
