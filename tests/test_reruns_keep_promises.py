@@ -157,3 +157,41 @@ def test_a_record_with_an_edited_settings_key_is_set_aside_inside_out(zoo, tmp_p
     assert not (tmp_path / "escape").exists() and not (out / "escape").exists()
     assert json.loads((out / "runs" / "_replaced" / "unknown" / "runs" / "weak@synth.json").read_text()) == rec
     assert list(board(out).index) == ["sup", "good", "weak"]
+
+
+@pytest.mark.parametrize("link", [("runs", "_replaced"), ("runs", "_replaced", "KEY")], ids=["_replaced", "its-key"])
+def test_force_never_sets_results_aside_through_a_link(zoo, tmp_path, link, capsys):
+    """runs/_replaced/ and its key folders are written by --force like runs/ itself: a symbolic link there is refused
+    with one line (nothing is written outside --out, and the folder's results stay where they are)."""
+    out, cache, elsewhere = tmp_path / "out", tmp_path / "cache", tmp_path / "elsewhere"
+    assert evaluate_cli(zoo, out, cache, *LIGHT) == 0
+    key = json.loads((out / "runs" / "_folder.json").read_text())["settings_key"]
+    records = files(out, "runs")
+    link_path = out.joinpath(*(key if p == "KEY" else p for p in link))
+    link_path.parent.mkdir(parents=True, exist_ok=True)
+    elsewhere.mkdir()
+    link_path.symlink_to(elsewhere, target_is_directory=True)
+    capsys.readouterr()
+    assert evaluate_cli(zoo, out, cache, *LIGHT, "--seed", "1", "--force") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a symbolic link" in err[0] and str(link_path) in err[0]
+    assert not any(elsewhere.rglob("*"))  # nothing written through the link
+    assert files(out, "runs") == records  # and nothing moved or recomputed
+
+
+def test_force_over_a_damaged_folder_state_sets_the_old_results_aside(zoo, tmp_path):
+    """A damaged runs/_folder.json beside records of other settings: --force recomputes, and the old records are
+    moved to runs/_replaced/<their own settings key>/ (the summaries, whose settings the damaged state no longer
+    says, to runs/_replaced/unknown/): nothing is overwritten."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert evaluate_cli(zoo, out, cache, *LIGHT) == 0
+    key = json.loads((out / "runs" / "_folder.json").read_text())["settings_key"]
+    records, leaderboard = files(out, "runs"), (out / "leaderboard.csv").read_bytes()
+    (out / "runs" / "_folder.json").write_text('{"order": 5}')
+    assert evaluate_cli(zoo, out, cache, *LIGHT, "--seed", "1") == 2  # refused without --force
+    assert evaluate_cli(zoo, out, cache, *LIGHT, "--seed", "1", "--force") == 0
+    kept = out / "runs" / "_replaced"
+    assert {n: b for n, b in files(kept / key, "runs").items() if "@" in n} == \
+        {n: b for n, b in records.items() if "@" in n}
+    assert (kept / "unknown" / "leaderboard.csv").read_bytes() == leaderboard
+    assert json.loads((out / "runs" / "_folder.json").read_text())["settings_key"] != key

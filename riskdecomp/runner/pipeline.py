@@ -132,24 +132,30 @@ def _replaced_dir(out: Path, key) -> Path:
     """``runs/_replaced/<key>/``; a key that is not one :meth:`Settings.key` makes (an edited file) goes to
     ``unknown``, never outside ``out``."""
     ok = isinstance(key, str) and len(key) == 24 and all(c in "0123456789abcdef" for c in key)
-    return out / "runs" / REPLACED / (key if ok else "unknown")
+    return real_folder(out, "runs", REPLACED, key if ok else "unknown")  # links there are refused, never followed
 
 
 def _set_aside(out: Path, folder: dict, new_key: str) -> None:
     """``--force`` with other settings: the results of the folder's former settings are moved, not lost, to
     ``runs/_replaced/<settings key>/``, a results folder of its own (``riskdecomp build --results`` works there):
     their run records with their per-sample and active files, the ensemble scores, a copy of the summary CSVs and
-    the folder state. A record of yet other settings goes to its own key's folder."""
+    the folder state. A record of yet other settings goes to its own key's folder. A damaged folder state (``folder``
+    is then {}) leaves the former settings unknown: the summaries go to ``runs/_replaced/unknown/``, every record to
+    its own key's folder. Every folder on the way is checked to be real (a link is refused, never followed)."""
     import shutil
 
-    dest = _replaced_dir(out, folder["settings_key"])
-    (dest / "runs").mkdir(parents=True, exist_ok=True)
+    dest = _replaced_dir(out, folder.get("settings_key"))
+    real_folder(dest, "runs").mkdir(parents=True, exist_ok=True)
     for f in sorted(out.glob("*.csv")):
-        shutil.copy2(f, dest / f.name)
+        target = dest / f.name
+        if target.is_symlink():  # copying through a link would write outside --out
+            target.unlink()
+        shutil.copy2(f, target)
     for f in sorted((out / "ensemble").glob("*.csv")):
-        (dest / "ensemble").mkdir(exist_ok=True)
+        real_folder(dest, "ensemble").mkdir(exist_ok=True)
         f.replace(dest / "ensemble" / f.name)
-    _write_state(dest / "runs" / FOLDER_STATE, folder)
+    if folder:
+        _write_state(dest / "runs" / FOLDER_STATE, folder)
     for (m, d), rec in read_records(out)[0].items():
         if rec["settings_key"] == new_key:
             continue  # made with the new settings already: --force recomputes it in place
@@ -211,6 +217,8 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
         if others and not force:
             raise RiskdecompError(f"{folder_path}: damaged folder state ({why}) and run records of other settings: "
                                   f"use another --out, or --force to recompute with the new settings")
+        if others:  # --force: the other settings' results are set aside like any former settings', never lost
+            _set_aside(out, {}, settings.key())
         log.warning("%s: damaged folder state (%s): rewritten with this run's settings", folder_path, why)
     other = folder.get("settings_key") not in (None, settings.key())
     adding = other and _adds_analyses(folder.get("settings", {}), _folder_settings(settings))
