@@ -112,6 +112,22 @@ def test_evaluate_debug_prints_a_failed_models_traceback(digits_zoo, tmp_path, j
     assert list(pd.read_csv(tmp_path / "out" / "leaderboard.csv")["model"]) == ["good"]
 
 
+def test_a_model_whose_reference_fails_names_that_stage(digits_zoo, tmp_path, capsys):
+    """Beyond the example (class 5: which model, which stage, why): a model whose reference cannot be featurized
+    fails with a line that says so, not with the reference's error as if it were its own."""
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text(f"models:\n  - {{name: good, source: checkpoint, architecture: smallcnn, reference: bad, "
+                   f"weights: {digits_zoo / 'cnn.safetensors'}, model_kwargs: {{width: 4, z_dim: 8}}}}\n"
+                   + FAILING.format(name="bad").replace("vit.safetensors", str(digits_zoo / "vit.safetensors")))
+    assert run_cli("evaluate", "--zoo", str(zoo), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"),
+                   "--jobs", "1", *EVAL) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "riskdecomp: model 'bad' failed: featurize: AssertionError: last-n (4) is out of range (1 to 1)" in lines
+    assert ("riskdecomp: model 'good' failed: features of its reference 'bad': AssertionError: last-n (4) is out of "
+            "range (1 to 1)") in lines
+    assert TRACEBACK not in "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------ pretrain NaN
 def test_pretrain_whose_loss_becomes_nan_is_one_line_naming_the_recipe_and_epoch(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"

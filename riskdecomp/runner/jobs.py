@@ -132,7 +132,8 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
         if reference is not None:
             t = time.perf_counter()
             # (with force, evaluate recomputed the reference's features first, in its own job)
-            rf = _load(reference, dataset_spec, settings, cache_dir, mmap=True)
+            with failing_stage(f"features of its reference {reference.name!r}"):
+                rf = _load(reference, dataset_spec, settings, cache_dir, mmap=True)
             if len(rf.y_train) != len(feats.y_train) or not np.array_equal(rf.y_train, feats.y_train):
                 raise RiskdecompError(f"model {name!r}: reference {reference.name!r} features are not on the same "
                                       "train split")
@@ -151,8 +152,8 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
         timings["time_total"] = time.perf_counter() - t0
         rec = {"version": RECORD_VERSION, "run_key": key, "settings_key": settings.key(), "model": name,
                "dataset": feats.dataset, "riskdecomp_version": __version__, "protocol_version": PROTOCOL_VERSION,
-               "metadata_fields": sorted(meta), "pretraining": pretraining, "row": jsonable(record["row"]), "fewshot": jsonable(record["fewshot"]),
-               "timings": jsonable(timings)}
+               "metadata_fields": sorted(meta), "pretraining": pretraining, "row": jsonable(record["row"]),
+               "fewshot": jsonable(record["fewshot"]), "timings": jsonable(timings)}
         why = check_record(rec, name, dname)
         if why:  # never write a record that a rerun would reject
             raise RiskdecompError(f"model {name!r}: inconsistent result ({why})")
