@@ -259,11 +259,28 @@ def evaluate(zoo_path, dataset, models, cache_dir, device, batch_size, num_worke
         from riskdecomp.report import make_report
 
         report_path = make_report(out)
-    for line in summary_lines(res, report_path, time.perf_counter() - t0):
+    for line in summary_lines(res, report_path, time.perf_counter() - t0, _analysis_summary(res, report_path)):
         click.echo(line)
     # the traceback as the job (maybe a worker process) formatted it, as text
     _report_failures({r["model"]: (r["error"], res.tracebacks.get((r["model"], r["dataset"]), ""))
                       for _, r in res.failures.iterrows()}, Path(out) / "failures.csv")
+
+
+def _analysis_summary(res, report_path) -> dict | None:
+    """What the CLI summary names as best: the report's ``analysis/summary.json`` (make_report ran analyze), or
+    with ``--no-report`` the same engine run directly on the leaderboard (nothing written)."""
+    import json
+
+    from riskdecomp.analysis import comparisons_and_best
+
+    if not len(res.leaderboard) or "agg_risk" not in res.leaderboard:
+        return None
+    written = Path(res.out) / "analysis" / "summary.json"
+    if report_path is not None and written.is_file():
+        return json.loads(written.read_text())
+    seeds = res.leaderboard_seeds if len(res.leaderboard_seeds) else None
+    _, best, inference = comparisons_and_best(res.leaderboard, seeds, Path(res.out) / "per_sample")
+    return {"best": best, "inference": inference}
 
 
 def _report_failures(failures: dict, listing) -> None:
@@ -367,7 +384,9 @@ def analyze(leaderboard, published, out):
     check_writable_dir(out, "--out")
     pub = load_published(published) if published else None
     seeds = Path(leaderboard).with_name("leaderboard_seeds.csv") if leaderboard else None  # per-seed rows
-    run(leaderboard=board, published=pub, out_dir=out, seeds=seeds if seeds and seeds.is_file() else None)
+    per_sample = Path(leaderboard).with_name("per_sample") if leaderboard else None  # per-test-point errors
+    run(leaderboard=board, published=pub, out_dir=out, seeds=seeds if seeds and seeds.is_file() else None,
+        per_sample=per_sample if per_sample and per_sample.is_dir() else None)
     for name in ("summary.json", "design_effects.csv", "controlled_pairs.csv"):
         click.echo(f"wrote {Path(out) / name}")
 

@@ -227,12 +227,17 @@ def test_controlled_pairs_have_seed_cis_and_holm_p_values_on_real_output(seeded_
             a = runs[runs.base_model == r.model_a].set_index("pretrain_seed")[c]
             b = runs[runs.base_model == r.model_b].set_index("pretrain_seed")[c]
             if (b - a).abs().max() == 0:  # e.g. approx: both use the same reference seeds; scipy says NaN (0/0)
-                assert getattr(r, f"p_{c}") == 1.0
-            else:
-                assert getattr(r, f"p_{c}") == pytest.approx(stats.ttest_rel(b, a).pvalue, rel=1e-8)
+                assert getattr(r, f"p_{c}") == 1.0 and getattr(r, f"p_paired_{c}") == 1.0
+            else:  # the old paired test on shared seeds is the sensitivity column; p_<x> is the engine's
+                assert getattr(r, f"p_paired_{c}") == pytest.approx(stats.ttest_rel(b, a).pvalue, rel=1e-8)
+                assert getattr(r, f"n_runs") == len(runs)  # the engine's fit uses every run of the zoo
             # seed means vs mean of differences: both from CSVs with 10 significant digits (values < 100)
             assert getattr(r, f"delta_{c}") == pytest.approx((b - a).mean(), abs=1e-7)
             assert getattr(r, f"delta_{c}_lo") <= getattr(r, f"delta_{c}") <= getattr(r, f"delta_{c}_hi")
+            # the CI at Holm's level excludes 0 exactly when the verdict is significant
+            if np.isfinite(getattr(r, f"p_{c}")) and getattr(r, f"p_{c}") < 1:
+                excl = getattr(r, f"delta_{c}_adj_lo") > 0 or getattr(r, f"delta_{c}_adj_hi") < 0
+                assert excl == bool(getattr(r, f"significant_{c}"))
     for c in COMPONENTS:
         p = pairs[f"p_{c}"].to_numpy(float)
         assert np.allclose(pairs[f"p_holm_{c}"], holm(p), equal_nan=True)
@@ -274,7 +279,7 @@ def test_baseline_contrasts_compare_every_model_with_random_init(seeded_run):
     for r in con.itertuples():
         m = runs[runs.base_model == r.model].set_index("pretrain_seed")
         for c in ("usability", "agg_risk"):
-            assert getattr(r, f"p_{c}") == pytest.approx(stats.ttest_rel(m[c], init[c]).pvalue, rel=1e-8)
+            assert getattr(r, f"p_paired_{c}") == pytest.approx(stats.ttest_rel(m[c], init[c]).pvalue, rel=1e-8)
     assert np.allclose(con["p_holm_agg_risk"], holm(con["p_agg_risk"].to_numpy(float)))
     written = pd.read_csv(out / "analysis" / "baseline_contrasts.csv") if (out / "analysis").exists() else None
     if written is not None:

@@ -19,7 +19,9 @@ from riskdecomp.analysis.effects import (
     seed_ranking_stability,
     summarize,
 )
+from riskdecomp.analysis.inference import best_summary, comparisons, engines, reference_models
 from riskdecomp.analysis.scaling import fit_scaling_law
+from riskdecomp.utils.schema import OUTCOMES
 from riskdecomp.utils.atomic import atomic_write_text as _atomic_write_text
 from riskdecomp.utils.atomic import jsonable, write_csv
 
@@ -59,7 +61,7 @@ def _frame(x) -> pd.DataFrame | None:
     return read_leaderboard(path)
 
 
-def analyze(leaderboard=None, published=None, out_dir=None, seeds=None) -> dict:
+def analyze(leaderboard=None, published=None, out_dir=None, seeds=None, per_sample=None) -> dict:
     """Run every analysis and write ``summary.json``, ``design_effects.csv``,
     ``controlled_pairs.csv`` (+ ``ranking_moves.csv``, ``scaling_predictions.csv``) into out_dir.
 
@@ -67,6 +69,11 @@ def analyze(leaderboard=None, published=None, out_dir=None, seeds=None) -> dict:
     seeds: controlled pairs then carry CIs and Holm-corrected p-values over seeds, ``baseline_contrasts.csv``
     compares every model with random init (:func:`baseline_contrasts`), and ``summary.json`` gets
     ``seed_ranking_stability`` (:func:`seed_ranking_stability`; its splits in ``seed_ranking_stability.csv``).
+
+    ``per_sample``: a results folder's ``per_sample/`` (or a dict (run, dataset) -> DataFrame with ``err01``):
+    the test-point noise of agg_risk differences from the paired per-sample errors. Our zoo's comparisons
+    (:func:`comparisons_and_best`): ``comparisons.csv`` (every pair of candidates on a dataset, and the best
+    against each, Holm per family), ``summary.json`` ``"best"`` and ``"inference"`` per dataset (docs/inference.md).
 
     ``leaderboard`` / ``published``: DataFrame or path (a file named all_results.csv is read with
     :func:`riskdecomp.analysis.published.load_published`). Each source is analysed separately (the
@@ -90,7 +97,8 @@ def analyze(leaderboard=None, published=None, out_dir=None, seeds=None) -> dict:
         e = design_effects(df)
         e.insert(0, "source", name)
         effects.append(e)
-        p = controlled_pairs(df, seeds=seed_table if name == "ours" else None)
+        p = controlled_pairs(df, seeds=seed_table if name == "ours" else None,
+                             per_sample=per_sample if name == "ours" else None)
         p.insert(0, "source", name)
         pairs.append(p)
         _, m = ranking_stability(df)
@@ -107,7 +115,16 @@ def analyze(leaderboard=None, published=None, out_dir=None, seeds=None) -> dict:
     summary["primary_source"] = primary
     if len(summaries) > 1:
         summary["per_source"] = summaries
-    contrasts = baseline_contrasts(sources["ours"], seed_table) if "ours" in sources else pd.DataFrame()
+    contrasts = (baseline_contrasts(sources["ours"], seed_table, per_sample=per_sample) if "ours" in sources
+                 else pd.DataFrame())
+    comps = pd.DataFrame()
+    if "ours" in sources:
+        comps, best, inference = comparisons_and_best(sources["ours"], seed_table, per_sample)
+        summary.update(best=best, inference=inference)
+    if len(comps):
+        write_csv(comps, out_dir / "comparisons.csv")
+    else:
+        (out_dir / "comparisons.csv").unlink(missing_ok=True)
     if len(contrasts):
         write_csv(contrasts, out_dir / "baseline_contrasts.csv")
     else:
@@ -125,3 +142,24 @@ def analyze(leaderboard=None, published=None, out_dir=None, seeds=None) -> dict:
     if preds:
         write_csv(pd.concat(preds, ignore_index=True), out_dir / "scaling_predictions.csv")
     return summary
+
+
+def comparisons_and_best(board: pd.DataFrame, seeds=None, per_sample=None) -> tuple[pd.DataFrame, dict, dict]:
+    """``(comparisons, best, inference)`` of a leaderboard, from the one inference engine
+    (:mod:`riskdecomp.analysis.inference`): every pair of candidates per dataset and the best against each, the
+    best candidate excluding references with its top group (``summary.json`` "best") and how inference was done
+    (``summary.json`` "inference"). Also what the CLI summary prints."""
+    board = board if "dataset" in board else board.assign(dataset="default")
+    refs = reference_models(board)
+    frames, best, inference = [], {}, {}
+    for ds, engine in engines(board, seeds, per_sample).items():
+        outs = [c for c in OUTCOMES if c in engine.runs]
+        comp = comparisons(engine, refs, outs)
+        frames.append(comp)
+        vs_best = comp[comp["family"] == "vs_best"] if len(comp) else comp
+        b = best_summary(engine, board, [m for m in refs if m in engine.models], vs_best)
+        if b is not None:
+            best[str(ds)] = b
+            inference[str(ds)] = engine.summary(max(b["n_candidates"] - 1, 1))
+    frames = [f for f in frames if len(f)]
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), best, inference

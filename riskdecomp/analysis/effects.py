@@ -25,6 +25,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from riskdecomp.analysis.inference import ALPHA, contrast_fields, finish_wide, holm, paired_seed_test
+from riskdecomp.analysis.inference import engines as inference_engines
+from riskdecomp.analysis.inference import wide_columns, welch_seed_test
+from riskdecomp.analysis.inference import zero_se as _zero_se
 from riskdecomp.analysis.scaling import fit_scaling_law
 from riskdecomp.analysis.tables import _setting_name, _table, fewshot_settings
 from riskdecomp.utils.atomic import jsonable
@@ -285,10 +289,6 @@ def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
 
 
 # ----------------------------------------------------------------------------- controlled pairs
-#: Family-wise error rate of the significance marks of :func:`controlled_pairs`.
-ALPHA = 0.05
-
-
 def _per_seed_values(seeds: pd.DataFrame | None) -> dict:
     """(dataset, base model) -> per-seed table (index pretrain_seed), from ``leaderboard_seeds.csv``."""
     if seeds is None or seeds.empty or not {"base_model", "pretrain_seed"} <= set(seeds.columns):
@@ -302,43 +302,20 @@ def _per_seed_values(seeds: pd.DataFrame | None) -> dict:
 
 
 def seed_difference(a: pd.Series, b: pd.Series) -> tuple[float, float, float, float, int]:
-    """Mean of b - a over pretraining seeds with a 95 % t-interval and a two-sided p-value.
+    """The old test, kept as the sensitivity column ``p_paired_<x>``: mean of b - a over pretraining seeds with a
+    95 % t-interval and a two-sided p-value.
 
     ``a``, ``b``: one value per seed (index = seed). Seeds present in both are paired (paired t-test, n - 1
-    degrees of freedom); with fewer than 2 shared seeds but >= 2 on each side, Welch's unpaired test.
-    Returns ``(mean, lo, hi, p, n)``: the mean is the interval's center (the paired mean over the shared seeds,
-    which differs from the difference of the two models' seed means when their seed sets differ); NaN (n = 0) when
-    neither is possible. A difference with zero variance over the seeds (standard error 0: identical runs, or one
-    run counted as several seeds) is not testable: ``lo``, ``hi`` and ``p`` NaN with ``n`` > 0
-    (:func:`untestable`), never p = 0 -- except a difference that is exactly 0 in every seed (two models reading
-    the same reference's numbers): ``(0, 0, 0, 1, n)``, no difference at all. Inference is over pretraining seeds on this test set (a fresh test set adds
-    test-sampling noise that the per-model CIs show)."""
+    degrees of freedom, :func:`riskdecomp.analysis.inference.paired_seed_test`); with fewer than 2 shared seeds but
+    >= 2 on each side, Welch's unpaired test (:func:`riskdecomp.analysis.inference.welch_seed_test`). Returns
+    ``(mean, lo, hi, p, n)``; NaN (n = 0) when neither is possible. A difference with zero variance over the seeds
+    is not testable: ``lo``, ``hi`` and ``p`` NaN with ``n`` > 0 (:func:`untestable`), never p = 0 -- except a
+    difference that is exactly 0 in every seed: ``(0, 0, 0, 1, n)``. The verdicts of the tables come from the
+    engine (:class:`riskdecomp.analysis.inference.Engine`: every run, seed and test-point noise), not from here."""
     a, b = pd.to_numeric(a, errors="coerce").dropna(), pd.to_numeric(b, errors="coerce").dropna()
-    common = a.index.intersection(b.index)
-    if len(common) >= 2:
-        d = (b.loc[common] - a.loc[common]).to_numpy(float)
-        n, mean, se, df = len(d), float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d) - 1
-    elif len(a) >= 2 and len(b) >= 2:
-        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-        n, mean, se = len(a) + len(b), float(b.mean() - a.mean()), float(np.sqrt(va + vb))
-        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else 1
-    else:
-        return np.nan, np.nan, np.nan, np.nan, 0
-    if _zero_se(se, max(a.abs().max(), b.abs().max())):
-        if np.all(d == 0) if len(common) >= 2 else (a.nunique() == 1 and b.nunique() == 1 and mean == 0):
-            return mean, mean, mean, 1.0, n  # no difference in any seed (e.g. the same reference): exactly 0
-        return mean, np.nan, np.nan, np.nan, n
-    half = float(stats.t.ppf(0.975, df)) * se
-    return mean, mean - half, mean + half, float(2 * stats.t.sf(abs(mean) / se, df)), n
-
-
-#: A standard error below this fraction of the data's scale is 0 up to float and CSV rounding (10 significant digits)
-ZERO_SE_REL = 1e-8
-
-
-def _zero_se(se: float, scale: float) -> bool:
-    """Whether a standard error is 0 (or not finite) for data of magnitude ``scale``: nothing to test against."""
-    return not np.isfinite(se) or se <= ZERO_SE_REL * max(1.0, float(scale))
+    if len(a.index.intersection(b.index)) >= 2:
+        return paired_seed_test(a, b)
+    return welch_seed_test(a, b)
 
 
 def untestable(p: float, n: int) -> bool:
@@ -355,40 +332,51 @@ def _warn_untestable(what: str, items: list, why: str) -> None:
 _ZERO_VAR = "zero variance over pretraining seeds: identical runs, or one run counted as several seeds"
 
 
-def holm(p) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error control); NaN stays NaN and is not counted."""
-    p = np.asarray(p, float)
-    out = np.full(len(p), np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    if len(ok):
-        order = ok[np.argsort(p[ok], kind="stable")]
-        adj = np.maximum.accumulate((len(ok) - np.arange(len(ok))) * p[order])
-        out[order] = np.minimum(adj, 1.0)
-    return out
+def _engines_for(t: pd.DataFrame, seeds, per_sample) -> dict:
+    """dataset -> inference engine, when the zoo has pretraining seeds or per-sample errors (else {})."""
+    if not _per_seed_values(seeds) and per_sample is None:
+        return {}
+    return inference_engines(t, seeds, per_sample)
+
+
+def _compare_into(row: dict, engine, a: str, b: str, outs: list, flat: list, label: str) -> None:
+    """Fill ``row`` with the engine's comparison b - a of every outcome (zero-variance ones named in ``flat``)."""
+    row.update(n_seeds=0, n_runs=0)
+    for c in outs:
+        res = engine.compare(a, b, c)
+        if res["untestable"]:
+            flat.append(f"{label} ({c})")
+        if not res["n_runs"]:  # not in the fit: the leaderboard difference, without inference
+            res["delta"] = row.get(f"delta_{c}", np.nan)
+        row.update(contrast_fields(res, c))
+        row["n_seeds"], row["n_runs"] = max(row["n_seeds"], res["n_seeds"]), max(row["n_runs"], res["n_runs"])
 
 
 def controlled_pairs(df: pd.DataFrame, fields: list[str] | None = None,
-                     seeds: pd.DataFrame | None = None) -> pd.DataFrame:
+                     seeds: pd.DataFrame | None = None, per_sample=None) -> pd.DataFrame:
     """Pairs of models (same dataset) whose design fields are equal except exactly one.
 
     ``fields`` defaults to :data:`PAIR_FIELDS` present in the table with at least one value; two
     missing values count as equal. Returns dataset, model_a, model_b, field, value_a, value_b and
     ``delta_<outcome>`` = outcome(b) - outcome(a) for components and agg_risk.
 
-    ``seeds``: the per-seed table (``leaderboard_seeds.csv``: ``base_model``, ``pretrain_seed``). With it, each
-    outcome also gets ``delta_<outcome>_lo`` / ``_hi`` (95 % CI over seeds), ``p_<outcome>`` (paired t-test over
-    seeds, :func:`seed_difference`), ``p_holm_<outcome>`` (Holm-corrected over all pairs of the table, one family
-    per outcome) and ``significant_<outcome>`` (p_holm < :data:`ALPHA`); ``n_seeds`` counts the seed values
-    used. Pairs of models without seeds get NaN there (one run per model gives no seed variance).
+    ``seeds`` (the per-seed table ``leaderboard_seeds.csv``: ``base_model``, ``pretrain_seed``) and/or
+    ``per_sample`` (a ``per_sample/`` folder or dict, :func:`riskdecomp.analysis.inference.load_per_sample`): with
+    either, every difference comes from the inference engine (:class:`riskdecomp.analysis.inference.Engine`: model
+    + seed fixed effects over every run, seed and test-point noise combined): ``delta_<x>`` (the fixed-effects
+    contrast), ``delta_<x>_lo``/``_hi`` (unadjusted 95 % CI), ``p_<x>``, ``p_holm_<x>`` (Holm over all pairs of the
+    table, one family per outcome), ``significant_<x>`` (p_holm < :data:`ALPHA`), ``delta_<x>_adj_lo``/``_hi`` (the CI
+    at Holm's level: excludes 0 iff significant), ``mde_<x>``, ``se_<x>``, ``df_<x>``, the sensitivity p-values
+    ``p_paired_<x>`` (shared seeds, the old test) and ``p_welch_<x>``; ``n_seeds`` (seeds of the model with fewer)
+    and ``n_runs`` (runs in the fit).
     """
     t = _table(df)
     fields = [f for f in (fields or PAIR_FIELDS) if f in t and t[f].notna().any()]
     outs = [c for c in OUTCOMES if c in t]
-    per_seed = _per_seed_values(seeds)
+    eng = _engines_for(t, seeds, per_sample)
     cols = ["dataset", "model_a", "model_b", "field", "value_a", "value_b"] + [f"delta_{c}" for c in outs]
-    if per_seed:
-        cols += ["n_seeds"] + [x for c in outs for x in (f"delta_{c}_lo", f"delta_{c}_hi", f"p_{c}",
-                                                          f"p_holm_{c}", f"significant_{c}")]
+    if eng:
+        cols += ["n_seeds", "n_runs"] + [x for c in outs for x in wide_columns(c)[1:]]
     if not fields:
         return pd.DataFrame(columns=cols)
     rows, flat = [], []
@@ -405,74 +393,48 @@ def controlled_pairs(df: pd.DataFrame, fields: list[str] | None = None,
                    "value_a": g.at[a, f], "value_b": g.at[b, f]}
             for c in outs:
                 row[f"delta_{c}"] = g.at[b, c] - g.at[a, c]
-            if per_seed:
-                sa, sb = per_seed.get((ds, ma)), per_seed.get((ds, mb))
-                row["n_seeds"] = 0
-                for c in outs:
-                    lo = hi = p = np.nan
-                    if sa is not None and sb is not None and c in sa and c in sb:
-                        mean, lo, hi, p, n = seed_difference(sa[c], sb[c])
-                        row["n_seeds"] = max(row["n_seeds"], n)
-                        if untestable(p, n):
-                            flat.append(f"{ma} -> {mb} ({c})")
-                        if n:  # the difference its CI and p-value are about (paired over the shared seeds)
-                            row[f"delta_{c}"] = mean
-                    row.update({f"delta_{c}_lo": lo, f"delta_{c}_hi": hi, f"p_{c}": p})
+            if ds in eng:
+                _compare_into(row, eng[ds], str(ma), str(mb), outs, flat, f"{ma} -> {mb}")
             rows.append(row)
     _warn_untestable("controlled pairs", flat, _ZERO_VAR)
     out = pd.DataFrame(rows, columns=cols)
-    if per_seed:
-        for c in outs:
-            out[f"p_holm_{c}"] = holm(out[f"p_{c}"].to_numpy(float))
-            out[f"significant_{c}"] = out[f"p_holm_{c}"] < ALPHA
-    return out
+    return finish_wide(out, outs) if eng else out
 
 
-def baseline_contrasts(df: pd.DataFrame, seeds: pd.DataFrame | None, baseline: str | None = None) -> pd.DataFrame:
+def baseline_contrasts(df: pd.DataFrame, seeds: pd.DataFrame | None, baseline: str | None = None,
+                       per_sample=None) -> pd.DataFrame:
     """Every model against a baseline model (default: each model whose ``objective`` is ``init``, random
     weights: with several, e.g. one per architecture, every other model is contrasted with each of them, one row per
     (model, baseline); ``init`` models are not contrasted with one another): the question every SSL result answers
-    first. For each outcome: ``delta_<outcome>`` = model -
-    baseline (seed means), ``delta_<outcome>_lo``/``_hi``, ``p_<outcome>`` (:func:`seed_difference`),
-    ``p_holm_<outcome>`` (Holm over the models of the table, one family per outcome), ``significant_<outcome>``.
-    Empty without per-seed rows or without a baseline."""
+    first. For each outcome the engine's columns of :func:`controlled_pairs` (``delta_<outcome>`` = model -
+    baseline), Holm over the rows of the table (one family per outcome). Empty without per-seed rows or per-sample
+    errors, or without a baseline."""
     t = _table(df)
     outs = [c for c in OUTCOMES if c in t]
-    cols = ["dataset", "model", "baseline", "n_seeds"] + [x for c in outs for x in (
-        f"delta_{c}", f"delta_{c}_lo", f"delta_{c}_hi", f"p_{c}", f"p_holm_{c}", f"significant_{c}")]
-    per_seed = _per_seed_values(seeds)
+    cols = ["dataset", "model", "baseline", "n_seeds", "n_runs"] + [x for c in outs for x in wide_columns(c)]
+    eng = _engines_for(t, seeds, per_sample)
     rows, flat = [], []
     for ds, g in t.groupby("dataset", sort=True):
         bases = [baseline] if baseline is not None else []
         if baseline is None and "objective" in g:
             bases = list(g.loc[(g["objective"].astype("string") == "init").fillna(False), "model"])
         for base in bases:
-            if base in set(g["model"]) and (ds, base) in per_seed:
-                rows += _contrasts(ds, g, base, set(bases), per_seed, outs, flat)
+            if base in set(g["model"]) and ds in eng:
+                rows += _contrasts(ds, g, base, set(bases), eng[ds], outs, flat)
     _warn_untestable("baseline contrasts", flat, _ZERO_VAR)
-    out = pd.DataFrame(rows, columns=cols)
-    for c in outs:
-        out[f"p_holm_{c}"] = holm(out[f"p_{c}"].to_numpy(float))
-        out[f"significant_{c}"] = out[f"p_holm_{c}"] < ALPHA
-    return out
+    return finish_wide(pd.DataFrame(rows, columns=cols), outs)
 
 
-def _contrasts(ds, g: pd.DataFrame, base: str, bases: set, per_seed: dict, outs: list, flat: list) -> list:
+def _contrasts(ds, g: pd.DataFrame, base: str, bases: set, engine, outs: list, flat: list) -> list:
     """The rows of :func:`baseline_contrasts` for dataset ``ds`` (its leaderboard rows ``g``) against ``base``;
     the contrasts that are not testable (zero variance over seeds) are appended to ``flat``."""
     rows = []
     b = g.set_index("model").loc[base]
     for _, r in g.iterrows():
-        if r["model"] in bases or (ds, r["model"]) not in per_seed:
+        if r["model"] in bases:
             continue
-        row = {"dataset": ds, "model": r["model"], "baseline": base, "n_seeds": 0}
-        for c in outs:
-            mean, lo, hi, p, n = seed_difference(per_seed[(ds, base)][c], per_seed[(ds, r["model"])][c])
-            if untestable(p, n):
-                flat.append(f"{r['model']} vs {base} ({c})")
-            row.update({f"delta_{c}": mean if n else r[c] - b[c], f"delta_{c}_lo": lo, f"delta_{c}_hi": hi,
-                        f"p_{c}": p})
-            row["n_seeds"] = max(row["n_seeds"], n)
+        row = {"dataset": ds, "model": r["model"], "baseline": base, **{f"delta_{c}": r[c] - b[c] for c in outs}}
+        _compare_into(row, engine, str(base), str(r["model"]), outs, flat, f"{r['model']} vs {base}")
         rows.append(row)
     return rows
 

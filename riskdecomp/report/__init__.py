@@ -48,7 +48,7 @@ def make_report(results_dir, *, published=None, color_by: str | None = "objectiv
     summary, effects = None, None
     if lb is not None or published is not None:
         summary = analyze(leaderboard=lb, published=published, out_dir=analysis_dir,
-                          seeds=_read(results_dir / "leaderboard_seeds.csv"))
+                          seeds=_read(results_dir / "leaderboard_seeds.csv"), per_sample=results_dir / "per_sample")
         effects = _read(analysis_dir / "design_effects.csv")
     made, notes = collect_plots(results_dir, plots_dir, color_by, published=published,
                                 effects=effects if effects is not None else pd.DataFrame())

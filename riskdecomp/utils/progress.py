@@ -101,9 +101,14 @@ class Progress:
             print(line, file=self.stream, flush=True)
 
 
-def summary_lines(res, report=None, wall_s: Optional[float] = None) -> list:
-    """Where each output of a finished run is, and a 5-line summary: the best model (lowest ``agg_risk`` with its
-    CI), the largest component (mean across models), failures, computed vs reused runs, wall time."""
+def summary_lines(res, report=None, wall_s: Optional[float] = None, analysis: Optional[dict] = None) -> list:
+    """Where each output of a finished run is, and a short summary: the best encoder excluding references (from
+    ``analysis``: analyze's summary, or any dict with its ``"best"`` / ``"inference"`` keys -- the CLI passes the
+    report's ``analysis/summary.json``, or with ``--no-report`` what
+    :func:`riskdecomp.analysis.comparisons_and_best` gives), with its CI, seeds and its top group (the candidates not
+    significantly worse, Holm), the references named apart; the largest component (mean across models), failures,
+    computed vs reused runs, wall time. Without ``analysis`` the best is the leaderboard's lowest ``agg_risk``
+    outside references (``is_reference``), said to be without comparisons."""
     paths = {**res.paths, **({"report": report} if report else {})}
     def rows(name):
         df = getattr(res, name, None)
@@ -113,19 +118,51 @@ def summary_lines(res, report=None, wall_s: Optional[float] = None) -> list:
     board = res.leaderboard
     lines.append("summary:")
     if len(board) and "agg_risk" in board:
-        b = board.loc[board["agg_risk"].idxmin()]
-        ci = (f" [{b['agg_risk_lo']:.2f}, {b['agg_risk_hi']:.2f}] 95% CI"
-              if {"agg_risk_lo", "agg_risk_hi"} <= set(board.columns) else "")
-        lines.append(f"  best model        {b['model']} on {b['dataset']}: agg_risk {b['agg_risk']:.2f}{ci}")
+        best = (analysis or {}).get("best") or {}
+        lines += (_best_lines(best, (analysis or {}).get("inference") or {}) if best else _leaderboard_best(board))
         comps = [c for c in COMPONENTS if c in board and board[c].notna().any()]
         means = board[comps].mean()
         top = means.idxmax()
         lines.append(f"  largest component {top} (mean {means[top]:.2f} across {len(board)} model(s); largest for "
                      f"{int((board[comps].idxmax(axis=1) == top).sum())})")
     else:
-        lines += ["  best model        none (no results)", "  largest component none"]
+        lines += ["  best encoder      none (no results)", "  largest component none"]
     lines.append(f"  failures          {len(res.failures)}")
     reused = sum(bool(r.get("skipped")) for r in res.records)
     lines.append(f"  runs              {len(res.records) - reused} computed, {reused} reused")
     lines.append(f"  wall time         {wall_s:.1f} s" if wall_s is not None else "  wall time         -")
     return lines
+
+
+def _ci_text(lo, hi) -> str:
+    ok = all(isinstance(x, (int, float)) and x == x for x in (lo, hi))
+    return f" [{lo:.2f}, {hi:.2f}] 95% CI" if ok else ""
+
+
+def _best_lines(best: dict, inference: dict) -> list:
+    """The best-encoder lines of :func:`summary_lines` from analyze's ``"best"`` (one dataset after another)."""
+    lines = []
+    for ds, b in best.items():
+        lines.append(f"  best encoder      {b['model']} on {ds}: agg_risk {b['value']:.2f}{_ci_text(b['lo'], b['hi'])}"
+                     f", {b['n_seeds']} seed(s)")
+        others = [m for m in b["top_group"] if m != b["model"]]
+        mde = (inference.get(ds) or {}).get("mde_agg_risk")
+        detect = f"; this zoo detects differences >= {mde:.1f} points" if isinstance(mde, float) and mde == mde else ""
+        lines.append(f"  top group         {len(b['top_group'])} of {b['n_candidates']} candidate(s) not significantly "
+                     f"worse (Holm){': ' + ', '.join(others) if others else ''}{detect}")
+        refs = b.get("references") or []
+        lines.append(f"  references        {', '.join(refs) if refs else 'none'}"
+                     f"{' (not candidates for best)' if refs else ''}")
+    return lines
+
+
+def _leaderboard_best(board) -> list:
+    """Without analyze's summary: the lowest agg_risk outside references, said to be without comparisons."""
+    refs = board["is_reference"].astype(str).str.lower().isin(["true", "1"]) if "is_reference" in board else None
+    cands = board[~refs] if refs is not None else board
+    cands = cands if len(cands) else board
+    b = cands.loc[cands["agg_risk"].idxmin()]
+    ci = _ci_text(b.get("agg_risk_lo"), b.get("agg_risk_hi"))
+    named = ", ".join(board.loc[refs, "model"].astype(str)) if refs is not None and refs.any() else "none"
+    return [f"  best encoder      {b['model']} on {b['dataset']}: agg_risk {b['agg_risk']:.2f}{ci} (lowest; no "
+            "comparisons made)", f"  references        {named}"]
