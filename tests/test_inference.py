@@ -233,3 +233,53 @@ def test_committed_default_zoo_uses_every_run(tmp_path):
     fit = Engine(zoo_runs(pd.read_csv(res / "leaderboard.csv"), runs, "cifar10-mini"), "cifar10-mini").fit("agg_risk")
     assert con.loc["simclr", "se_agg_risk"] > 1.3 * np.sqrt(fit.sigma2 * 2 / 5)
     assert con.loc["simclr", "p_paired_agg_risk"] == pytest.approx(stats.ttest_rel(simclr, init).pvalue, rel=1e-8)
+
+
+def test_sensitivity_script_reproduces_the_old_verdicts_and_counts_the_changes():
+    """scripts/inference_sensitivity.py on the committed default zoo: its "old" column is exactly the committed
+    (old-engine) significant_agg_risk flags, and it prints how many verdicts change old -> new."""
+    import subprocess
+    import sys
+
+    if not (RESULTS / "leaderboard_seeds.csv").is_file():
+        pytest.skip("no committed results/")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from inference_sensitivity import verdicts
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    v = verdicts(RESULTS)
+    for name in ("baseline_contrasts", "controlled_pairs"):
+        committed = pd.read_csv(RESULTS / "analysis" / f"{name}.csv")["significant_agg_risk"].astype(bool)
+        assert list(v.loc[v["file"] == name, "old_paired"]) == list(committed), name
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "inference_sensitivity.py"), "--results",
+                          str(RESULTS)], capture_output=True, text=True, check=True).stdout
+    n = int((v["new_FE"] != v["old_paired"]).sum())
+    assert f"{n} of {len(v)} contrasts change verdict old -> new" in out and n > 0
+
+
+def test_cli_summary_names_the_best_encoder_excluding_references_with_its_top_group():
+    """utils.progress.summary_lines with the engine's result (what evaluate prints): a reference with the lowest
+    error is named as a reference, never as the best encoder; the top group and the detectable effect follow."""
+    from types import SimpleNamespace
+
+    from riskdecomp.analysis import comparisons_and_best
+    from riskdecomp.utils.progress import summary_lines
+
+    rng = np.random.default_rng(4)
+    rates = {"sup": 0.15, "good": 0.30, "tie": 0.302, "bad": 0.45}
+    board, _, ps, _, _ = simulate_zoo(rng, rates, {m: None for m in rates}, n_test=2000, run_sd=0.0, dataset="jpg")
+    board = board.assign(is_reference=[True, False, False, False], approx=10.0, usability=1.0, probe_gen=2.0,
+                         enc_gen=board["agg_risk"] - 13.0)
+    _, best, inference = comparisons_and_best(board, None, ps)
+    res = SimpleNamespace(paths={}, leaderboard=board, failures=[], records=[])
+    lines = summary_lines(res, None, 1.0, {"best": best, "inference": inference})
+    text = "\n".join(lines)
+    b = best["jpg"]
+    assert b["model"] != "sup" and f"  best encoder      {b['model']} on jpg: agg_risk " in text
+    assert "top group         2 of 3 candidate(s) not significantly worse (Holm): " in text
+    assert "this zoo detects differences >= " in text and "  references        sup (not candidates for best)" in text
+    # without the engine's result: the lowest agg_risk outside references, said to be without comparisons
+    plain = "\n".join(summary_lines(res, None, 1.0))
+    assert f"best encoder      {board.set_index('model').drop(index='sup')['agg_risk'].idxmin()} on jpg" in plain
+    assert "no comparisons made" in plain

@@ -1,8 +1,9 @@
 """What a user sees while ``evaluate`` runs and when it ends (issue 13, part 2): a line per finished model in a log
-(stderr not a terminal), where each output is, a 5-line summary, and silence with ``--no-progress``. Through the
+(stderr not a terminal), where each output is, a 7-line summary (the best encoder excluding references, its top group, the references), and silence with ``--no-progress``. Through the
 installed command in a subprocess, default flags, a tiny precomputed-feature zoo."""
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from zoo_factory import make_features_zoo
 
+from riskdecomp.analysis.inference import reference_models
 from riskdecomp.utils.progress import Progress
 
 MODELS = ("sup", "good", "weak")
@@ -41,14 +43,21 @@ def test_evaluate_shows_a_line_per_model_then_the_outputs_and_a_summary(tmp_path
     assert {"leaderboard", "fewshot", "uncertainty", "active_learning", "report"} <= set(listed)
     assert all(Path(v).is_file() for v in listed.values())
     summary = p.stdout.split("summary:\n")[1].splitlines()
-    assert len(summary) == 5
-    best = board["agg_risk"].idxmin()
-    assert summary[0].split()[:3] == ["best", "model", best]
+    assert len(summary) == 7
+    # the best encoder excludes references (the report's analysis/summary.json "best": the inference engine)
+    best_of = json.loads((out / "analysis" / "summary.json").read_text())["best"]["synth"]
+    refs = reference_models(board.reset_index())
+    best = board.drop(index=refs)["agg_risk"].idxmin()
+    assert best_of["model"] == best and best_of["references"] == refs
+    assert summary[0].split()[:3] == ["best", "encoder", best]
     assert f"agg_risk {board.loc[best, 'agg_risk']:.2f} [{board.loc[best, 'agg_risk_lo']:.2f}, " in summary[0]
+    assert summary[0].endswith(", 1 seed(s)")
+    assert summary[1].startswith(f"  top group         {len(best_of['top_group'])} of {best_of['n_candidates']} ")
+    assert summary[2].split()[0] == "references"
     comps = board[["approx", "usability", "probe_gen", "enc_gen"]].mean()
-    assert summary[1].split()[:3] == ["largest", "component", comps.idxmax()]
-    assert summary[2].split() == ["failures", "0"]
-    assert summary[3].split() == ["runs", "3", "computed,", "0", "reused"]
+    assert summary[3].split()[:3] == ["largest", "component", comps.idxmax()]
+    assert summary[4].split() == ["failures", "0"]
+    assert summary[5].split() == ["runs", "3", "computed,", "0", "reused"]
 
     # a rerun with --no-progress: no progress lines at all, and the summary says every run was reused
     p = run_cli("evaluate", "--zoo", zoo, "--out", out, "--cache-dir", tmp_path / "cache", "--no-progress",
@@ -56,6 +65,8 @@ def test_evaluate_shows_a_line_per_model_then_the_outputs_and_a_summary(tmp_path
     assert p.returncode == 0, p.stderr
     assert p.stderr == ""
     assert "runs              0 computed, 3 reused" in p.stdout
+    # without a report the same engine names the same best encoder (nothing written)
+    assert summary[0] in p.stdout.splitlines() and summary[1] in p.stdout.splitlines()
 
 
 def test_a_failed_model_gets_its_line_and_counts_in_the_summary(tmp_path):
