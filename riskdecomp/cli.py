@@ -387,8 +387,9 @@ def analyze(leaderboard, published, out):
     per_sample = Path(leaderboard).with_name("per_sample") if leaderboard else None  # per-test-point errors
     run(leaderboard=board, published=pub, out_dir=out, seeds=seeds if seeds and seeds.is_file() else None,
         per_sample=per_sample if per_sample and per_sample.is_dir() else None)
-    for name in ("summary.json", "design_effects.csv", "controlled_pairs.csv"):
-        click.echo(f"wrote {Path(out) / name}")
+    for name in ("summary.json", "design_effects.csv", "controlled_pairs.csv", "comparisons.csv"):
+        if (Path(out) / name).is_file():
+            click.echo(f"wrote {Path(out) / name}")
 
 
 @cli.command()

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from riskdecomp.analysis.inference import ALPHA, contrast_fields, finish_wide, holm, paired_seed_test
+from riskdecomp.analysis.inference import ALPHA, holm  # noqa: F401 - re-exported: the significance level, Holm
+from riskdecomp.analysis.inference import contrast_fields, finish_wide, paired_seed_test
 from riskdecomp.analysis.inference import engines as inference_engines
 from riskdecomp.analysis.inference import wide_columns, welch_seed_test
 from riskdecomp.analysis.inference import zero_se as _zero_se

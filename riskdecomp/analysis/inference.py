@@ -94,6 +94,12 @@ def mde(se, df, level, power: float = POWER):
         return (stats.t.ppf(1 - level / 2, df) + stats.t.ppf(power, df)) * se
 
 
+def satterthwaite(parts) -> float:
+    """Degrees of freedom of a sum of variance terms ``[(variance, its df), ...]`` (terms with variance 0 skipped)."""
+    parts = [(v, d) for v, d in parts if v > 0]
+    return float(sum(v for v, _ in parts) ** 2 / sum(v ** 2 / d for v, d in parts))
+
+
 def _ci(delta, se, df, level):
     half = stats.t.ppf(1 - np.asarray(level, float) / 2, np.asarray(df, float)) * np.asarray(se, float)
     return np.asarray(delta, float) - half, np.asarray(delta, float) + half
@@ -382,9 +388,7 @@ class Engine:
         if v_s + v_t <= 0 or zero_se(np.sqrt(v_s + v_t), fit.scale):
             out["untestable"] = bool(np.isfinite(se_s) or np.isfinite(se_t))  # measured, and exactly 0
             return out
-        parts = [(v_s, fit.df)] if v_s > 0 else []
-        parts += [(v_t, df_t)] if v_t > 0 else []
-        df = (v_s + v_t) ** 2 / sum(v ** 2 / d for v, d in parts)
+        df = satterthwaite([(v_s, fit.df), (v_t, df_t)])
         se = float(np.sqrt(v_s + v_t))
         lo, hi = _ci(delta, se, df, 0.05)
         out.update(se=se, df=float(df), lo=float(lo), hi=float(hi), p=float(2 * stats.t.sf(abs(delta) / se, df)))
@@ -406,12 +410,10 @@ class Engine:
         v_s = 2 * fit.sigma2 / s if fit.df > 0 else 0.0
         ms = self.models
         tp = [self.test_point_se(ms[i], ms[j], "agg_risk") for i in range(len(ms)) for j in range(i + 1, len(ms))]
-        tps = [t[0] for t in tp if np.isfinite(t[0])]
-        v_t = float(np.median(tps)) ** 2 if tps else 0.0
+        tps = [t for t in tp if np.isfinite(t[0])]
+        v_t = float(np.median([t[0] for t in tps])) ** 2 if tps else 0.0
         if v_s + v_t > 0:
-            parts = [(v_s, fit.df)] if v_s > 0 else []
-            parts += [(v_t, tp[0][1])] if v_t > 0 else []
-            df = (v_s + v_t) ** 2 / sum(v ** 2 / d for v, d in parts)
+            df = satterthwaite([(v_s, fit.df), (v_t, float(np.median([t[1] for t in tps])) if tps else np.inf)])
             out["mde_agg_risk"] = float(mde(np.sqrt(v_s + v_t), df, ALPHA / max(family_size, 1)))
         return out
 

@@ -143,7 +143,9 @@ def _best_lines(best: dict, inference: dict) -> list:
     """The best-encoder lines of :func:`summary_lines` from analyze's ``"best"`` (one dataset after another)."""
     lines = []
     for ds, b in best.items():
-        lines.append(f"  best encoder      {b['model']} on {ds}: agg_risk {b['value']:.2f}{_ci_text(b['lo'], b['hi'])}"
+        value = b.get("value")
+        value = f"{value:.2f}" if isinstance(value, (int, float)) else "-"
+        lines.append(f"  best encoder      {b['model']} on {ds}: agg_risk {value}{_ci_text(b.get('lo'), b.get('hi'))}"
                      f", {b['n_seeds']} seed(s)")
         others = [m for m in b["top_group"] if m != b["model"]]
         mde = (inference.get(ds) or {}).get("mde_agg_risk")

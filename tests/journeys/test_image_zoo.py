@@ -47,3 +47,38 @@ def test_models_subset_adds_to_existing_results(mixed_run, riskdecomp, mixed_zoo
                      "--models", "vit_t,pixels", label="evaluate --models vit_t,pixels into the same --out")
     assert_journey_ok(sub, out, MIXED_MODELS, justified_notes=JUSTIFIED)
     assert len(pd.read_csv(out / "leaderboard.csv")) == len(MIXED_MODELS)
+
+
+def test_zoo_without_seeds_gets_pairwise_verdicts_and_a_best_encoder(mixed_run):
+    """Issue 21: a zoo with no pretraining seeds (timm encoders, a checkpoint, features, a recipe on real JPEGs) gets
+    every pair of candidates compared on the shared test points (paired per-sample errors, Holm) in
+    analysis/comparisons.csv, a best encoder that is not a reference with its top group in summary.json, and the
+    CLI summary prints them."""
+    import itertools
+    import json
+
+    from riskdecomp.analysis.inference import reference_models
+
+    run, out = mixed_run
+    assert run.rc == 0, run
+    board = pd.read_csv(out / "leaderboard.csv")
+    refs = reference_models(board)
+    cands = [m for m in board["model"] if m not in refs]
+    comp = pd.read_csv(out / "analysis" / "comparisons.csv")
+    pw = comp[(comp["family"] == "pairwise") & (comp["outcome"] == "agg_risk")]
+    assert {frozenset(p) for p in zip(pw["model_a"], pw["model_b"])} == {
+        frozenset(p) for p in itertools.combinations(cands, 2)}
+    assert pw["p"].notna().all() and pw["p_holm"].notna().all() and pw["significant"].isin([True, False]).all()
+    assert pw["method"].str.contains("paired per-sample errors over").all()
+    assert pw["method"].str.contains("no seed replication").all()  # one run per model: said, not hidden
+    best = json.loads((out / "analysis" / "summary.json").read_text())["best"]
+    (ds, b), = best.items()
+    assert b["model"] in cands and b["model"] not in refs and b["references"] == refs
+    assert b["top_group"][0] == b["model"] and set(b["top_group"]) <= set(cands)
+    assert b["n_candidates"] == len(cands) and b["n_seeds"] == 1
+    vs = comp[(comp["family"] == "vs_best") & (comp["outcome"] == "agg_risk")]
+    worse = set(vs.loc[vs["significant"].astype(bool) & (vs["delta"] > 0), "model_b"])
+    assert set(b["top_group"]) == set(cands) - worse
+    assert f"  best encoder      {b['model']} on {ds}: agg_risk {b['value']:.2f}" in run.output
+    assert f"  top group         {len(b['top_group'])} of {len(cands)} candidate(s) not significantly worse" \
+        in run.output
