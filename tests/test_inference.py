@@ -283,3 +283,24 @@ def test_cli_summary_names_the_best_encoder_excluding_references_with_its_top_gr
     plain = "\n".join(summary_lines(res, None, 1.0))
     assert f"best encoder      {board.set_index('model').drop(index='sup')['agg_risk'].idxmin()} on jpg" in plain
     assert "no comparisons made" in plain
+
+
+def test_pairing_by_seed_needs_every_run_to_be_a_pooled_seed():
+    """Seed effects are fitted only when the records prove seed s is shared (every run pooled as a pretraining
+    seed); one run that is not (a checkpoint among recipe seeds) makes the model one-way, and summary.json says why."""
+    rng = np.random.default_rng(5)
+    board, runs, ps, _, _ = simulate_zoo(rng, {"a": 0.3, "b": 0.32, "c": 0.35}, {"a": [0, 1, 2], "b": [0, 1, 2],
+                                                                                  "c": [0, 1, 2]})
+    eng = _engine(board, runs, ps)
+    assert eng.paired and eng.fit("agg_risk").df == 9 - 3 - 3 + 1
+    ckpt = pd.DataFrame([{"model": "ckpt", "base_model": "ckpt", "pretrain_seed": np.nan, "dataset": "sim",
+                          "agg_risk": 31.0, "agg_risk_lo": 29.0, "agg_risk_hi": 33.0}])
+    ps[("ckpt", "sim")] = ps[("a.s0", "sim")].assign(err01=rng.integers(0, 2, len(ps[("a.s0", "sim")])))
+    runs2 = pd.concat([runs, ckpt], ignore_index=True)
+    board2 = pd.concat([board, pd.DataFrame([{"model": "ckpt", "agg_risk": 31.0, "dataset": "sim"}])])
+    eng = _engine(board2, runs2, ps)
+    assert not eng.paired and "not pooled pretraining seeds (e.g. ckpt)" in eng.why
+    assert eng.fit("agg_risk").df == 10 - 4  # one-way: runs - models
+    r = eng.compare("a", "ckpt", "agg_risk")
+    assert np.isfinite(r["p"]) and "one-way model fixed effects over 10 runs (6 residual df)" in r["method"]
+    assert r["se"] > r["se_test"] > 0 and r["se_seed"] > 0  # the 1-run model gets the pooled seed variance
