@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from scipy.special import ndtri
 from zoo_factory import run_cli
 
 from riskdecomp.analysis.inference import Engine, holm, holm_levels, reference_models, zoo_runs
@@ -31,23 +32,22 @@ def simulate_zoo(rng, rates, seeds, n_test=600, seed_sd=0.01, run_sd=0.008, shar
     all_seeds = sorted({s for ss in seeds.values() if ss for s in ss})
     g = dict(zip(all_seeds, rng.normal(0, seed_sd, len(all_seeds))))
     z = rng.normal(size=n_test)
-    runs, per_sample, run_rate = [], {}, {}
+    runs, per_sample, run_rate, y = [], {}, {}, np.zeros(n_test, int)
     for m, rate in rates.items():
         u = rng.normal(size=n_test)
         for s in (seeds[m] or [None]):
             q = float(np.clip(rate + (g[s] if s is not None else 0.0) + rng.normal(0, run_sd), 0.01, 0.99))
             latent = np.sqrt(shared) * z + np.sqrt(own) * u + np.sqrt(1 - shared - own) * rng.normal(size=n_test)
-            err = (latent > stats.norm.ppf(1 - q)).astype(float)
+            err = (latent > ndtri(1 - q)).astype(float)
             name = f"{m}.s{s}" if s is not None else m
             v, half = 100 * err.mean(), 196 * np.sqrt(err.mean() * (1 - err.mean()) / n_test)
             runs.append({"model": name, "base_model": m, "pretrain_seed": s, "dataset": dataset, "agg_risk": v,
                          "agg_risk_lo": v - half, "agg_risk_hi": v + half})
-            per_sample[(name, dataset)] = pd.DataFrame({"index": np.arange(n_test), "y": np.zeros(n_test, int),
-                                                        "err01": err})
+            per_sample[(name, dataset)] = {"y": y, "err01": err}  # what a per_sample/ file holds (its columns)
             run_rate[name] = q
     runs = pd.DataFrame(runs)
-    board = runs.groupby("base_model", sort=False).agg(agg_risk=("agg_risk", "mean")).reset_index()
-    board = board.rename(columns={"base_model": "model"}).assign(dataset=dataset)
+    means = {m: np.mean([r["agg_risk"] for r in runs.to_dict("records") if r["base_model"] == m]) for m in rates}
+    board = pd.DataFrame({"model": list(means), "agg_risk": list(means.values()), "dataset": dataset})
     seeded = any(seeds.values())
     return board, (runs if seeded else None), per_sample, dict(rates), run_rate
 
@@ -164,7 +164,8 @@ def _write_zoo(root: Path, board, runs, per_sample, **cols):
         runs.to_csv(root / "leaderboard_seeds.csv", index=False)
     (root / "per_sample").mkdir(exist_ok=True)
     for (run, ds), t in per_sample.items():
-        t.to_csv(root / "per_sample" / f"{run}@{ds}.csv", index=False)
+        pd.DataFrame({"index": np.arange(len(t["y"])), **t}).to_csv(root / "per_sample" / f"{run}@{ds}.csv",
+                                                                     index=False)
 
 
 def test_a_zoo_without_seeds_gets_pairwise_verdicts_and_a_best_encoder_excluding_references(tmp_path):
@@ -295,7 +296,7 @@ def test_pairing_by_seed_needs_every_run_to_be_a_pooled_seed():
     assert eng.paired and eng.fit("agg_risk").df == 9 - 3 - 3 + 1
     ckpt = pd.DataFrame([{"model": "ckpt", "base_model": "ckpt", "pretrain_seed": np.nan, "dataset": "sim",
                           "agg_risk": 31.0, "agg_risk_lo": 29.0, "agg_risk_hi": 33.0}])
-    ps[("ckpt", "sim")] = ps[("a.s0", "sim")].assign(err01=rng.integers(0, 2, len(ps[("a.s0", "sim")])))
+    ps[("ckpt", "sim")] = {"y": ps[("a.s0", "sim")]["y"], "err01": rng.integers(0, 2, 600).astype(float)}
     runs2 = pd.concat([runs, ckpt], ignore_index=True)
     board2 = pd.concat([board, pd.DataFrame([{"model": "ckpt", "agg_risk": 31.0, "dataset": "sim"}])])
     eng = _engine(board2, runs2, ps)

@@ -126,12 +126,17 @@ def paired_seed_test(a: pd.Series, b: pd.Series) -> tuple[float, float, float, f
     """Paired t-test of b - a over the seeds both have (n - 1 df): ``(mean, lo, hi, p, n)``; n = 0 (NaN) with
     fewer than 2 shared seeds. Zero variance: ``(0, 0, 0, 1, n)`` when the difference is 0 in every seed, else
     ``lo``, ``hi``, ``p`` NaN (not testable)."""
-    common = a.index.intersection(b.index)
-    if len(common) < 2:
+    d = _shared_differences(a, b)
+    if len(d) < 2:
         return np.nan, np.nan, np.nan, np.nan, 0
-    d = (b.loc[common] - a.loc[common]).to_numpy(float)
     mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
     return _t_result(mean, se, len(d) - 1, len(d), np.all(d == 0), max(a.abs().max(), b.abs().max()))
+
+
+def _shared_differences(a: pd.Series, b: pd.Series) -> np.ndarray:
+    """b - a on the seeds (index values) both have, in a's order."""
+    bb = dict(zip(b.index, b.to_numpy(float)))
+    return np.array([bb[k] - v for k, v in zip(a.index, a.to_numpy(float)) if k in bb], float)
 
 
 def welch_seed_test(a: pd.Series, b: pd.Series) -> tuple[float, float, float, float, int]:
@@ -262,7 +267,8 @@ def fit_seed_model(runs: pd.DataFrame, outcome: str, paired: bool) -> Optional[S
 # ----------------------------------------------------------------------------------------------- test points
 def load_per_sample(per_sample, runs: pd.DataFrame, dataset) -> dict:
     """run name -> (y, err01 as float array) for the runs of ``dataset`` with a per-sample table. ``per_sample``:
-    a results folder's ``per_sample/`` (files ``<run>@<dataset>.csv``) or a dict (run, dataset) -> DataFrame."""
+    a results folder's ``per_sample/`` (files ``<run>@<dataset>.csv``) or a dict (run, dataset) -> DataFrame (or any
+    mapping with ``err01`` and optionally ``y``)."""
     out = {}
     if per_sample is None:
         return out
@@ -276,8 +282,8 @@ def load_per_sample(per_sample, runs: pd.DataFrame, dataset) -> dict:
                 continue
             t = pd.read_csv(path, usecols=lambda c: c in ("index", "y", "err01")) if path.is_file() else None
         if t is not None and "err01" in t:
-            y = t["y"].to_numpy() if "y" in t else np.arange(len(t))
-            out[run] = (y, pd.to_numeric(t["err01"], errors="coerce").to_numpy(float))
+            err = pd.to_numeric(pd.Series(np.asarray(t["err01"])), errors="coerce").to_numpy(float)
+            out[run] = (np.asarray(t["y"]) if "y" in t else np.arange(len(err)), err)
     return out
 
 
@@ -373,11 +379,10 @@ class Engine:
         seed_txt = (f"{'model + seed' if fit.paired else 'one-way model'} fixed effects over {fit.n_runs} runs "
                     f"({fit.df} residual df)" if fit.df > 0 else "no seed replication (seed noise not included)")
         out["method"] = f"{seed_txt}; test points: {how}"
-        common = va.index.intersection(vb.index)
-        if len(common) and (va.loc[common] == vb.loc[common]).all() and abs(delta) <= ZERO_SE_REL * fit.scale:
+        d = _shared_differences(va, vb)
+        if len(d) and (d == 0).all() and abs(delta) <= ZERO_SE_REL * fit.scale:
             out.update(delta=0.0, se=0.0, df=np.inf, p=1.0, lo=0.0, hi=0.0)  # the same numbers: no difference
             return out
-        d = (vb.loc[common] - va.loc[common]).to_numpy(float)
         if (fit.df > 0 and zero_se(np.sqrt(fit.sigma2), fit.scale)) or (len(d) >= 2 and zero_se(d.std(), fit.scale)):
             # a perfect additive fit, or the same difference in every seed: identical runs (or one run counted as
             # several seeds), not independent pretraining runs; nothing to test against
