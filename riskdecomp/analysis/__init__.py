@@ -21,9 +21,9 @@ from riskdecomp.analysis.effects import (
 )
 from riskdecomp.analysis.inference import best_summary, comparisons, engines, reference_models
 from riskdecomp.analysis.scaling import fit_scaling_law
-from riskdecomp.utils.schema import OUTCOMES
 from riskdecomp.utils.atomic import atomic_write_text as _atomic_write_text
 from riskdecomp.utils.atomic import jsonable, write_csv
+from riskdecomp.utils.schema import OUTCOMES
 
 # ----------------------------------------------------------------------------- orchestration
 REQUIRED_COLUMNS = ("model", "dataset", "agg_risk")
@@ -63,7 +63,7 @@ def _frame(x) -> pd.DataFrame | None:
 
 def analyze(leaderboard=None, published=None, out_dir=None, seeds=None, per_sample=None) -> dict:
     """Run every analysis and write ``summary.json``, ``design_effects.csv``,
-    ``controlled_pairs.csv`` (+ ``ranking_moves.csv``, ``scaling_predictions.csv``) into out_dir.
+    ``controlled_pairs.csv``, ``comparisons.csv`` (+ ``ranking_moves.csv``, ``scaling_predictions.csv``) into out_dir.
 
     ``seeds``: our per-seed table (``leaderboard_seeds.csv``, DataFrame or path) when the zoo has pretraining
     seeds: controlled pairs then carry CIs and Holm-corrected p-values over seeds, ``baseline_contrasts.csv``
