@@ -41,14 +41,18 @@ def test_evaluate_shows_a_line_per_model_then_the_outputs_and_a_summary(tmp_path
     assert {"leaderboard", "fewshot", "uncertainty", "active_learning", "report"} <= set(listed)
     assert all(Path(v).is_file() for v in listed.values())
     summary = p.stdout.split("summary:\n")[1].splitlines()
-    assert len(summary) == 5
+    assert len(summary) == 6
     best = board["agg_risk"].idxmin()
     assert summary[0].split()[:3] == ["best", "model", best]
     assert f"agg_risk {board.loc[best, 'agg_risk']:.2f} [{board.loc[best, 'agg_risk_lo']:.2f}, " in summary[0]
     comps = board[["approx", "usability", "probe_gen", "enc_gen"]].mean()
     assert summary[1].split()[:3] == ["largest", "component", comps.idxmax()]
-    assert summary[2].split() == ["failures", "0"]
-    assert summary[3].split() == ["runs", "3", "computed,", "0", "reused"]
+    # the leaderboard's flags (issue 21), one line just before the failures
+    codes = {c for f in board["flags"].fillna("") for c in f.split(";") if c}
+    assert summary[2].split()[0] == "flags" and all(c in summary[2] for c in codes)
+    assert (summary[2].split() == ["flags", "none"]) == (not codes)
+    assert summary[3].split() == ["failures", "0"]
+    assert summary[4].split() == ["runs", "3", "computed,", "0", "reused"]
 
     # a rerun with --no-progress: no progress lines at all, and the summary says every run was reused
     p = run_cli("evaluate", "--zoo", zoo, "--out", out, "--cache-dir", tmp_path / "cache", "--no-progress",

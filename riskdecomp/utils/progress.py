@@ -101,6 +101,21 @@ class Progress:
             print(line, file=self.stream, flush=True)
 
 
+def flag_lines(board) -> list:
+    """The CLI summary's line of the leaderboard's ``flags`` column (docs/protocol.md, "Flags"): each code with the
+    models it applies to; none when the board has no such column (a folder of an older release)."""
+    if "flags" not in getattr(board, "columns", ()):
+        return []
+    models: dict = {}
+    for m, f in zip(board["model"], board["flags"]):
+        for code in (str(f).split(";") if isinstance(f, str) and f else []):
+            models.setdefault(code, []).append(str(m))
+    if not models:
+        return ["  flags             none"]
+    parts = [f"{code} {len(ms)} ({', '.join(ms[:3])}{', ...' if len(ms) > 3 else ''})" for code, ms in models.items()]
+    return [f"  flags             {'; '.join(parts)} (docs/protocol.md, Flags)"]
+
+
 def summary_lines(res, report=None, wall_s: Optional[float] = None) -> list:
     """Where each output of a finished run is, and a 5-line summary: the best model (lowest ``agg_risk`` with its
     CI), the largest component (mean across models), failures, computed vs reused runs, wall time."""
@@ -124,6 +139,7 @@ def summary_lines(res, report=None, wall_s: Optional[float] = None) -> list:
                      f"{int((board[comps].idxmax(axis=1) == top).sum())})")
     else:
         lines += ["  best model        none (no results)", "  largest component none"]
+    lines += flag_lines(board)
     lines.append(f"  failures          {len(res.failures)}")
     reused = sum(bool(r.get("skipped")) for r in res.records)
     lines.append(f"  runs              {len(res.records) - reused} computed, {reused} reused")
