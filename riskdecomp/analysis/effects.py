@@ -95,7 +95,8 @@ def constant_outcome(t: pd.DataFrame, outcome: str) -> str | None:
     approx of rows that all share one reference is that reference's train->train error (constant by construction,
     up to which of the reference's seeds each model's seeds pair with); an outcome equal in every row (up to float
     rounding); a range below :data:`NOISE_SHARE` of the rows' median 95 % CI half-width (when the table has
-    ``<outcome>_lo`` / ``_hi``: the test-resampling noise of one row, with its seed noise for pooled rows), else a standard deviation below :data:`REL_STD_TOL` of the mean."""
+    ``<outcome>_lo`` / ``_hi``: the test-resampling noise of one row, with its seed noise for pooled rows), else a
+    standard deviation below :data:`REL_STD_TOL` of the mean."""
     v = pd.to_numeric(t[outcome], errors="coerce").dropna()
     if len(v) < 2:
         return None

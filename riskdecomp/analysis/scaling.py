@@ -94,7 +94,8 @@ def fit_scaling_law(df: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
 
     Returns (params, predictions): params has alpha, B, r2, rmse, n_points, ``r2_<setting>`` and
     ``rmse_<setting>`` per setting, baseline_r2, baseline_rmse, n_models and ``shown`` / ``why``
-    (:func:`scaling_quality`: a poor fit is not to be drawn or summarised, and ``why`` says so); predictions one row per pair
+    (:func:`scaling_quality`: a poor fit is not to be drawn or summarised, and ``why`` says so); predictions
+    one row per pair
     (model, dataset, setting, n, actual, predicted, baseline). Raises ValueError if no pair is
     complete.
     """

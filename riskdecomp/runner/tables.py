@@ -115,7 +115,7 @@ def _never_pretrained(rec: dict) -> bool:
 
 def _at_grid_edge(row: dict, grid=DEFAULT_GRID) -> bool:
     ends = (float(np.min(grid)), float(np.max(grid)))
-    cs = [row[c] for c in row if c.startswith("C_") and isinstance(row[c], (int, float)) and not isinstance(row[c], bool)]
+    cs = [v for c, v in row.items() if c.startswith("C_") and isinstance(v, (int, float)) and not isinstance(v, bool)]
     return any(np.isclose(c, e, rtol=1e-6, atol=0) for c in cs for e in ends)
 
 
