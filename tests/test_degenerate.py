@@ -321,3 +321,13 @@ def test_scaling_law_carries_its_quality_and_is_not_shown_when_poor():
     assert few["shown"] is False and few["why"] == "4 models < 5"
     pinned, _ = scaling.fit_scaling_law(_scaled(n=8, b=1.0))
     assert pinned["shown"] is False and pinned["why"].startswith("B at its bound")
+
+
+@pytest.mark.parametrize("n, shown", [(MIN_MODELS - 1, False), (MIN_MODELS, True)])
+def test_seed_ranking_stability_needs_five_models(n, shown):
+    rng = np.random.default_rng(0)
+    runs = pd.DataFrame([{"model": f"m{i}.s{s}", "base_model": f"m{i}", "pretrain_seed": s, "dataset": "toy",
+                          "agg_risk": 10.0 * i + rng.normal()} for i in range(n) for s in range(4)])
+    res, splits = effects.seed_ranking_stability(runs)
+    assert bool(res) is shown and (not splits.empty) is shown
+    assert effects.MIN_MODELS_FOR_RANKING == MIN_MODELS
