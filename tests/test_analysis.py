@@ -168,7 +168,9 @@ def test_analyze_writes_outputs_for_both_sources(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "summary.json").read_text())
     for key in ("n_models", "mean", "median", "largest_component_counts", "kendall_tau", "scaling_law"):
         assert key in saved
-    assert set(saved["scaling_law"]) == {"alpha", "B", "r2", "rmse"}
+    # the fit with its quality and whether it may be shown (issue 21: a poor fit is "not shown: <rule>")
+    assert set(saved["scaling_law"]) == {"alpha", "B", "r2", "rmse", "shown", "why"}
+    assert saved["scaling_law"]["shown"] is True and saved["scaling_law"]["why"].startswith("R² 1.00")
     assert saved["primary_source"] == "ours"
     assert saved["per_source"]["published"]["scaling_law"]["alpha"] == pytest.approx(0.2, abs=1e-3)
     assert summary["scaling_law"]["alpha"] == pytest.approx(0.4, abs=1e-3)

@@ -47,7 +47,13 @@ ZOO = textwrap.dedent(f"""
         reference: supervised
         recipe: {json.dumps({**TINY, "objective": "simclr", "z_dim": 4})}
         metadata: {{objective: simclr, z_dim: 4}}
+      # a fifth model (rankings and taus need 5: issue 21), which differs from simclr in no design field
+      - name: simclr_t05
+        reference: supervised
+        recipe: {json.dumps({**TINY, "objective": "simclr", "temperature": 0.5})}
+        metadata: {{objective: simclr, z_dim: 8}}
 """)
+MODELS = ("supervised", "init", "simclr", "simclr_z4", "simclr_t05")
 FAST = ["--n-boot", "100", "--fewshot-seeds", "1", "--shots", "5", "--fractions", "0.1", "--no-report",
         "--no-progress", "--no-uncertainty", "--no-active", "--no-statistics", "--aug-views", "0", "--jobs", "1"]
 COMPONENTS = ["approx", "usability", "probe_gen", "enc_gen", "agg_risk"]
@@ -68,7 +74,7 @@ def seeded_run(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------ expansion
 def test_seeds_expand_into_named_entries_with_seeded_recipes_and_references():
     zoo = parse_zoo(yaml.safe_load(ZOO))
-    assert zoo.names == [f"{m}.s{s}" for m in ("supervised", "init", "simclr", "simclr_z4") for s in (0, 1, 2)]
+    assert zoo.names == [f"{m}.s{s}" for m in MODELS for s in (0, 1, 2)]
     for m in ("init", "simclr"):
         for s in (0, 1, 2):
             e = zoo[f"{m}.s{s}"]
@@ -135,13 +141,12 @@ def test_combine_known_answer():
 def test_each_seed_is_a_run_record_and_the_leaderboard_pools_them(seeded_run):
     _, out = seeded_run
     records = sorted(p.name for p in (out / "runs").glob("*@digits.json"))
-    assert records == sorted(f"{m}.s{s}@digits.json" for m in ("supervised", "init", "simclr", "simclr_z4")
-                             for s in (0, 1, 2))
+    assert records == sorted(f"{m}.s{s}@digits.json" for m in MODELS for s in (0, 1, 2))
     board = pd.read_csv(out / "leaderboard.csv")
     runs = pd.read_csv(out / "leaderboard_seeds.csv")
-    assert list(board["model"]) == ["supervised", "init", "simclr", "simclr_z4"]
+    assert list(board["model"]) == list(MODELS)
     assert (board["n_seeds"] == 3).all() and (board["pretrain_seeds"] == "0|1|2").all()
-    assert len(runs) == 12 and set(runs["pretrain_seed"]) == {0, 1, 2}
+    assert len(runs) == 15 and set(runs["pretrain_seed"]) == {0, 1, 2}
     for _, row in board.iterrows():
         g = runs[runs["base_model"] == row["model"]]
         assert list(g["model"]) == [f"{row['model']}.s{s}" for s in (0, 1, 2)]
@@ -248,7 +253,7 @@ def test_seed_ranking_stability_on_real_output(seeded_run):
     _, out = seeded_run
     runs = pd.read_csv(out / "leaderboard_seeds.csv")
     res, splits = seed_ranking_stability(runs)
-    assert res["digits"]["n_splits"] == 3 and res["digits"]["half_size"] == 1 and res["digits"]["n_models"] == 4
+    assert res["digits"]["n_splits"] == 3 and res["digits"]["half_size"] == 1 and res["digits"]["n_models"] == 5
     for r in splits.itertuples():  # each split: tau between the rankings by one seed and by another
         sa, sb = int(r.seeds_a), int(r.seeds_b)
         pick = lambda s: runs[runs.pretrain_seed == s].set_index("base_model")["agg_risk"]  # noqa: E731
@@ -274,7 +279,7 @@ def test_baseline_contrasts_compare_every_model_with_random_init(seeded_run):
     board = pd.read_csv(out / "leaderboard.csv")
     runs = pd.read_csv(out / "leaderboard_seeds.csv")
     con = baseline_contrasts(board, runs)
-    assert list(con["model"]) == ["supervised", "simclr", "simclr_z4"] and set(con["baseline"]) == {"init"}
+    assert list(con["model"]) == ["supervised", "simclr", "simclr_z4", "simclr_t05"] and set(con["baseline"]) == {"init"}
     init = runs[runs.base_model == "init"].set_index("pretrain_seed")
     for r in con.itertuples():
         m = runs[runs.base_model == r.model].set_index("pretrain_seed")
@@ -301,7 +306,7 @@ def test_findings_paragraph_is_generated_from_the_results(seeded_run, tmp_path):
     subprocess.run(cmd, check=True, capture_output=True)
     text = readme.read_text()
     assert text.startswith("intro\n<!-- findings:start -->\n") and text.endswith("<!-- findings:end -->\nrest\n")
-    assert "stale sentence" not in text and "Findings on `digits` (4 models x 3 pretraining seeds" in text
+    assert "stale sentence" not in text and "Findings on `digits` (5 models x 3 pretraining seeds" in text
     board = pd.read_csv(out / "leaderboard.csv").set_index("model")
     best = board.loc[~board["objective"].isin(["supervised", "init"]), "agg_risk"].idxmin()  # the best SSL encoder
     b = board.loc[best]
@@ -331,7 +336,7 @@ def test_report_draws_seed_contrasts_and_ranking_stability_from_real_output(seed
     assert "differences over seeds:" not in page and "ranking stability:" not in page  # no skip note of theirs
     contrasts = pd.read_csv(res / "analysis" / "baseline_contrasts.csv")
     pairs = pd.read_csv(res / "analysis" / "controlled_pairs.csv")
-    assert len(contrasts) == 3 and len(pairs) >= 1
+    assert len(contrasts) == 4 and len(pairs) >= 1
     from riskdecomp.report.html import seed_contrast_rows, significance_view
 
     view = significance_view(seed_contrast_rows(pairs, contrasts))

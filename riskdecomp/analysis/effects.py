@@ -66,16 +66,128 @@ PAIR_FIELDS = [
 
 
 
+# ----------------------------------------------------------------------------- degenerate tables
+#: Rankings, Kendall taus and ranking moves need at least this many models (with both values, per dataset): with
+#: fewer, a tau takes a handful of values (4 models: 7) and one swap moves it by 0.33 or more.
+MIN_MODELS_FOR_RANKING = 5
+#: An outcome is near-constant over a set of rows when its range is below this share of the rows' median 95 % CI
+#: half-width (``<outcome>_lo`` / ``_hi``: test resampling, plus seeds for pooled rows): the rows differ by less than
+#: the noise of one of them.
+NOISE_SHARE = 0.5
+#: Without CIs: near-constant when the standard deviation is below this fraction of the mean's magnitude.
+REL_STD_TOL = 1e-3
+#: A design matrix (columns scaled to unit norm) with a condition number above this is near-singular: its
+#: coefficients are not identified (two columns carry the same information up to noise).
+MAX_CONDITION = 1e6
+
+
+def reference_mask(t: pd.DataFrame) -> pd.Series:
+    """Rows that are references (another model's ``reference``): the ``is_reference`` column; for an older
+    leaderboard without it, a row that is its own reference -- its train->train error *is* its reference's
+    (``err_train_train == err_ref_train_train`` and usability exactly 0: protocol 3)."""
+    if "is_reference" in t:
+        v = t["is_reference"]
+        return v.astype("string").str.lower().isin(["true", "1"]).fillna(False).astype(bool) if v.dtype != bool else v
+    if {"err_train_train", "err_ref_train_train", "usability"} <= set(t.columns):
+        own = (pd.to_numeric(t["err_train_train"], errors="coerce")
+               == pd.to_numeric(t["err_ref_train_train"], errors="coerce")) & (t["usability"] == 0)
+        return own.fillna(False).astype(bool)
+    return pd.Series(False, index=t.index)
+
+
+def constant_outcome(t: pd.DataFrame, outcome: str) -> str | None:
+    """Why ``outcome`` does not vary over the rows of ``t`` (None: it does). The rules, in order:
+    approx of rows that all share one reference is that reference's train->train error (constant by construction,
+    up to which of the reference's seeds each model's seeds pair with); an outcome equal in every row (up to float
+    rounding); a range below :data:`NOISE_SHARE` of the rows' median 95 % CI half-width (when the table has
+    ``<outcome>_lo`` / ``_hi``: the test-resampling noise of one row, with its seed noise for pooled rows), else a
+    standard deviation below :data:`REL_STD_TOL` of the mean."""
+    v = pd.to_numeric(t[outcome], errors="coerce").dropna()
+    if len(v) < 2:
+        return None
+    if outcome == "approx" and "reference" in t:
+        refs = set(t.loc[v.index, "reference"].astype("string").fillna(""))
+        if len(refs) == 1 and refs != {""}:
+            return (f"approx is the train->train error of the one reference ({refs.pop()}) of all {len(v)} rows: "
+                    f"constant by construction (range {np.ptp(v):.2g})")
+    rng = float(np.ptp(v.to_numpy(float)))
+    if rng <= ZERO_SE_REL * max(1.0, float(v.abs().max())):
+        return f"{outcome} is {float(v.iloc[0]):.4g} in all {len(v)} rows"
+    if {f"{outcome}_lo", f"{outcome}_hi"} <= set(t.columns):
+        half = ((pd.to_numeric(t.loc[v.index, f"{outcome}_hi"], errors="coerce")
+                 - pd.to_numeric(t.loc[v.index, f"{outcome}_lo"], errors="coerce")) / 2).median()
+        if np.isfinite(half) and rng < NOISE_SHARE * half:
+            return (f"{outcome} near-constant: range {rng:.2g} over {len(v)} rows < {NOISE_SHARE} x its median 95% "
+                    f"CI half-width {half:.2g}")
+        return None
+    mean = float(v.mean())
+    if mean and float(v.std(ddof=1)) < REL_STD_TOL * abs(mean):
+        return f"{outcome} near-constant: std {float(v.std(ddof=1)):.2g} < {REL_STD_TOL:g} x |mean| {abs(mean):.3g}"
+    return None
+
+
+def constant_components(t: pd.DataFrame) -> dict:
+    """``{dataset: {component: value}}`` for each component constant over the dataset's candidates (rows that are
+    not references, at least 2: :func:`constant_outcome`). The value is the shared one: the reference's own row
+    (over all its seeds) when the candidates share one reference that has a row, else the candidates' mean."""
+    t = _table(t)
+    ref = reference_mask(t)
+    out: dict = {}
+    for ds, g in t.groupby("dataset", sort=True):
+        cand = g[~ref.loc[g.index]]
+        for c in COMPONENTS:
+            if c not in cand or cand[c].notna().sum() < 2 or constant_outcome(cand, c) is None:
+                continue
+            value = float(cand[c].mean())
+            names = set(cand["reference"].astype("string").fillna("")) if "reference" in cand else set()
+            own = g[ref.loc[g.index] & g["model"].isin(names)]
+            if len(names) == 1 and len(own) == 1 and pd.notna(own[c].iloc[0]):
+                value = float(own[c].iloc[0])
+            out.setdefault(str(ds), {})[c] = value
+    return out
+
+
+def zoo_flags(t: pd.DataFrame, scaling: dict | None = None) -> list:
+    """One-line reasons why parts of the analysis are not shown or read differently (``summary.json``'s
+    ``zoo_flags``): too few models for rankings, a poor scaling law, constant components, and the leaderboard's
+    per-model ``flags`` (docs/protocol.md, "Flags")."""
+    t = _table(t)
+    lines = []
+    for ds, g in t.groupby("dataset", sort=True):
+        where = f" on {ds}" if t["dataset"].nunique() > 1 else ""
+        n = int(g["model"].nunique())
+        if n < MIN_MODELS_FOR_RANKING:
+            lines.append(f"{n} models{where} (< {MIN_MODELS_FOR_RANKING}): rankings, Kendall taus and the "
+                         "ranking-change figure not shown")
+    if scaling and scaling.get("shown") is False:
+        lines.append(f"scaling law not shown: {scaling.get('why')}")
+    for ds, comps in constant_components(t).items():
+        for c, v in comps.items():
+            lines.append(f"{c} constant across the candidates of {ds} (shared value {v:.2f}): shown once as the "
+                         "shared baseline, not counted as the largest component, no design effect")
+    if "flags" in t:
+        codes: dict = {}
+        for m, f in zip(t["model"], t["flags"]):
+            for code in (f.split(";") if isinstance(f, str) and f else []):
+                codes.setdefault(code, []).append(str(m))
+        for code, ms in codes.items():
+            lines.append(f"{code}: {', '.join(ms)} (docs/protocol.md, Flags)")
+    return lines
+
+
 # ----------------------------------------------------------------------------- summary
 def summarize(df: pd.DataFrame) -> dict:
     """Summary numbers of a leaderboard.
 
     Keys: ``n_models`` (distinct models), ``mean`` / ``median`` (component and agg_risk -> value,
-    over rows where present), ``largest_component_counts`` (component -> number of rows where it is
-    the largest of the four; only rows with all four components, a merged approx counting as 0),
-    ``kendall_tau`` (setting -> tau vs full shot, see :func:`ranking_stability`), ``scaling_law`` (alpha, B, r2, rmse of
-    :func:`fit_scaling_law`, NaN if not estimable). With several datasets, ``per_dataset`` holds the
-    same numbers per dataset.
+    over rows where present), ``constant_components`` (dataset -> component -> the shared value:
+    :func:`constant_components`), ``largest_component_counts`` (component -> number of candidates -- rows that are not
+    references -- where it is the largest; only rows with all four components, a merged approx counting as 0; a
+    constant component is left out: it is the same for every candidate), ``kendall_tau`` (setting -> tau vs full
+    shot, see :func:`ranking_stability`: empty below :data:`MIN_MODELS_FOR_RANKING` models), ``scaling_law``
+    (alpha, B, r2, rmse of :func:`fit_scaling_law`, NaN if not estimable, with ``shown`` and ``why``:
+    :func:`riskdecomp.analysis.scaling.scaling_quality`) and ``zoo_flags`` (:func:`zoo_flags`). With several
+    datasets, ``per_dataset`` holds the same numbers per dataset.
     """
     t = _table(df)
     present = [c for c in OUTCOMES if c in t]
@@ -85,23 +197,30 @@ def summarize(df: pd.DataFrame) -> dict:
         "mean": {c: float(t[c].mean()) for c in present},
         "median": {c: float(t[c].median()) for c in present},
     }
-    counts = {c: 0 for c in comps}
+    constant = constant_components(t)
+    out["constant_components"] = constant
+    shared = {c for comps_ in constant.values() for c in comps_}
+    counts = {c: 0 for c in comps if c not in shared}
     if len(comps) == 4:
         # approx NaN with usability present = merged into usability (no reference): it counts as 0, like in
         # _scaling_long; otherwise such zoos count no model at all
-        full = t[comps].assign(approx=t["approx"].where(t["approx"].notna() | t["usability"].isna(), 0.0)).dropna()
-        if len(full):
-            for c, n in full.idxmax(axis=1).value_counts().items():
+        cand = t[~reference_mask(t)]
+        full = cand[comps].assign(approx=cand["approx"].where(cand["approx"].notna() | cand["usability"].isna(),
+                                                              0.0)).dropna()
+        if len(full) and counts:
+            for c, n in full[list(counts)].idxmax(axis=1).value_counts().items():
                 counts[c] = int(n)
     out["largest_component_counts"] = counts
     taus, _ = ranking_stability(t)
     out["kendall_tau"] = taus
     try:
         params, _ = fit_scaling_law(t)
-    except ValueError:
-        params = {"alpha": np.nan, "B": np.nan, "r2": np.nan, "rmse": np.nan}
-    out["scaling_law"] = {k: params.get(k, np.nan) for k in ("alpha", "B", "r2", "rmse")}
+    except ValueError as exc:
+        params = {"alpha": np.nan, "B": np.nan, "r2": np.nan, "rmse": np.nan, "shown": False,
+                  "why": f"not estimable ({exc})"}
+    out["scaling_law"] = {k: params.get(k, np.nan) for k in ("alpha", "B", "r2", "rmse", "shown", "why")}
     out["scaling_law_details"] = {k: v for k, v in params.items() if k not in out["scaling_law"]}
+    out["zoo_flags"] = zoo_flags(t, out["scaling_law"])
     if t["dataset"].nunique() > 1:
         out["per_dataset"] = {
             str(name): {k: v for k, v in summarize(g).items() if k != "per_dataset"}
@@ -115,7 +234,8 @@ def ranking_stability(df: pd.DataFrame, top: int = 10) -> tuple[dict, pd.DataFra
     """Kendall tau (scipy tau-b) between the full-shot ranking (agg_risk) and each few-shot ranking.
 
     Returns ``({setting: tau}, moves)`` where setting is e.g. "3shot", "1pct"; taus are averaged
-    over datasets (each dataset with >= 3 models having both values). ``moves`` has one row per
+    over datasets (each dataset with >= :data:`MIN_MODELS_FOR_RANKING` models having both values; fewer: no tau
+    and no moves for it, and :func:`zoo_flags` says why). ``moves`` has one row per
     (dataset, setting, model): rank_full, rank_setting (1 = lowest error), move = rank_setting -
     rank_full, sorted by |move| descending (all models, ``top`` is the number flagged ``is_top``).
     """
@@ -128,7 +248,7 @@ def ranking_stability(df: pd.DataFrame, top: int = 10) -> tuple[dict, pd.DataFra
         per_ds = []
         for ds, g in t.groupby("dataset", sort=True):
             g = g[["model", "agg_risk", col]].dropna()
-            if len(g) < 3:
+            if len(g) < MIN_MODELS_FOR_RANKING:
                 continue
             tau = stats.kendalltau(g["agg_risk"], g[col]).statistic
             if np.isfinite(tau):
@@ -202,6 +322,21 @@ def _fit_one(data: pd.DataFrame, outcome: str, treatment: str, controls: list[st
         return smf.ols(formula, data=data).fit()
 
 
+def _singular(fit) -> str | None:
+    """Why a fitted design is near-singular (None: it is not): rank deficient, or a condition number of the design
+    matrix with unit-norm columns above :data:`MAX_CONDITION`."""
+    x = np.asarray(fit.model.exog, float)
+    norms = np.linalg.norm(x, axis=0)
+    if (norms == 0).any():
+        return "near-singular design: a column of the design matrix is all zeros"
+    cond = float(np.linalg.cond(x / norms))
+    if not np.isfinite(cond) or np.linalg.matrix_rank(x / norms) < x.shape[1]:
+        return "near-singular design: the design matrix is rank deficient"
+    if cond > MAX_CONDITION:
+        return f"near-singular design: condition number {cond:.2g} > {MAX_CONDITION:g}"
+    return None
+
+
 def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
                    outcomes: list[str] | None = None) -> pd.DataFrame:
     """OLS effect of each design choice on each component, with the spec's confounder controls.
@@ -215,13 +350,20 @@ def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
     residual degree of freedom, controls are dropped from the end of the priority list. Several
     datasets are analysed separately.
 
+    References (:func:`reference_mask`) are not design levels: their rows are left out.
+
     Returns a tidy DataFrame: dataset, treatment, level, base, component, coef, se, p, ci_lo,
-    ci_hi, n, controls (";"-joined) — one row per (treatment level, component). A coefficient whose standard error
-    is 0 or not finite (a perfect fit) is not testable: p, ci_lo and ci_hi NaN (with a warning).
+    ci_hi, n, controls (";"-joined), estimable, why — one row per (treatment level, component). A coefficient whose
+    standard error is 0 or not finite (a perfect fit) is not testable: p, ci_lo and ci_hi NaN (with a warning).
+    Not estimable (``estimable`` False, ``why`` the rule and its value, coef / se / p / CI NaN: never a
+    coefficient): an outcome constant or near-constant over the rows used (:func:`constant_outcome`), or a
+    near-singular design (condition number of the column-scaled design matrix above :data:`MAX_CONDITION`, or
+    rank deficient).
     """
     t = _table(df)
+    t = t[~reference_mask(t)].reset_index(drop=True)
     cols = ["dataset", "treatment", "level", "base", "component", "coef", "se", "p", "ci_lo", "ci_hi",
-            "n", "controls"]
+            "n", "controls", "estimable", "why"]
     treatments = [x for x in (treatments or DEFAULT_TREATMENTS) if x in t]
     outcomes = [c for c in (outcomes or OUTCOMES) if c in t]
     rows, untestable = [], []
@@ -268,6 +410,7 @@ def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
                     controls = controls[:-1]
                 if fit is None:
                     continue
+                why = constant_outcome(gt.loc[d.index], outcome) or _singular(fit)
                 ci = fit.conf_int()
                 for name in fit.params.index:
                     if not name.startswith(f"C(Q('{tr}')") and name != f"Q('{tr}')":
@@ -276,14 +419,18 @@ def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
                         f"log({tr})" if tr in LOG_FIELDS else tr)
                     se = float(fit.bse[name])
                     p, lo, hi = float(fit.pvalues[name]), float(ci.loc[name, 0]), float(ci.loc[name, 1])
-                    if _zero_se(se, np.abs(d[outcome]).max()):  # no residual variance: nothing to test against
+                    coef = float(fit.params[name])
+                    if why:  # never a coefficient for an outcome that does not vary or a design that cannot tell
+                        coef = se = p = lo = hi = np.nan
+                    elif _zero_se(se, np.abs(d[outcome]).max()):  # no residual variance: nothing to test against
                         p = lo = hi = np.nan
                         untestable.append(f"{tr}={level} on {outcome}")
                     rows.append({
                         "dataset": ds, "treatment": tr, "level": level, "base": base,
-                        "component": outcome, "coef": float(fit.params[name]),
+                        "component": outcome, "coef": coef,
                         "se": se, "p": p, "ci_lo": lo, "ci_hi": hi,
                         "n": int(fit.nobs), "controls": ";".join(controls),
+                        "estimable": not why, "why": f"not estimable: {why}" if why else "",
                     })
     _warn_untestable("design effects", untestable, "standard error 0: the fit is perfect")
     return pd.DataFrame(rows, columns=cols)
@@ -447,8 +594,8 @@ def seed_ranking_stability(seeds: pd.DataFrame | None, outcome: str = "agg_risk"
     model with >= 2 seeds has), over all such splits (at most ``max_splits``, in a fixed order).
 
     Returns ``({dataset: {tau_mean, tau_min, tau_max, n_splits, n_models, half_size}}, splits)`` where
-    ``splits`` has one row per split: dataset, seeds_a, seeds_b ("|"-joined), tau. Empty when fewer than 3
-    models or 2 shared seeds."""
+    ``splits`` has one row per split: dataset, seeds_a, seeds_b ("|"-joined), tau. Empty when fewer than
+    :data:`MIN_MODELS_FOR_RANKING` models or 2 shared seeds."""
     import itertools
 
     per_seed = _per_seed_values(seeds)
@@ -458,7 +605,7 @@ def seed_ranking_stability(seeds: pd.DataFrame | None, outcome: str = "agg_risk"
         if outcome in g and g[outcome].notna().sum() >= 2:
             by_ds.setdefault(ds, {})[m] = pd.to_numeric(g[outcome], errors="coerce").dropna()
     for ds, models in by_ds.items():
-        if len(models) < 3:
+        if len(models) < MIN_MODELS_FOR_RANKING:
             continue
         common = sorted(set.intersection(*(set(v.index) for v in models.values())))
         h = len(common) // 2

@@ -12,6 +12,30 @@ from riskdecomp.utils.schema import COMPONENTS
 
 
 # ----------------------------------------------------------------------------- scaling law
+#: A scaling law is shown only when it is fitted on at least this many models ...
+MIN_MODELS_FOR_FIT = 5
+#: ... explains at least this share of the variance of the errors it predicts (overall and few-shot only) ...
+MIN_R2 = 0.5
+#: ... and neither parameter sits at a bound of its range (alpha in [0, 5], B in [0, 1]): a fit pinned at a bound
+#: is the bound, not an estimate.
+BOUNDS = {"alpha": (0.0, 5.0), "B": (0.0, 1.0)}
+
+
+def scaling_quality(params: dict, n_models: int) -> tuple[bool, str]:
+    """``(shown, why)`` of a fitted scaling law: ``why`` states the rule that failed with its value (e.g.
+    "R² 0.28 < 0.5"), or, when shown, the fit quality ("R² 0.95 on 13 models")."""
+    if n_models < MIN_MODELS_FOR_FIT:
+        return False, f"{n_models} models < {MIN_MODELS_FOR_FIT}"
+    for key, label in (("r2", "R²"), ("r2_fewshot", "few-shot R²")):
+        r2 = params.get(key)
+        if r2 is None or not np.isfinite(r2) or r2 < MIN_R2:
+            return False, f"{label} {r2:.2f} < {MIN_R2}" if r2 is not None and np.isfinite(r2) else f"{label} undefined"
+    for name, (lo, hi) in BOUNDS.items():
+        v = float(params.get(name, np.nan))
+        if np.isclose(v, lo, atol=1e-6) or np.isclose(v, hi, atol=1e-6):
+            return False, f"{name} at its bound ({name} = {v:.3g}, range [{lo:g}, {hi:g}])"
+    return True, f"R² {params['r2']:.2f} (few-shot {params['r2_fewshot']:.2f}) on {n_models} models"
+
 def scaling_law_predict(A, U, P, E, N, n, alpha: float, B: float) -> np.ndarray:
     """err(n) = E + (1-B)(A+U) + (B(A+U) + P)(N/n)^alpha, clipped to [0, 100].
 
@@ -69,7 +93,9 @@ def fit_scaling_law(df: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     err_m(n) = agg_m + c * ((n_full/n)^a - 1) with shared c, a (``baseline_r2``/``baseline_rmse``).
 
     Returns (params, predictions): params has alpha, B, r2, rmse, n_points, ``r2_<setting>`` and
-    ``rmse_<setting>`` per setting, baseline_r2, baseline_rmse; predictions one row per pair
+    ``rmse_<setting>`` per setting, baseline_r2, baseline_rmse, n_models and ``shown`` / ``why``
+    (:func:`scaling_quality`: a poor fit is not to be drawn or summarised, and ``why`` says so); predictions
+    one row per pair
     (model, dataset, setting, n, actual, predicted, baseline). Raises ValueError if no pair is
     complete.
     """
@@ -118,5 +144,7 @@ def fit_scaling_law(df: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     few = (long["setting"] != "full").to_numpy()
     params["r2_fewshot"], params["rmse_fewshot"] = _r2_rmse(y[few], long["predicted"].to_numpy()[few])
     params["baseline_r2_fewshot"], params["baseline_rmse_fewshot"] = _r2_rmse(y[few & bsel], baseline[few & bsel])
+    params["n_models"] = int(long[["model", "dataset"]].drop_duplicates().shape[0])
+    params["shown"], params["why"] = scaling_quality(params, params["n_models"])
     preds = long[["model", "dataset", "setting", "n", "actual", "predicted", "baseline"]]
     return params, preds

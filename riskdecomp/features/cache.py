@@ -515,3 +515,39 @@ def load_features_npz(entry) -> Features:
     xtr, xte = arr["x_train"].astype(np.float32), arr["x_test"].astype(np.float32)
     return Features(entry.name, entry.dataset or path.stem, xtr, arr["y_train"].astype(np.int64), xte,
                     arr["y_test"].astype(np.int64))
+
+
+def _npz_width(path: Path, array: str = "x_train") -> Optional[int]:
+    """The second dimension of ``array`` in an ``.npz`` archive, read from its header (no data is loaded)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(f"{array}.npy") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape = read(fh)[0]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return int(shape[1]) if len(shape) == 2 else None
+
+
+def feature_dim(entry, dataset: Optional[ImageDataset], *, cache_dir, dtype: str = FEATURE_DTYPES[0]) -> Optional[int]:
+    """The width d of an entry's features without computing them (a reused run record written before records held
+    ``n_features``): what the entry says (:meth:`riskdecomp.sources.base.Source.feature_dim`: a recipe's ``z_dim``),
+    a features file's header, or the sidecar of its cached train features; None when none of them is at hand."""
+    src = source_of(entry)
+    known = src.feature_dim(entry)
+    if known is not None:
+        return int(known)
+    if not src.has_encoder:
+        return _npz_width(Path(entry.path))
+    if dataset is None:
+        return None
+    try:
+        identity = entry_identity(entry, dataset, cache_dir=cache_dir)
+        side = cache_path(Path(cache_dir), entry.name, dataset.name, "train",
+                          cache_key(identity, dataset.fingerprint, "train", check_feature_dtype(dtype)))
+        shape = json.loads(side.with_suffix(".json").read_text())["shape"]
+    except (OSError, KeyError, TypeError, ValueError, RiskdecompError):
+        return None
+    return int(shape[1]) if isinstance(shape, list) and len(shape) == 2 else None

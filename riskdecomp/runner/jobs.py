@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from riskdecomp import __version__
-from riskdecomp.features.cache import Features, featurize
+from riskdecomp.features.cache import Features, feature_dim, featurize
 from riskdecomp.runner.records import (
     PROTOCOL_VERSION,
     RECORD_VERSION,
@@ -25,6 +25,7 @@ from riskdecomp.runner.records import (
     dataset_name,
     pretraining_identity,
     read_record,
+    run_facts,
     run_key,
 )
 from riskdecomp.runner.tables import per_sample_table
@@ -103,6 +104,7 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
         key = run_key(entry, entry if self_ref else reference, ds, fingerprint, settings, cache_dir, force)
         meta = jsonable(_flatten_metadata(entry.metadata))
         pretraining = pretraining_identity(entry)
+        facts = run_facts(entry)
         if not force:
             rec, why = read_record(rpath, name, dname)
             if why:
@@ -112,9 +114,17 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
                 if old_meta != meta:  # metadata only labels the row: refresh it, keep the numbers
                     rec["row"] = {**{k: v for k, v in rec["row"].items() if k not in old_meta}, **meta}
                     rec["metadata_fields"] = sorted(meta)
-                # a record written before records held the pretraining identity gets it (the run key is unchanged)
-                if old_meta != meta or rec.get("pretraining", ()) != pretraining:
-                    rec["pretraining"] = pretraining
+                # a record written before records held the pretraining identity, the entry's facts (reference,
+                # weights) or the feature width gets them, found without computing anything (the run key is unchanged)
+                changed = old_meta != meta or rec.get("pretraining", ()) != pretraining
+                changed |= any(rec.get(k, ()) != v for k, v in facts.items())
+                if "n_features" not in rec["row"]:
+                    d = feature_dim(entry, ds, cache_dir=cache_dir, dtype=settings.feature_dtype)
+                    if d is not None:
+                        rec["row"]["n_features"] = d
+                        changed = True
+                if changed:
+                    rec.update(pretraining=pretraining, **facts)
                     atomic_write_text(rpath, json.dumps(rec, indent=1, sort_keys=True, allow_nan=False))
                 rec["skipped"] = True
                 return rec
@@ -152,7 +162,7 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
         timings["time_total"] = time.perf_counter() - t0
         rec = {"version": RECORD_VERSION, "run_key": key, "settings_key": settings.key(), "model": name,
                "dataset": feats.dataset, "riskdecomp_version": __version__, "protocol_version": PROTOCOL_VERSION,
-               "metadata_fields": sorted(meta), "pretraining": pretraining, "row": jsonable(record["row"]),
+               "metadata_fields": sorted(meta), "pretraining": pretraining, **facts, "row": jsonable(record["row"]),
                "fewshot": jsonable(record["fewshot"]), "timings": jsonable(timings)}
         why = check_record(rec, name, dname)
         if why:  # never write a record that a rerun would reject
@@ -236,7 +246,7 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
     # the decomposition reads memory-mapped cache files itself; the other estimators get in-memory float32 arrays
     feats = replace(feats, x_train=_float32(feats.x_train), x_test=_float32(feats.x_test))
     x_tr, x_te = feats.x_train, feats.x_test
-    row = {"n_classes": int(len(np.unique(y_tr))), **dict(dec)}
+    row = {"n_classes": int(len(np.unique(y_tr))), "n_features": int(x_tr.shape[1]), **dict(dec)}
     t = time.perf_counter()
     stage(feats.model, "few-shot")
     with failing_stage("few-shot"):

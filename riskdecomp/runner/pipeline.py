@@ -59,7 +59,7 @@ from riskdecomp.runner.records import (
     read_records,
 )
 from riskdecomp.runner.stages import zoo_active, zoo_ensembles, zoo_uncertainty_metrics
-from riskdecomp.runner.tables import build_leaderboard
+from riskdecomp.runner.tables import build_leaderboard, with_flags
 from riskdecomp.sources import source_of
 from riskdecomp.utils.atomic import check_writable_dir, real_folder, write_csv
 from riskdecomp.utils.errors import RiskdecompError, ZooError
@@ -371,7 +371,7 @@ def build(results, *, settings: Optional[Settings] = None, computed=(), redo_unc
                         "files in runs/ to drop them)", runs, len(stale), ", ".join(stale))
     # one row per model, pooled over pretraining seeds proven by the records (analysis.seeds.seed_plan)
     proof = {(r["model"], r["dataset"]): r["pretraining"] for r in recs if "pretraining" in r}
-    board, per_seed = aggregate_seeds(build_leaderboard(recs), proof)
+    board, per_seed = with_flags(*aggregate_seeds(build_leaderboard(recs), proof), recs)
     res = EvaluationResult(board, pd.DataFrame(), out, recs)
     tables = {
         "leaderboard": (res.leaderboard, True),

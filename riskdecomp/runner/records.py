@@ -176,6 +176,25 @@ def pretraining_identity(entry) -> Optional[dict]:
     return json.loads(json.dumps(jsonable({"seed": int(recipe.seed), "identity": ident}), sort_keys=True))
 
 
+def run_facts(entry) -> dict:
+    """What a run record says about its entry besides the numbers (not part of the run key; added to a reused record
+    that lacks it, like ``pretraining``): ``reference`` (the entry's reference, None without one) and ``weights``
+    (:meth:`riskdecomp.sources.base.Source.weights_label`: ``random`` = weights never pretrained on anything)."""
+    return {"reference": entry.reference, "weights": source_of(entry).weights_label(entry)}
+
+
+def _facts_problem(rec: dict) -> Optional[str]:
+    """Why the optional fields of :func:`run_facts` and the row's ``n_features`` are malformed (None: fine or absent)."""
+    if rec.get("reference") is not None and not isinstance(rec["reference"], str):
+        return "field 'reference' is not a model name or null"
+    if "weights" in rec and not isinstance(rec["weights"], str):
+        return "field 'weights' is not a string"
+    d = rec["row"].get("n_features")
+    if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+        return "row field 'n_features' is not an integer >= 1"
+    return None
+
+
 def _pretraining_problem(value) -> Optional[str]:
     if value is None:
         return None
@@ -235,7 +254,7 @@ def check_record(rec, model: str, dataset: str) -> Optional[str]:
         return f"components add up to {total:.6g}, not agg_risk {row['agg_risk']:.6g}"
     if any(not isinstance(r, dict) or (r.get("model"), r.get("dataset")) != (model, dataset) for r in rec["fewshot"]):
         return "few-shot rows of another model or dataset"
-    return _pretraining_problem(rec.get("pretraining"))
+    return _pretraining_problem(rec.get("pretraining")) or _facts_problem(rec)
 
 
 def read_record(path: Path, model: str, dataset: str) -> tuple:

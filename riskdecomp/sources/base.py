@@ -196,6 +196,11 @@ class Source:
         """Whether the encoder has a posterior (``posterior_variance`` scores)."""
         return False
 
+    def feature_dim(self, entry) -> Optional[int]:
+        """The width of the entry's representation when the entry alone says it, without building or loading
+        anything (None: only its features tell; :func:`riskdecomp.features.cache.feature_dim`)."""
+        return None
+
 
 def file_label(path) -> str:
     """``file:<sha256[:12]>`` of a local weights file, ``file:missing`` when it is absent."""

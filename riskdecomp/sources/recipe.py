@@ -41,6 +41,9 @@ class RecipeSource(Source):
     def stochastic(self, entry) -> bool:
         return entry.recipe.objective == "stochastic"
 
+    def feature_dim(self, entry) -> int:
+        return int(entry.recipe.z_dim)  # the encoder's output (the representation; a stochastic one's mean)
+
     def checkpoint(self, entry, dataset, *, cache_dir, device, progress, force) -> Path:
         """The recipe's checkpoint in the cache, pretrained first when it is not there (again with ``force``)."""
         from riskdecomp import pretrain

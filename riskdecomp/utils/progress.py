@@ -101,6 +101,21 @@ class Progress:
             print(line, file=self.stream, flush=True)
 
 
+def flag_lines(board) -> list:
+    """The CLI summary's line of the leaderboard's ``flags`` column (docs/protocol.md, "Flags"): each code with the
+    models it applies to; none when the board has no such column (a folder of an older release)."""
+    if "flags" not in getattr(board, "columns", ()):
+        return []
+    models: dict = {}
+    for m, f in zip(board["model"], board["flags"]):
+        for code in (str(f).split(";") if isinstance(f, str) and f else []):
+            models.setdefault(code, []).append(str(m))
+    if not models:
+        return ["  flags             none"]
+    parts = [f"{code} {len(ms)} ({', '.join(ms[:3])}{', ...' if len(ms) > 3 else ''})" for code, ms in models.items()]
+    return [f"  flags             {'; '.join(parts)} (docs/protocol.md, Flags)"]
+
+
 def summary_lines(res, report=None, wall_s: Optional[float] = None, analysis: Optional[dict] = None) -> list:
     """Where each output of a finished run is, and a short summary: the best encoder excluding references (from
     ``analysis``: analyze's summary, or any dict with its ``"best"`` / ``"inference"`` keys -- the CLI passes the
@@ -120,18 +135,35 @@ def summary_lines(res, report=None, wall_s: Optional[float] = None, analysis: Op
     if len(board) and "agg_risk" in board:
         best = (analysis or {}).get("best") or {}
         lines += (_best_lines(best, (analysis or {}).get("inference") or {}) if best else _leaderboard_best(board))
-        comps = [c for c in COMPONENTS if c in board and board[c].notna().any()]
-        means = board[comps].mean()
-        top = means.idxmax()
-        lines.append(f"  largest component {top} (mean {means[top]:.2f} across {len(board)} model(s); largest for "
-                     f"{int((board[comps].idxmax(axis=1) == top).sum())})")
+        lines.append(_largest_line(board, (analysis or {}).get("constant_components") or {}))
     else:
         lines += ["  best encoder      none (no results)", "  largest component none"]
+    lines += flag_lines(board)
     lines.append(f"  failures          {len(res.failures)}")
     reused = sum(bool(r.get("skipped")) for r in res.records)
     lines.append(f"  runs              {len(res.records) - reused} computed, {reused} reused")
     lines.append(f"  wall time         {wall_s:.1f} s" if wall_s is not None else "  wall time         -")
     return lines
+
+
+def _largest_line(board, constant: dict) -> str:
+    """The component with the largest mean over the candidates (references left out); a component constant across
+    them by construction (analyze's ``constant_components``, e.g. approx under one reference) is named apart as the
+    shared baseline, never "largest"."""
+    shared = {c: v for per_ds in constant.values() for c, v in (per_ds or {}).items()}
+    cands = board
+    if "is_reference" in board:
+        keep = ~board["is_reference"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
+        cands = board[keep] if keep.any() else board
+    comps = [c for c in COMPONENTS if c in cands and c not in shared and cands[c].notna().any()]
+    base = "; ".join(f"{c} {v:.2f} shared by every candidate (a baseline, not compared)" for c, v in shared.items()
+                     if isinstance(v, (int, float)))
+    if not comps:
+        return f"  largest component none{' (' + base + ')' if base else ''}"
+    means = cands[comps].mean()
+    top = means.idxmax()
+    return (f"  largest component {top} (mean {means[top]:.2f} across {len(cands)} candidate(s); largest for "
+            f"{int((cands[comps].idxmax(axis=1) == top).sum())}{'; ' + base if base else ''})")
 
 
 def _ci_text(lo, hi) -> str:
