@@ -29,6 +29,7 @@ from riskdecomp.analysis.inference import ALPHA, holm  # noqa: F401 - re-exporte
 from riskdecomp.analysis.inference import contrast_fields, finish_wide, paired_seed_test
 from riskdecomp.analysis.inference import engines as inference_engines
 from riskdecomp.analysis.inference import wide_columns, welch_seed_test
+from riskdecomp.analysis.inference import ZERO_SE_REL
 from riskdecomp.analysis.inference import zero_se as _zero_se
 from riskdecomp.analysis.scaling import fit_scaling_law
 from riskdecomp.analysis.tables import _setting_name, _table, fewshot_settings
