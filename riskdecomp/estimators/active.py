@@ -2,15 +2,28 @@
 
 Protocol: pool = the train features. Features are standardised once with the pool's mean and
 std (label-free, legitimate for a pool). Seed set: ``seed_per_class`` random points per class
-(class-balanced). Each round: fit a fresh-or-warm-started probe on the labelled set, score the
-unlabelled pool, label the top ``batch`` points, until ``budget_per_class * C`` labels. After
-every fit the probe is evaluated on the test set. Regularisation is *fixed* across rounds
-(default ``C = 1.0`` on standardised features, no per-round tuning: tuning on a handful of
-labels is noise, and tuning on the test set would leak); pass ``probe_factory`` to use another
-probe, e.g. ``lambda: LinearProbe(C=best_C)`` with C tuned on the full train set.
+(class-balanced). Each round: fit the probe on the labelled set, score the unlabelled pool, label
+the top ``batch`` points, until ``budget_per_class * C`` labels. After every fit the probe is
+evaluated on the test set.
+
+Regularisation is chosen as the few-shot protocol chooses it (:mod:`riskdecomp.estimators.fewshot`),
+for every fit (protocol ``ACTIVE_PROTOCOL`` 2): with n labels in K classes, draw a validation set
+of ``min(max(ceil(n / K), 5), left)`` unlabelled pool points per class (disjoint from the labelled
+set; not counted in n, as few-shot's is not), walk the C grid strong -> weak along the
+warm-started path fitted on the labelled set (:func:`riskdecomp.estimators.selection.fit_path`:
+0-1 error, ties by log-loss, early stopping) and use the probe at the chosen C. For a
+class-balanced labelled set of n = k K points this is the k-shot protocol, so random acquisition
+at n labels estimates the k-shot error. The C is chosen on each acquisition's own labelled set: a
+C chosen once per size n on a class-balanced draw does not transfer (a very small C, right for a
+balanced set, leaves a probe whose unpenalised intercepts predict the majority class of an
+imbalanced one: chance accuracy), and a fixed C (protocol 1: C = 1) is far too weak a penalty on
+small labelled sets for some encoders: their random-acquisition curve fell to chance while the
+tuned few-shot probe at the same n was far above it. A round with no unlabelled point left keeps
+the previous round's C.
+Pass ``probe_factory`` to use another (fixed) probe instead; its C (when it has one) is reported.
 
 Accuracies are fractions in [0, 1]. ``worst_class_accuracy`` = min over classes of the
-per-class recall on the test set.
+per-class recall on the test set. ``C``: the probe's regularisation at that fit.
 
 Acquisitions (higher = labelled first): random; least_confidence 1 - max p; entropy; margin
 -(p1 - p2); density = entropy * exp(-knn_10) with knn_10 the mean cosine distance to the 10
@@ -27,20 +40,47 @@ import pandas as pd
 from scipy.special import entr
 
 from riskdecomp.estimators.neighbors import knn
+from riskdecomp.estimators.probe import DEFAULT_STANDARDIZE, LinearProbe
+from riskdecomp.estimators.selection import DEFAULT_GRID, PathFitter, fit_path
 from riskdecomp.estimators.solvers import feature_scale
 from riskdecomp.utils.errors import FeatureError
 
 ACQUISITIONS = ("random", "least_confidence", "entropy", "margin", "density", "coreset")
+#: version of the active-learning protocol, carried by the run record (``active_protocol``): curves of an older
+#: one are recomputed by a rerun, without recomputing the record (1: C fixed at 1; 2: C per labelled-set size, as
+#: few-shot chooses it)
+ACTIVE_PROTOCOL = 2
+#: stream of the validation draws of AL seed s and acquisition i: ``default_rng([seed, s, _C_STREAM + i])`` (the
+#: acquisitions' own draws use [seed, s, 1 + i])
+_C_STREAM = 100
 
 
-def _default_probe_factory(C: float = 1.0, max_iter: int = 100) -> Callable[[], object]:
-    """Warm-started LinearProbe(C, max_iter).
+def validation_draw(y: np.ndarray, labeled: np.ndarray, per_class: int, rng: np.random.Generator,
+                    val_min: int = 5) -> np.ndarray:
+    """Indices of a validation set drawn from the unlabelled points (``~labeled``), as the few-shot protocol draws
+    it (:func:`riskdecomp.estimators.fewshot.draw_labeled_and_val`): ``min(max(per_class, val_min), left)`` per
+    class, ``left`` = the class's unlabelled points."""
+    out = []
+    for c in np.unique(y):
+        rest = rng.permutation(np.flatnonzero((y == c) & ~labeled))
+        out.append(rest[: min(max(per_class, val_min), len(rest))])
+    return np.sort(np.concatenate(out))
 
-    One probe object serves a whole (acquisition, seed) run and is refitted each round, so
-    warm starts carry the previous round's weights."""
-    from riskdecomp.estimators.probe import LinearProbe
 
-    return lambda: LinearProbe(C=C, max_iter=max_iter, warm_start=True)
+def tuned_fit(x: np.ndarray, y: np.ndarray, labeled: np.ndarray, rng: np.random.Generator, *, grid=None,
+              patience: int = 2, standardize: bool = DEFAULT_STANDARDIZE, device: str = "auto",
+              fallback_C: float = 1.0):
+    """The probe fitted on ``x[labeled]`` at the C the few-shot protocol chooses (see the module docstring), and that
+    C. Without an unlabelled point to validate on, the probe at ``fallback_C`` (the grid value nearest to it)."""
+    g = np.sort(DEFAULT_GRID if grid is None else np.asarray(grid, dtype=float).ravel())
+    n, k = int(labeled.sum()), len(np.unique(y))
+    val = validation_draw(y, labeled, -(-n // k), rng)
+    path = PathFitter(LinearProbe(standardize=standardize, device=device), x[labeled], y[labeled], g)
+    if len(val):
+        C, _ = fit_path(path, x[val], y[val], patience=patience)
+    else:
+        C = float(g[np.argmin(np.abs(np.log(g) - np.log(fallback_C)))])
+    return path.get(C), C
 
 
 def seed_set(y: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -110,12 +150,19 @@ def run_active_learning(
     budget_per_class: int = 50,
     probe_factory: Callable[[], object] | None = None,
     seed: int = 0,
+    grid=None,
+    patience: int = 2,
+    standardize: bool = DEFAULT_STANDARDIZE,
+    device: str = "auto",
 ) -> pd.DataFrame:
-    """Learning curves: tidy (acquisition, seed, n_labels, accuracy, worst_class_accuracy).
+    """Learning curves: tidy (acquisition, seed, n_labels, accuracy, worst_class_accuracy, C).
 
-    ``batch`` defaults to max(10, C); the total budget is ``budget_per_class * C`` labels (the
-    last round is truncated to hit it exactly). Every acquisition of one seed starts from the
-    same seed set (paired comparison). Accuracies are fractions in [0, 1].
+    ``batch`` defaults to max(10, K) for K classes; the total budget is ``budget_per_class * K`` labels
+    (the last round is truncated to hit it exactly). Every acquisition of one seed starts from the
+    same seed set (paired comparison). Accuracies are fractions in [0, 1]. Every fit is a
+    ``LinearProbe(standardize=standardize, device=device)`` at the C of :func:`tuned_fit` (``grid``,
+    ``patience``: as in few-shot), unless ``probe_factory`` gives a fixed probe (refitted, warm-started,
+    every round).
     """
     for name in acquisitions:
         if name not in ACQUISITIONS:
@@ -126,13 +173,14 @@ def run_active_learning(
     sd = feature_scale(mu, sd)  # 1 for a (near-)constant column
     x = (x - mu) / sd
     xt = (np.asarray(x_test, dtype=np.float64) - mu) / sd
+    x32, xt = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(xt, dtype=np.float32)  # the probes'
     yt = np.asarray(y_test)
     n_c = len(np.unique(y))
     b = max(10, n_c) if batch is None else int(batch)
     total = min(budget_per_class * n_c, len(y))
     if seed_per_class * n_c > total:
         raise FeatureError(f"seed set of {seed_per_class * n_c} labels exceeds the budget of {total}")
-    factory = probe_factory or _default_probe_factory()
+    tuned = probe_factory is None
 
     density = None
     if "density" in acquisitions:
@@ -147,16 +195,22 @@ def run_active_learning(
             rng = np.random.default_rng([seed, s, ACQUISITIONS.index(name) + 1])
             labeled = np.zeros(len(y), dtype=bool)
             labeled[start] = True
-            probe = factory()
+            probe = None if tuned else probe_factory()
+            vrng, C = np.random.default_rng([seed, s, _C_STREAM + ACQUISITIONS.index(name)]), 1.0
             if name == "coreset":
                 sq = np.full(len(x), np.inf)
                 for j in start:
                     sq = np.minimum(sq, np.linalg.norm(x - x[j], axis=1))
             while True:
-                probe.fit(x[labeled], y[labeled])
-                acc, worst = _evaluate(probe, xt, yt)
                 n_lab = int(labeled.sum())
-                rows.append((name, s, n_lab, acc, worst))
+                if tuned:
+                    probe, C = tuned_fit(x32, y, labeled, vrng, grid=grid, patience=patience, standardize=standardize,
+                                         device=device, fallback_C=C)
+                else:
+                    probe.fit(x32[labeled], y[labeled])
+                    C = float(getattr(probe, "C", np.nan))
+                acc, worst = _evaluate(probe, xt, yt)
+                rows.append((name, s, n_lab, acc, worst, C))
                 if n_lab >= total:
                     break
                 take = min(b, total - n_lab)
@@ -165,9 +219,9 @@ def run_active_learning(
                     picks, sq = _coreset_pick(x, sq, labeled, take)
                     labeled[picks] = True
                     continue
-                proba = None if name == "random" else probe.predict_proba(x[unl])
+                proba = None if name == "random" else probe.predict_proba(x32[unl])
                 labeled[unl[_acquire(name, proba, unl, take, rng, density)]] = True
-    return pd.DataFrame(rows, columns=["acquisition", "seed", "n_labels", "accuracy", "worst_class_accuracy"])
+    return pd.DataFrame(rows, columns=["acquisition", "seed", "n_labels", "accuracy", "worst_class_accuracy", "C"])
 
 
 def labels_to_reach(n_labels: np.ndarray, accuracy: np.ndarray, target: float) -> float:

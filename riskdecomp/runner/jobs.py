@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from riskdecomp import __version__
+from riskdecomp.estimators.active import ACTIVE_PROTOCOL, run_active_learning
 from riskdecomp.features.cache import Features, feature_dim, featurize
 from riskdecomp.runner.records import (
     PROTOCOL_VERSION,
@@ -73,8 +74,16 @@ def run_job(zoo, name: str, dataset_spec: str, out: str, cache_dir: str, setting
 
 
 def _outputs_present(out: Path, name: str, dname: str, settings: Settings) -> bool:
-    return ((not settings.uncertainty or result_path(out, "per_sample", name, dname).is_file())
-            and (not settings.active or result_path(out, "active", name, dname).is_file()))
+    return not settings.uncertainty or result_path(out, "per_sample", name, dname).is_file()
+
+
+def _active_current(rec: dict, out: Path, name: str, dname: str, settings: Settings) -> bool:
+    """Whether the active-learning curves of a reusable record are there and of the current protocol
+    (``active_protocol`` of the record, :data:`riskdecomp.estimators.active.ACTIVE_PROTOCOL`; a record written
+    before records carried it has curves of protocol 1, C fixed at 1). Curves that are not are recomputed alone:
+    they are not part of the record's numbers, so its run key and every other number stay as they are."""
+    return (not settings.active or (rec.get("active_protocol") == ACTIVE_PROTOCOL
+                                    and result_path(out, "active", name, dname).is_file()))
 
 
 def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, force: bool) -> dict:
@@ -123,10 +132,17 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
                     if d is not None:
                         rec["row"]["n_features"] = d
                         changed = True
+                redo_active = not _active_current(rec, out, name, dname, settings)
+                if redo_active:  # stale or missing curves: only they are recomputed
+                    with failing_stage("featurize"):
+                        feats = _load(entry, dataset_spec, settings, cache_dir, mmap=True)
+                    rec["timings"]["time_active"] = _active_curves(feats, settings, out)
+                    rec["active_protocol"], changed = ACTIVE_PROTOCOL, True
                 if changed:
                     rec.update(pretraining=pretraining, **facts)
                     atomic_write_text(rpath, json.dumps(rec, indent=1, sort_keys=True, allow_nan=False))
                 rec["skipped"] = True
+                rec["active_recomputed"] = redo_active
                 return rec
         torch.manual_seed(settings.seed)
         timings = {}
@@ -163,6 +179,7 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
         rec = {"version": RECORD_VERSION, "run_key": key, "settings_key": settings.key(), "model": name,
                "dataset": feats.dataset, "riskdecomp_version": __version__, "protocol_version": PROTOCOL_VERSION,
                "metadata_fields": sorted(meta), "pretraining": pretraining, **facts, "row": jsonable(record["row"]),
+               **({"active_protocol": ACTIVE_PROTOCOL} if settings.active else {}),
                "fewshot": jsonable(record["fewshot"]), "timings": jsonable(timings)}
         why = check_record(rec, name, dname)
         if why:  # never write a record that a rerun would reject
@@ -273,19 +290,25 @@ def evaluate_features(feats: Features, reference, settings: Settings, *, out: Op
         write_csv(per_sample, result_path(out, "per_sample", feats.model, feats.dataset))
         timings["time_uncertainty"] = time.perf_counter() - t
     if out is not None and settings.active:
-        from riskdecomp.estimators.active import run_active_learning
-
-        t = time.perf_counter()
-        stage(feats.model, "active learning")
-        with failing_stage("active learning"):
-            curves = run_active_learning(x_tr, y_tr, x_te, y_te, seeds=settings.active_seeds,
-                                         budget_per_class=settings.active_budget_per_class, seed=settings.seed)
-        curves.insert(0, "model", feats.model)
-        curves.insert(1, "dataset", feats.dataset)
-        write_csv(curves, result_path(out, "active", feats.model, feats.dataset))
-        timings["time_active"] = time.perf_counter() - t
+        timings["time_active"] = _active_curves(feats, settings, out)
     fewshot_rows = table.assign(model=feats.model, dataset=feats.dataset).to_dict(orient="records")
     return {"row": row, "fewshot": fewshot_rows}
+
+
+def _active_curves(feats: Features, settings: Settings, out: Path) -> float:
+    """Write the active-learning curves of ``feats`` to ``active/<model>@<dataset>.csv`` (the probe's C chosen as
+    few-shot chooses it, with the same standardization and device: :func:`run_active_learning`); the seconds it
+    took."""
+    t = time.perf_counter()
+    stage(feats.model, "active learning")
+    with failing_stage("active learning"):
+        curves = run_active_learning(feats.x_train, feats.y_train, feats.x_test, feats.y_test,
+                                     seeds=settings.active_seeds, budget_per_class=settings.active_budget_per_class,
+                                     seed=settings.seed, standardize=settings.standardize, device=settings.device)
+    curves.insert(0, "model", feats.model)
+    curves.insert(1, "dataset", feats.dataset)
+    write_csv(curves, result_path(out, "active", feats.model, feats.dataset))
+    return time.perf_counter() - t
 
 
 def _float32(x: np.ndarray) -> np.ndarray:

@@ -270,6 +270,10 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
             if key.endswith("_skipped") and isinstance(why, str):
                 log.warning("model %r: %s skipped: %s", r["model"], key[: -len("_skipped")], why)
     computed = {(r["model"], r["dataset"]) for r in ok if not r.get("skipped")}
+    redone = [r["model"] for r in ok if r.get("active_recomputed")]
+    if redone:  # reused records whose curves were stale (an older active-learning protocol) or missing
+        log.warning("active-learning curves recomputed for %d reused run(s) (their curves were missing or of an older "
+                    "protocol; every other number reused): %s", len(redone), ", ".join(redone))
     redo = True
     if settings.uncertainty:
         # zoo-level stages are redone only when some record changed (a rerun of finished work stays fast)

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from riskdecomp.estimators.active import ACTIVE_PROTOCOL, label_efficiency
 from riskdecomp.estimators.uncertainty import reference_indices
 from riskdecomp.runner.jobs import _load
 from riskdecomp.runner.parallel import _parallel_map
@@ -103,14 +104,15 @@ def zoo_uncertainty_metrics(records: list, out: Path, settings: Settings, jobs: 
 
 
 def zoo_active(records: list, out: Path) -> tuple:
-    """All active-learning curves and label efficiencies of the records (from ``active/<stem>.csv``)."""
-    from riskdecomp.estimators.active import label_efficiency
-
-    curves, effs = [], []
+    """All active-learning curves and label efficiencies of the records (from ``active/<stem>.csv``). Curves of an
+    older protocol (the record's ``active_protocol``) are kept, with a warning: ``evaluate`` recomputes them."""
+    curves, effs, stale = [], [], []
     for r in records:
         p = result_path(out, "active", r["model"], r["dataset"])
         if not p.exists():
             continue
+        if r.get("active_protocol") != ACTIVE_PROTOCOL:
+            stale.append(r["model"])
         c = pd.read_csv(p)
         curves.append(c)
         err = r["row"].get("err_test")
@@ -119,5 +121,9 @@ def zoo_active(records: list, out: Path) -> tuple:
         le.insert(0, "model", r["model"])
         le.insert(1, "dataset", r["dataset"])
         effs.append(le)
+    if stale:
+        log.warning("%s: active-learning curves of %d run(s) made with an older protocol (C fixed at 1, not chosen as "
+                    "few-shot chooses it): %s; rerun evaluate on this folder to recompute them (nothing else is "
+                    "recomputed)", out / "active", len(stale), ", ".join(stale))
     cat = (lambda fs: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame())
     return cat(curves), cat(effs)
