@@ -93,11 +93,14 @@ def expected(res: Path) -> dict:
 def assert_complete(res: Path, seen: dict) -> None:
     """Every model and score (acquisition) of every table is shown by the figure drawing it, and listed in
     plots/manifest.json; no legend of any figure covers an axes."""
-    manifest = json.loads((res / "plots" / "manifest.json").read_text())["figures"]
     for figure, (models, scores) in expected(res).items():
         assert figure in seen, f"{figure} not drawn"
         assert_shows(seen[figure], models, "models", figure)
         assert_shows(seen[figure], scores, "scores", figure)
+    for figure, fig in seen.items():
+        assert fig["overlaps"] == [], f"{figure}: a legend covers the axes {fig['overlaps']}"
+    manifest = json.loads((res / "plots" / "manifest.json").read_text())["figures"]
+    for figure, (models, scores) in expected(res).items():
         assert set(manifest[figure]["models"]) == models, figure
         if figure == "risk_coverage":  # a score column without values is named as such, never dropped silently
             ens_files = list((res / "ensemble").glob("*.csv")) if (res / "ensemble").is_dir() else []
@@ -106,8 +109,6 @@ def assert_complete(res: Path, seen: dict) -> None:
         key = "acquisitions" if figure == "active_learning" else "scores"
         if scores:
             assert set(manifest[figure][key]) == scores, figure
-    for figure, fig in seen.items():
-        assert fig["overlaps"] == [], f"{figure}: a legend covers the axes {fig['overlaps']}"
 
 
 # ------------------------------------------------------------------------------------------------ committed results
@@ -229,11 +230,12 @@ def test_design_effects_draws_only_estimable_and_names_the_rest(tmp_path, drawn)
     # one usability term the producer calls not estimable although its numbers are finite
     odd = eff.index[(eff["component"] == "usability") & (eff["treatment"] == "z_dim")]
     eff.loc[odd, ["estimable", "why"]] = [False, "near-singular design (condition number 1e9)"]
-    manifest = {}
-    _, caption = plots.plot_design_effects(eff, tmp_path, manifest=manifest)
+    _, caption = plots.plot_design_effects(eff, tmp_path)
     assert "approx: not estimable: approx is constant across the zoo's candidates" in caption
     assert "usability: not estimable: near-singular design (condition number 1e9) (z_dim=log(z_dim))" in caption
     assert "approximation" not in drawn["design_effects"]["texts"]
+    manifest = {}
+    plots.plot_design_effects(eff, tmp_path, manifest=manifest)
     assert manifest["design_effects"]["outcomes"] == ["usability", "probe_gen", "enc_gen", "agg_risk"]
     # nothing estimable at all: a note naming why, no figure
     eff["estimable"] = False
@@ -249,9 +251,6 @@ def test_scaling_law_not_drawn_when_its_fit_is_poor(tmp_path):
     lb = pd.read_csv(RESULTS / "leaderboard.csv")
     path, caption = plots.plot_scaling_law(lb, tmp_path)  # the committed fit: R² 0.95, drawn with its quality
     assert "R² 0.953" in caption and path.is_file()
-    with pytest.raises(PlotSkipped, match=r"^scaling law: not shown: R² 0\.28 < 0\.5 on a 4-model zoo$"):
-        plots.plot_scaling_law(lb, tmp_path, quality={"r2": 0.28, "shown": False, "why": "R² 0.28 < 0.5 on a "
-                                                                                          "4-model zoo"})
     rng = np.random.default_rng(1)
     bad = lb.copy()
     for c in [c for c in lb if c.startswith("fewshot_") and not c.endswith("_std")]:
@@ -260,6 +259,9 @@ def test_scaling_law_not_drawn_when_its_fit_is_poor(tmp_path):
     assert r2 < 0.5
     with pytest.raises(PlotSkipped, match=rf"^scaling law: not shown: .*few-shot R² {r2:.2f} < 0\.5 \(rule: "):
         plots.plot_scaling_law(bad, tmp_path)
+    with pytest.raises(PlotSkipped, match=r"^scaling law: not shown: R² 0\.28 < 0\.5 on a 4-model zoo$"):
+        plots.plot_scaling_law(lb, tmp_path, quality={"r2": 0.28, "shown": False, "why": "R² 0.28 < 0.5 on a "
+                                                                                          "4-model zoo"})
 
 
 def test_rankings_need_five_models(tmp_path):
