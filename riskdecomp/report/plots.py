@@ -465,7 +465,8 @@ def plot_scaling_law(lb: pd.DataFrame, out_dir: Path, name: str = "scaling_law",
     if not (quality and quality.get("shown") is True) and (why := _scaling_quality(params)):
         raise PlotSkipped(f"scaling law: not shown: {why}")
     fig, ax = plt.subplots(figsize=(6, 5.5))
-    sns.scatterplot(data=preds, x="actual", y="predicted", hue="setting", ax=ax, s=25)
+    order = list(dict.fromkeys(preds.sort_values("n", ascending=False, kind="stable")["setting"]))  # most labels first
+    sns.scatterplot(data=preds, x="actual", y="predicted", hue="setting", hue_order=order, ax=ax, s=25)
     lim = [0, max(preds["actual"].max(), preds["predicted"].max()) * 1.05]
     ax.plot(lim, lim, color="black", lw=0.8, ls="--")
     ax.set_xlim(lim)
@@ -857,7 +858,9 @@ def plot_seed_ranking(per_seed: pd.DataFrame | None, splits: pd.DataFrame | None
                                       gridspec_kw={"width_ratios": [3, 1.2]})
         ypos = {m: i for i, m in enumerate(order[::-1])}
         means = g.groupby("base_model")["agg_risk"].mean()
-        ax.barh([ypos[m] for m in order], [means[m] for m in order], color="#dddddd", height=0.6)
+        # the mean as a tick, not a bar: the axis does not start at 0, so bar lengths would exaggerate differences
+        ax.scatter([means[m] for m in order], [ypos[m] for m in order], marker="|", s=260, linewidths=2,
+                   color="black", zorder=2)
         seeds = sorted(g["pretrain_seed"].astype(int).unique())
         pal = sns.color_palette("colorblind", len(seeds))
         for s, col in zip(seeds, pal):
@@ -867,7 +870,7 @@ def plot_seed_ranking(per_seed: pd.DataFrame | None, splits: pd.DataFrame | None
         ax.set_yticks(list(ypos.values()), list(ypos.keys()), fontsize=8)
         lo = g["agg_risk"].min()
         ax.set_xlim(max(0.0, lo - 0.1 * (g["agg_risk"].max() - lo) - 1), None)
-        ax.set_xlabel("agg_risk (%) per pretraining seed; bar = seed mean")
+        ax.set_xlabel("agg_risk (%) per pretraining seed; black tick = seed mean")
         ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=min(len(seeds), 8), frameon=False,
                   handletextpad=0.2, columnspacing=0.8)
         taus = pd.to_numeric(sp["tau"], errors="coerce").dropna()
@@ -883,7 +886,7 @@ def plot_seed_ranking(per_seed: pd.DataFrame | None, splits: pd.DataFrame | None
         _record(manifest, path.stem, source="leaderboard_seeds.csv", dataset=str(ds), models=order,
                 seeds=[int(x) for x in seeds])
         half = sp["seeds_a"].astype(str).str.count(r"\|").iloc[0] + 1
-        out.append((path, f"Left: each model's agg_risk for every pretraining seed (dots) and the seed mean (bar), "
+        out.append((path, f"Left: each model's agg_risk for every pretraining seed (dots) and the seed mean (black tick), "
                           f"best first, on {ds}. Right: Kendall tau between the model rankings computed on two "
                           f"disjoint halves of the seeds ({half} seed(s) each), one dot per split ({len(taus)} "
                           f"splits); mean {taus.mean():.2f}, min {taus.min():.2f}, max {taus.max():.2f}. A tau near "
