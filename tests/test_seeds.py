@@ -324,8 +324,8 @@ def test_findings_paragraph_is_generated_from_the_results(seeded_run, tmp_path):
 
 def test_report_draws_seed_contrasts_and_ranking_stability_from_real_output(seeded_run, tmp_path):
     """The report of a seeded run (real evaluate output) has the seed-contrast figure and the significance table,
-    whose * marks are exactly the producer's significant_* flags; the ranking-stability figure of its 4 models is
-    not drawn (a ranking needs 5, issue 21), with a note saying so."""
+    whose * marks are exactly the producer's significant_* flags, and the ranking-stability figure of its 5 models (a
+    ranking needs 5, issue 21)."""
     import shutil
 
     _, out = seeded_run
@@ -333,9 +333,9 @@ def test_report_draws_seed_contrasts_and_ranking_stability_from_real_output(seed
     shutil.copytree(out, res)
     assert run_cli("report", "--results", str(res)) == 0
     page = (res / "report.html").read_text()
-    assert "<figure id='seed_contrasts'>" in page and "<figure id='seed_ranking_digits'>" not in page
+    assert "<figure id='seed_contrasts'>" in page and "<figure id='seed_ranking_digits'>" in page
     assert "differences over seeds:" not in page  # no skip note of the contrasts
-    assert "ranking stability: not shown: digits: 4 models (&lt; 5 needed for a ranking)" in page
+    assert "ranking stability: not shown" not in page
     contrasts = pd.read_csv(res / "analysis" / "baseline_contrasts.csv")
     pairs = pd.read_csv(res / "analysis" / "controlled_pairs.csv")
     assert len(contrasts) == 4 and len(pairs) >= 1
