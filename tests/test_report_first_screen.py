@@ -220,6 +220,43 @@ def test_an_unadjusted_ci_that_excludes_zero_under_not_significant_says_so(tmp_p
     assert "z_dim 64 -> 16 (`simclr` -> `simclr_z16`) +4.8 points [+2.6, +7.0] (unadjusted CI)" in text
 
 
+def test_two_datasets_get_their_own_findings_and_leaderboards(tmp_path):
+    res = _seedless(tmp_path / "res")
+    board = pd.read_csv(res / "leaderboard.csv")
+    other = board.assign(dataset="jpegs_b", agg_risk=board["agg_risk"].where(board["model"] != "resnet_t", 25.0))
+    pd.concat([board, other]).to_csv(res / "leaderboard.csv", index=False)
+    summary = json.loads((res / "analysis" / "summary.json").read_text())
+    summary["best"]["jpegs_b"] = {**summary["best"]["jpegs"], "model": "resnet_t", "value": 25.0, "lo": 22.5,
+                                  "hi": 27.5, "top_group": ["resnet_t"]}
+    (res / "analysis" / "summary.json").write_text(json.dumps(summary))
+    text = findings(res)
+    assert text.count("Findings on `") == 2 and "Findings on `jpegs_b` (4 models, no pretraining seeds;" in text
+    bests = [line for line in text.splitlines() if line.startswith("- Best encoder")]
+    assert "`vit_t`, agg_risk 31.2 %" in bests[0] and "`resnet_t`, agg_risk 25.0 % [22.5, 27.5]" in bests[1]
+    assert "Every other candidate is significantly worse." in bests[1]
+    page = write_page(res, provenance_info={}).read_text()
+    assert "<table class='lb' id='leaderboard'>" in page and "<table class='lb' id='leaderboard-jpegs_b'>" in page
+    second = page.split("id='leaderboard-jpegs_b'>")[1].split("</tr>")[1]  # its first body row: rank 1
+    assert ">resnet_t<" in second
+
+
+@pytest.mark.parametrize("rows, says", [
+    ([{"model": "a", "dataset": "x", "agg_risk": 10.0}], "- Lowest risk: `a`, agg_risk 10.0 % (the only candidate)."),
+    ([{"model": "a", "dataset": "x", "agg_risk": float("nan")}, {"model": "b", "dataset": "x", "agg_risk": 3.0,
+                                                                    "is_reference": True}],
+     "- No candidate has an agg_risk value (references excluded: `b`)."),
+    ([{"model": "a", "dataset": "x", "agg_risk": 10.0, "is_reference": True}],
+     "- No candidate: every model is a reference (`a`)."),
+])
+def test_degenerate_folders_get_findings_and_a_page(tmp_path, rows, says):
+    res = tmp_path / "res"
+    res.mkdir()
+    pd.DataFrame(rows).to_csv(res / "leaderboard.csv", index=False)
+    text = findings(res)
+    assert says in text.splitlines(), text
+    assert "<section class='findings' id='findings'>" in write_page(res, provenance_info={}).read_text()
+
+
 def test_write_findings_script_wraps_the_same_text_for_any_folder(tmp_path):
     for name, make in (("seedless", _seedless), ("seeded", _seeded)):
         res = make(tmp_path / name)
