@@ -330,6 +330,7 @@ def test_report_of_the_committed_results_links_raw_tables_instead_of_cutting_the
     res.mkdir()
     for f in ("leaderboard.csv", "leaderboard_seeds.csv", "label_efficiency.csv", "uncertainty.csv"):
         shutil.copy(RESULTS / f, res / f)
+    shutil.copytree(RESULTS / "per_sample", res / "per_sample")
     assert run_cli(["report", "--results", str(res)]) in (0, None)
     page = (res / "report.html").read_text()
     assert "more rows not shown" not in page and "rows not shown" not in page
@@ -339,6 +340,7 @@ def test_report_of_the_committed_results_links_raw_tables_instead_of_cutting_the
     assert sorted(links) == csvs and "label_efficiency.csv" in links and "analysis/baseline_contrasts.csv" in links
     n = len(pd.read_csv(res / "uncertainty.csv"))
     assert f"uncertainty.csv</a> ({n:,} rows)" in page
+    assert f"<code>per_sample/</code>: {len(list((res / 'per_sample').glob('*.csv')))} files" in page
     # every bounded table is complete: each of its rows is in the CSV it comes from
     con = pd.read_csv(res / "analysis" / "baseline_contrasts.csv")
     assert all(f"{m} − {b}" in page for m, b in zip(con["model"], con["baseline"]))

@@ -107,6 +107,17 @@ def data_files(results_dir: Path) -> list[tuple[str, int | None, str]]:
     return out
 
 
+#: Sub-folders of per-run files a results folder may hold, and what each file is.
+FOLDER_TEXT = {"per_sample": "one CSV per run: every test point's error, loss and uncertainty scores",
+               "active": "one CSV per run: its active-learning curves"}
+
+
+def data_folders(results_dir: Path) -> list[tuple[str, int, str]]:
+    """(name, number of files, what each is) of the per-run sub-folders of ``results_dir`` that exist."""
+    return [(name, sum(1 for f in (results_dir / name).rglob("*") if f.is_file()), what)
+            for name, what in FOLDER_TEXT.items() if (results_dir / name).is_dir()]
+
+
 def write_page(results_dir, *, plots=(), notes=(), summary: dict | None = None, provenance_info=None) -> Path:
     """Write ``results_dir/report.html`` from what the folder holds (``leaderboard.csv``, ``analysis/``): the
     findings (:mod:`riskdecomp.report.findings`), the leaderboard, the summary (``summary`` or
@@ -136,7 +147,7 @@ def write_page(results_dir, *, plots=(), notes=(), summary: dict | None = None, 
                        plots=list(plots), notes=list(notes), tables=tables,
                        provenance=provenance_info if provenance_info is not None else provenance(),
                        findings=findings_html(results_dir) if lb is not None else None,
-                       limits=component_limits(), files=data_files(results_dir))
+                       limits=component_limits(), files=data_files(results_dir), folders=data_folders(results_dir))
     out = results_dir / "report.html"
     write_text_atomic(out, text)
     return out

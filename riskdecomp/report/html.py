@@ -296,14 +296,21 @@ def files_html(files) -> str:
             + "".join(items) + "</ul>")
 
 
+def folders_html(folders) -> str:
+    """Sub-folders of per-run files, named with their file count (``folders``: (name, count, what) triples)."""
+    return "".join(f"<p><code>{html.escape(name)}/</code>: {n:,} file{'s' if n != 1 else ''}, {html.escape(what)}.</p>"
+                   for name, n, what in folders or ())
+
+
 def render_html(*, title: str, leaderboard: pd.DataFrame | None, summary: dict | None,
                 plots: list[tuple[str, str, str]], notes: list[str],
                 tables: dict[str, pd.DataFrame] | None = None, provenance: dict | None = None,
-                findings: str | None = None, limits: dict | None = None, files=None) -> str:
+                findings: str | None = None, limits: dict | None = None, files=None, folders=None) -> str:
     """Page text. First screen: title, ``provenance`` (what drew the page), ``findings`` (HTML of
     :func:`riskdecomp.report.findings.findings_html`), the leaderboard (:func:`leaderboard_html`, with ``limits``).
     Then the analysis summary, ``plots`` ((image src, caption, figure id) triples), ``notes`` (skipped-plot
-    reasons), ``tables`` (bounded derived tables, every row) and ``files`` (:func:`files_html`)."""
+    reasons), ``tables`` (bounded derived tables, every row), ``files`` (:func:`files_html`) and ``folders``
+    (:func:`folders_html`)."""
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     if provenance:
@@ -331,6 +338,6 @@ def render_html(*, title: str, leaderboard: pd.DataFrame | None, summary: dict |
             parts.append(f"<h2>{html.escape(name)}</h2>{table_html(df)}")
     if files is not None:
         parts.append("<h2>Data files</h2>")
-        parts.append(files_html(files))
+        parts.append(files_html(files) + folders_html(folders))
     parts.append("</body></html>")
     return "\n".join(parts)
