@@ -167,7 +167,10 @@ def _pairs_view(pairs: pd.DataFrame) -> pd.DataFrame:
 def component_limits() -> dict:
     """``COMPONENT_LIMITS`` of :mod:`riskdecomp.estimators.calibration` (per column, the known bias and CI coverage
     from the known-truth simulation) when that module exists, else {}."""
-    if importlib.util.find_spec("riskdecomp.estimators.calibration") is None:
+    try:
+        if importlib.util.find_spec("riskdecomp.estimators.calibration") is None:
+            return {}
+    except (ImportError, ValueError):
         return {}
     return dict(getattr(importlib.import_module("riskdecomp.estimators.calibration"), "COMPONENT_LIMITS", {}) or {})
 
