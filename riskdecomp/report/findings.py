@@ -263,14 +263,18 @@ def _best_line(board: pd.DataFrame, ds, summary: dict) -> list[str]:
 
 def versus_best(comparisons: pd.DataFrame | None, best: dict) -> pd.DataFrame:
     """The agg_risk rows of ``comparisons.csv`` (``delta`` = model_b - model_a) that involve each dataset's best
-    encoder (``best``: dataset -> model), oriented as other - best: columns ``dataset, model, best, delta, lo, hi``
+    encoder (``best``: dataset -> model; of the ``vs_best`` family, Holm over best vs each, when the file has a
+    ``family`` column), oriented as other - best: columns ``dataset, model, best, delta, lo, hi``
     (the CI the verdict used: ``adj_lo/_hi`` when written), ``adjusted, significant, p_holm, method``."""
     cols = ["dataset", "model", "best", "delta", "lo", "hi", "adjusted", "significant", "p_holm", "method"]
     if comparisons is None or comparisons.empty or not best or "outcome" not in comparisons:
         return pd.DataFrame(columns=cols)
     adj = "adj_lo" in comparisons and "adj_hi" in comparisons
+    rows = comparisons[comparisons["outcome"].astype(str) == TOTAL]
+    if "family" in rows and rows["family"].astype(str).eq("vs_best").any():  # the best's own Holm family
+        rows = rows[rows["family"].astype(str) == "vs_best"]
     out = []
-    for r in comparisons[comparisons["outcome"].astype(str) == TOTAL].to_dict("records"):
+    for r in rows.to_dict("records"):
         b = str(best.get(str(r.get("dataset", "default")), ""))
         if b not in (str(r["model_a"]), str(r["model_b"])):
             continue
