@@ -73,7 +73,9 @@ def _seedless(root: Path, with_best: bool = True) -> Path:
         "objective": "supervised" if ref else "init"} for m, r, ref, f in rows])
     board.to_csv(root / "leaderboard.csv", index=False)
     summary = {"n_models": 4, "mean": {"approx": 12.0, "usability": 11.4, "probe_gen": 5.0, "enc_gen": 3.0},
-               "zoo_flags": ["4 models (< 5): rankings, Kendall taus and the ranking-change figure not shown"],
+               "zoo_flags": ["4 models (< 5): rankings, Kendall taus and the ranking-change figure not shown",
+                             "approx constant across the candidates of jpegs (shared value 12.00): shown once",
+                             "never_pretrained: vit_t, resnet_t (docs/protocol.md, Flags)"],
                "constant_components": {"jpegs": {"approx": 12.0}},
                "inference": {"jpegs": {"model": "paired bootstrap over the shared test points", "n_runs": 3,
                                        "residual_df": None, "paired_by_seed": False,
@@ -166,6 +168,8 @@ def test_findings_of_a_seedless_zoo_name_the_best_candidate_not_the_reference(tm
     assert text.count("the shared baseline") == 1 and "`approx` is the same for every candidate" in text
     assert "- 4 models (< 5): rankings, Kendall taus and the ranking-change figure not shown." in text
     assert "Flag `never_pretrained`" in text and "`vit_t`, `resnet_t`." in _bullet(text, "- Flag `never_pretrained`")
+    # zoo flags that repeat the constant component or a flag code are not said twice
+    assert "approx constant across" not in text and "never_pretrained: vit_t" not in text
     assert "Mean over the 4 models: usability 11.4, probe_gen 5.0, enc_gen 3.0 (largest: usability)" in text
     # the same sentences in the report's HTML
     page = findings_html(res)

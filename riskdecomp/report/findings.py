@@ -367,8 +367,20 @@ def _component_line(board: pd.DataFrame, ds, summary: dict, constant: dict) -> l
     return out
 
 
-def _flag_lines(board: pd.DataFrame, summary: dict) -> list[str]:
-    out = [f"- {str(z).strip().rstrip('.')}." for z in (summary or {}).get("zoo_flags") or []]
+def _zoo_flag_lines(summary: dict, board: pd.DataFrame) -> list[str]:
+    """``summary.json`` ``zoo_flags``, one bullet each, but those this text already says in its own words: a
+    leaderboard flag code's line (``<code>: ...``, see :func:`_flag_lines`) and a constant component's
+    (``<component> constant ...``, see :func:`_constant_lines`)."""
+    summary = summary or {}
+    codes = set(FLAG_TEXT) | {c for cs in _flags_of(board).values() for c in cs}
+    constant = {c for ds in (summary.get("constant_components") or {}) for c in constant_components(summary, ds)}
+    said = tuple(f"{c}:" for c in codes) + tuple(f"{c} constant" for c in constant)
+    return [f"- {str(z).strip().rstrip('.')}." for z in summary.get("zoo_flags") or []
+            if not str(z).strip().startswith(said)]
+
+
+def _flag_lines(board: pd.DataFrame) -> list[str]:
+    out = []
     by_code: dict = {}
     for m, codes in _flags_of(board).items():
         for code in codes:
@@ -408,7 +420,7 @@ def _blocks(results_dir) -> list[tuple[list[str], list[str]]]:
         worse = _worse_than_best(comps, ds, str(best) if best else None)
         head += [worse] if worse else []
         head += _constant_lines(constant)
-        head += _flag_lines(b, summary if not blocks else {})
+        head += (_zoo_flag_lines(summary, board) if not blocks else []) + _flag_lines(b)
         tests = _contrast_lines(con, mde) + _pair_lines(pairs, mde, constant)
         inferred = bool(((summary or {}).get("inference") or {}).get(str(ds)))
         detail = ([_method(summary, ds), ""] if tests or inferred else []) + tests
