@@ -342,9 +342,9 @@ def _pair_lines(pairs: pd.DataFrame | None, mde: float, constant: dict) -> list[
 
 
 def _constant_lines(constant: dict) -> list[str]:
-    return [f"- `{c}` is the same for every candidate by construction (the reference's train->train error): "
-            f"{_num(v):.1f} %, the shared baseline; not a difference between encoders, not counted as any encoder's "
-            "largest component." for c, v in constant.items()]
+    return [f"- `{c}` is {_num(v):.1f} % for every candidate (the reference's train->train error, constant by "
+            "construction): the shared baseline, not a difference between encoders nor anyone's largest component."
+            for c, v in constant.items()]
 
 
 def _component_line(board: pd.DataFrame, ds, summary: dict, constant: dict) -> list[str]:
