@@ -365,6 +365,9 @@ def test_report_of_the_committed_results_links_raw_tables_instead_of_cutting_the
     shutil.copytree(RESULTS / "per_sample", res / "per_sample")
     assert run_cli(["report", "--results", str(res)]) in (0, None)
     page = (res / "report.html").read_text()
+    # the report opens with the findings, the very sentences write_findings.py puts in a README
+    assert f"<section class='findings' id='findings'>{findings_html(res)}</section>" in page
+    assert page.index("id='findings'") < page.index("<h2>Leaderboard</h2>") < page.index("<h2>Figures</h2>")
     assert "more rows not shown" not in page and "rows not shown" not in page
     assert "<h2>Label efficiency</h2>" not in page and "<h2>Uncertainty metrics</h2>" not in page
     links = re.findall(r"<a href='([^']+)'>", page)
