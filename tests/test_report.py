@@ -66,12 +66,18 @@ def results(evaluated, tmp_path):
 
 
 def _check_page(report: Path) -> _Collect:
-    """Self-contained (every image inlined as a PNG data URI, nothing else referenced, no JS / CDN), one figure per
-    image, and each figure also on disk as plots/<id>.png and .svg."""
+    """Self-contained (every image inlined as a PNG data URI, no JS / CDN), one figure per image, each figure also
+    on disk as plots/<id>.png and .svg; the only other references are relative links to the folder's CSV files
+    (the raw tables, linked instead of dumped), each of which exists."""
     text = report.read_text()
     parser = _Collect()
     parser.feed(text)
-    assert len(parser.imgs) == len(parser.figures) == len(parser.refs)
+    assert len(parser.imgs) == len(parser.figures)
+    links = [r for r in parser.refs if r not in parser.imgs]
+    assert len(links) == len(parser.refs) - len(parser.imgs)
+    for link in links:
+        assert link.endswith(".csv") and ":" not in link and not link.startswith("/"), link
+        assert (report.parent / link).is_file(), link
     for src, fid in zip(parser.imgs, parser.figures):
         assert src.startswith("data:image/png;base64,"), src[:60]
         assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG_MAGIC
@@ -116,7 +122,9 @@ def test_reliability_bins_drawn_from_the_producers_metric_names(results):
     assert set(bins["metric"]) == {bin_metric(ACC_BIN, j) for j in range(1, N_BINS + 1)}
     text = make_report(results).read_text()
     assert "<figure id='uncertainty_bins'>" in text
-    assert ACC_BIN not in text.split("<h2>Uncertainty metrics</h2>")[1]
+    # the metrics are not tabulated in the page at all (a raw per-run table: linked as CSV, issue 21)
+    assert ACC_BIN not in text and "<h2>Uncertainty metrics</h2>" not in text
+    assert "<a href='uncertainty.csv'>" in text
     # without the bins (an uncertainty.csv of another tool), the note says why
     unc[~unc["metric"].str.startswith(ACC_BIN)].to_csv(results / "uncertainty.csv", index=False)
     report = make_report(results)
