@@ -49,9 +49,16 @@ def not_drawn(report: Path) -> list:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    """Results of `riskdecomp evaluate` with default flags (report included) on a 3-model features zoo."""
+    """Results of `riskdecomp evaluate` with default flags (report included) on a 5-model features zoo: a reference
+    and 4 candidates (references are no design level, and rankings need 5 models: issue 21)."""
     root = tmp_path_factory.mktemp("evaluated")
-    zoo = make_features_zoo(root / "zoo")
+    zoo = make_features_zoo(root / "zoo", extra_models=[f"""
+        - name: {name}
+          source: features
+          path: {path}
+          reference: sup
+          metadata: {{objective: {obj}, ssl_mode: siamese, architecture: mlp, family: mlp, z_dim: {z}}}
+    """ for name, path, obj, z in (("good2", "good.npz", "byol", 24), ("weak2", "weak.npz", "simsiam", 32))])
     try:
         main(["evaluate", "--zoo", str(zoo), "--out", str(root / "out"), "--no-progress"])
     except SystemExit as exc:
@@ -98,7 +105,10 @@ def test_evaluate_report_draws_every_figure(evaluated):
     for model in pd.read_csv(evaluated / "leaderboard.csv")["model"]:
         assert f">{model}<" in text  # leaderboard table
     summary = json.loads((evaluated / "analysis" / "summary.json").read_text())
-    assert sum(summary["largest_component_counts"].values()) == 3  # every model, the reference's merged approx too
+    # every candidate (the reference sup is none); approx, the one reference's train->train error for all of them, is
+    # reported once as constant and counted for none (issue 21)
+    assert sum(summary["largest_component_counts"].values()) == 4 and "approx" not in summary["largest_component_counts"]
+    assert "approx" in summary["constant_components"]["synth"]  # (enc_gen of synthetic features may be too)
     assert (evaluated / "analysis" / "design_effects.csv").is_file()
 
 

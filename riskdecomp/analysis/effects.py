@@ -77,9 +77,9 @@ MIN_MODELS_FOR_RANKING = 5
 NOISE_SHARE = 0.5
 #: Without CIs: near-constant when the standard deviation is below this fraction of the mean's magnitude.
 REL_STD_TOL = 1e-3
-#: A design matrix (columns scaled to unit norm) with a condition number above this is near-singular: its
-#: coefficients are not identified (two columns carry the same information up to noise).
-MAX_CONDITION = 1e6
+#: A treatment column whose variance inflation factor on the other columns of its design exceeds this is not
+#: identified: the controls reproduce it to within 0.1 % (it carries the same information as they do, up to noise).
+MAX_VIF = 1e6
 
 
 def reference_mask(t: pd.DataFrame) -> pd.Series:
@@ -323,19 +323,30 @@ def _fit_one(data: pd.DataFrame, outcome: str, treatment: str, controls: list[st
         return smf.ols(formula, data=data).fit()
 
 
-def _singular(fit) -> str | None:
-    """Why a fitted design is near-singular (None: it is not): rank deficient, or a condition number of the design
-    matrix with unit-norm columns above :data:`MAX_CONDITION`."""
+def _aliased(fit, treatment: str) -> dict:
+    """``{coefficient name: why}`` for the treatment's coefficients of a fitted design that are not identified: a
+    treatment column that the other columns reproduce -- its variance inflation factor 1 / (1 - R²) on the other
+    columns above :data:`MAX_VIF` (R² of the unit-norm column's least-squares fit; infinite: aliased). Controls
+    collinear among themselves leave the treatment's coefficients identified (and estimated uniquely), and one
+    aliased level of a categorical treatment leaves its other levels' coefficients."""
     x = np.asarray(fit.model.exog, float)
     norms = np.linalg.norm(x, axis=0)
-    if (norms == 0).any():
-        return "near-singular design: a column of the design matrix is all zeros"
-    cond = float(np.linalg.cond(x / norms))
-    if not np.isfinite(cond) or np.linalg.matrix_rank(x / norms) < x.shape[1]:
-        return "near-singular design: the design matrix is rank deficient"
-    if cond > MAX_CONDITION:
-        return f"near-singular design: condition number {cond:.2g} > {MAX_CONDITION:g}"
-    return None
+    out = {}
+    for j, name in enumerate(fit.model.exog_names):
+        if not (name.startswith(f"C(Q('{treatment}')") or name == f"Q('{treatment}')"):
+            continue
+        if norms[j] == 0:
+            out[name] = "near-singular design: the treatment column is all zeros in the rows used"
+            continue
+        others = np.delete(x, j, axis=1)
+        others = others[:, np.linalg.norm(others, axis=0) > 0]
+        col = x[:, j] / norms[j]
+        resid = col - others @ np.linalg.lstsq(others, col, rcond=None)[0] if others.size else col
+        left = float(resid @ resid)  # 1 - R², the share of the column the others do not reproduce
+        if left * MAX_VIF < 1:
+            vif = "infinite: aliased" if left <= 1e-12 else f"{1 / left:.2g} > {MAX_VIF:g}"
+            out[name] = f"near-singular design: the controls reproduce the treatment column (variance inflation {vif})"
+    return out
 
 
 def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
@@ -358,8 +369,8 @@ def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
     standard error is 0 or not finite (a perfect fit) is not testable: p, ci_lo and ci_hi NaN (with a warning).
     Not estimable (``estimable`` False, ``why`` the rule and its value, coef / se / p / CI NaN: never a
     coefficient): an outcome constant or near-constant over the rows used (:func:`constant_outcome`), or a
-    near-singular design (condition number of the column-scaled design matrix above :data:`MAX_CONDITION`, or
-    rank deficient).
+    near-singular design: a treatment column the controls reproduce (variance inflation above :data:`MAX_VIF`,
+    :func:`_aliased`).
     """
     t = _table(df)
     t = t[~reference_mask(t)].reset_index(drop=True)
@@ -411,7 +422,7 @@ def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
                     controls = controls[:-1]
                 if fit is None:
                     continue
-                why = constant_outcome(gt.loc[d.index], outcome) or _singular(fit)
+                flat_why, aliased = constant_outcome(gt.loc[d.index], outcome), _aliased(fit, tr)
                 ci = fit.conf_int()
                 for name in fit.params.index:
                     if not name.startswith(f"C(Q('{tr}')") and name != f"Q('{tr}')":
@@ -421,6 +432,7 @@ def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
                     se = float(fit.bse[name])
                     p, lo, hi = float(fit.pvalues[name]), float(ci.loc[name, 0]), float(ci.loc[name, 1])
                     coef = float(fit.params[name])
+                    why = flat_why or aliased.get(name)
                     if why:  # never a coefficient for an outcome that does not vary or a design that cannot tell
                         coef = se = p = lo = hi = np.nan
                     elif _zero_se(se, np.abs(d[outcome]).max()):  # no residual variance: nothing to test against
