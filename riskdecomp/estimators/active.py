@@ -16,9 +16,10 @@ class-balanced labelled set of n = k K points this is the k-shot protocol, so ra
 at n labels estimates the k-shot error. The C is chosen on each acquisition's own labelled set: a
 C chosen once per size n on a class-balanced draw does not transfer (a very small C, right for a
 balanced set, leaves a probe whose unpenalised intercepts predict the majority class of an
-imbalanced one: chance accuracy), and a fixed C (protocol 1: C = 1) is far too weak a penalty on
-small labelled sets for some encoders: their random-acquisition curve fell to chance while the
-tuned few-shot probe at the same n was far above it. A round with no unlabelled point left keeps
+imbalanced one: chance accuracy), and a fixed C (protocol 1: C = 1) is the wrong penalty for
+some encoders on few labels (e.g. features whose class signal lies in low-variance directions):
+their random-acquisition curve fell towards chance while the tuned few-shot probe at the same n
+was far above it. A round with no unlabelled point left keeps
 the previous round's C.
 Pass ``probe_factory`` to use another (fixed) probe instead; its C (when it has one) is reported.
 
@@ -47,7 +48,7 @@ from riskdecomp.utils.errors import FeatureError
 
 ACQUISITIONS = ("random", "least_confidence", "entropy", "margin", "density", "coreset")
 #: version of the active-learning protocol, carried by the run record (``active_protocol``): curves of an older
-#: one are recomputed by a rerun, without recomputing the record (1: C fixed at 1; 2: C per labelled-set size, as
+#: one are recomputed by a rerun, without recomputing the record (1: C fixed at 1; 2: C chosen at every fit as
 #: few-shot chooses it)
 ACTIVE_PROTOCOL = 2
 #: stream of the validation draws of AL seed s and acquisition i: ``default_rng([seed, s, _C_STREAM + i])`` (the
