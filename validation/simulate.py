@@ -91,7 +91,7 @@ SCENARIOS = {s.name: s for s in (
     Scenario("n_le_d", "fewer train points than dimensions (200 train, 256-d): a separable train set",
              200, 1000, 256, 10, 0.2),
     # small and fast: what tests/test_calibration.py runs (more replicates, smaller problems)
-    Scenario("small", "tests' scenario: 400 train / 400 test, 8-d, 4 classes", 400, 400, 8, 4, 0.8),
+    Scenario("small", "tests' scenario: 500 train / 500 test, 16-d, 5 classes", 500, 500, 16, 5, 0.6),
 )}
 DEFAULT_SCENARIOS = ("moderate", "separated", "overlapping", "n_le_d")
 
