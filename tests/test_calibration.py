@@ -21,7 +21,7 @@ import pytest
 from scipy.stats import binom
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # for validation/; riskdecomp stays the one on the path
 
 from riskdecomp.estimators.calibration import (  # noqa: E402
     BIASED_HIGH,
