@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from riskdecomp.features.datasets import ArraySplit, ImageDataset, ImageSplit
-from riskdecomp.features.encoders import Encoder, build_encoder, entry_identity
-from riskdecomp.sources import source_of
+from riskdecomp.features.augment import random_resized_crop
+from riskdecomp.features.encoders import Encoder, EncoderSpec, build_encoder, entry_identity
 from riskdecomp.utils.atomic import atomic_open, atomic_write_text
 from riskdecomp.utils.device import resolve_device
 from riskdecomp.utils.errors import FeatureError, RiskdecompError
@@ -248,8 +248,6 @@ def posterior_variance_split(encoder: Encoder, split: ImageSplit, *, device: str
     """Per image of ``split``: the posterior variance of a stochastic encoder, mean over dimensions of
     exp(logvar) (``uncertainty.posterior_variance``), or None when the encoder has no posterior. Not cached:
     stochastic encoders are riskdecomp's own small recipes, and this is one forward pass over the test split."""
-    from riskdecomp.features.cache import posterior_variance
-
     module = encoder.module
     if not getattr(module, "stochastic", False):
         return None
@@ -267,8 +265,6 @@ def augmented_views_split(encoder: Encoder, split: ImageSplit, *, n_views: int =
     random resized crop (area fraction ~ U(``scale``), aspect ratio in [3/4, 4/3]) resized back and a horizontal
     flip with p = 0.5 -- SimCLR's geometric augmentations, which apply to any encoder's normalized input (photometric
     ones do not). Seeded: the same seed gives the same views. Not cached (the run record keeps what they give)."""
-    from riskdecomp.pretrain.augment import random_resized_crop
-
     dev = resolve_device(device)
     module = encoder.module.to(dev).eval()
     cuda = dev.startswith("cuda")
@@ -338,10 +334,12 @@ def _check_finite(x: np.ndarray, who: str) -> None:
         raise FeatureError(f"{who}: {rows} feature vector(s) contain NaN or inf")
 
 
-def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto", batch_size: int = 256,
-              num_workers="auto", dtype: str = FEATURE_DTYPES[0], progress: bool = True, encoder: Optional[Encoder] = None,
-              mmap: bool = False, force: bool = False, decode: str = "auto") -> Features:
-    """Train and test features of one zoo entry on ``dataset``, from the cache when possible.
+def featurize(entry: EncoderSpec, dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto",
+              batch_size: int = 256, num_workers="auto", dtype: str = FEATURE_DTYPES[0], progress: bool = True,
+              encoder: Optional[Encoder] = None, mmap: bool = False, force: bool = False,
+              decode: str = "auto") -> Features:
+    """Train and test features of one zoo entry on ``dataset``, from the cache when possible. ``entry``: anything
+    :class:`~riskdecomp.features.encoders.EncoderSpec` describes (a zoo entry: its source builds the encoder).
 
     ``features`` entries read their ``.npz`` (``allow_pickle=False``). For the others the encoder is built (a
     ``recipe`` entry is pretrained on first use), the cache consulted and missing splits encoded.
@@ -357,7 +355,7 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
                            decode=decode, encoders=None if encoder is None else {entry.name: encoder})[entry.name]
 
 
-def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto",
+def featurize_group(entries: Sequence[EncoderSpec], dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto",
                     batch_size: int = 256, num_workers="auto", dtype: str = FEATURE_DTYPES[0], progress: bool = True,
                     encoders: Optional[dict] = None, mmap: bool = False, force: bool = False,
                     decode: str = "auto", failures: Optional[dict] = None) -> dict:
@@ -392,8 +390,9 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
     result: dict = {}
     image_entries = []
     for e in entries:
-        if not source_of(e).has_encoder:
-            result[e.name] = source_of(e).load_features(e)
+        own = e.precomputed_features()
+        if own is not None:
+            result[e.name] = own
         elif dataset is None:
             raise RiskdecompError(f"model {e.name!r}: needs a dataset")
         else:
