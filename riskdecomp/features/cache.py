@@ -39,12 +39,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from riskdecomp.features.datasets import ArraySplit, ImageDataset, ImageSplit
 from riskdecomp.features.augment import random_resized_crop
+from riskdecomp.features.datasets import ArraySplit, ImageDataset, ImageSplit
+from riskdecomp.features.decode import device_batches, device_plan, preprocessing_key
 from riskdecomp.features.encoders import Encoder, EncoderSpec, build_encoder, entry_identity
 from riskdecomp.utils.atomic import atomic_open, atomic_write_text
 from riskdecomp.utils.device import resolve_device
 from riskdecomp.utils.errors import FeatureError, RiskdecompError
+from riskdecomp.utils.validation import check_feature_values, rounding_noise
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -174,8 +176,6 @@ def input_batches(encoder: Encoder, split: ImageSplit, *, device: str, batch_siz
     """The encoder's preprocessed input for ``split``, batch by batch in order, on ``device`` (channels-last on
     CUDA): decoded on the device where :func:`riskdecomp.features.decode.device_plan` says so, else by PIL and the
     encoder's transform in loader workers (the CPU path)."""
-    from riskdecomp.features.decode import device_batches, device_plan
-
     cuda = device.startswith("cuda")
     plan = device_plan(split, encoder.transform, device, decode)
     if plan is not None:
@@ -308,8 +308,6 @@ def storage_plan(z: np.ndarray, dtype: str, who: str) -> tuple[str, int]:
     ``dtype`` is kept only when every column keeps its variation (rounding noise <= ``FLOAT16_MAX_NOISE`` of its
     spread); otherwise the matrix is stored in float32, so the numbers are float32's (the key still names the
     precision asked for: deterministic, and float32 requests never read these entries)."""
-    from riskdecomp.utils.validation import check_feature_values, rounding_noise
-
     if dtype == "float32":
         return dtype, 0
     tiny = check_feature_values(z, who, dtype=np.dtype(dtype), subnormal_ok=True,
@@ -379,8 +377,6 @@ def featurize_group(entries: Sequence[EncoderSpec], dataset: Optional[ImageDatas
     from contextlib import ExitStack
 
     from filelock import FileLock
-
-    from riskdecomp.features.decode import preprocessing_key
 
     dtype = check_feature_dtype(dtype)
     names = [e.name for e in entries]
@@ -477,8 +473,6 @@ def load_features_npz(entry) -> Features:
     ``x_train``/``x_test`` (n, d) real numbers a float32 probe can honour and ``y_train``/``y_test`` (n,) integer
     class labels. Anything else is a one-line FeatureError naming the file and the array (see
     :func:`riskdecomp.utils.validation.check_feature_values`)."""
-    from riskdecomp.utils.validation import check_feature_values
-
     who = f"model {entry.name!r}"
     path = Path(entry.path)
     if not path.is_file():
