@@ -155,11 +155,11 @@ def test_preprocessing_keys_group_equal_pipelines_only():
     import timm
     from torchvision import transforms as T
 
-    from riskdecomp.features.encoders import _timm_transform
+    from riskdecomp.sources.timm import timm_transform
     from riskdecomp.pretrain import eval_transform
 
     def key(arch, size=None):
-        return preprocessing_key(_timm_transform(timm.create_model(arch, pretrained=False, num_classes=0), size))
+        return preprocessing_key(timm_transform(timm.create_model(arch, pretrained=False, num_classes=0), size))
 
     assert key("resnet18") == key("resnet34")  # same timm data config: crop 0.95, bicubic, ImageNet mean/std
     assert key("resnet18") != key("resnet26")  # crop 0.875: another resize
@@ -202,10 +202,11 @@ def test_device_decoding_matches_the_pil_path_within_resize_rounding(imagenette,
     then differ by a fraction of a percent (bound 1 %, cosine >= 0.9999): the input moved by ~0.1 % of its range."""
     import timm
 
-    from riskdecomp.features.encoders import Encoder, _timm_transform
+    from riskdecomp.features.encoders import Encoder
+    from riskdecomp.sources.timm import timm_transform
 
     model = timm.create_model(arch, pretrained=False, num_classes=0).eval()
-    enc = Encoder(arch, model, _timm_transform(model), identity=arch)
+    enc = Encoder(arch, model, timm_transform(model), identity=arch)
     plan = device_plan(imagenette.test, enc.transform, "cpu", decode="device")
     assert plan is not None and plan.resize is not None and plan.crop is not None
     dev, pil = _inputs(enc, imagenette.test, "device"), _inputs(enc, imagenette.test, "cpu")
@@ -225,10 +226,10 @@ def test_device_path_only_for_jpeg_files_on_cuda_else_the_cpu_path(imagenette, t
     import timm
     from test_datasets import make_folder
 
-    from riskdecomp.features.encoders import _timm_transform
+    from riskdecomp.sources.timm import timm_transform
     from riskdecomp.pretrain import eval_transform
 
-    t = _timm_transform(timm.create_model("test_resnet", pretrained=False, num_classes=0))
+    t = timm_transform(timm.create_model("test_resnet", pretrained=False, num_classes=0))
     jpeg = imagenette.test
     assert isinstance(device_plan(jpeg, t, "cuda"), DevicePreprocess)  # what a GPU run takes
     assert isinstance(device_plan(jpeg, t, "cuda:1"), DevicePreprocess)

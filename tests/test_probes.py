@@ -289,7 +289,7 @@ def test_torch_lbfgs_reads_back_from_the_device_once_per_sync_interval(monkeypat
             return _orig(self, *a, **kw)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    W, b, evals, conv = probes._solve_lbfgs(X, yt, 5, 1e-5, W0, b0, max_iter=500, tol=1e-5, mean=mean, scale=scale)
+    W, b, evals, conv = probes.solve_lbfgs(X, yt, 5, 1e-5, W0, b0, max_iter=500, tol=1e-5, mean=mean, scale=scale)
     monkeypatch.undo()
     assert evals > 3 * probes.SYNC_EVERY
     assert len(calls) <= (evals - 1) // probes.SYNC_EVERY + 1, calls

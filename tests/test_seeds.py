@@ -223,7 +223,7 @@ def test_controlled_pairs_have_seed_cis_and_holm_p_values_on_real_output(seeded_
     pairs = controlled_pairs(board, seeds=runs)
     got = {(r.model_a, r.model_b, r.field) for r in pairs.itertuples()}
     # init vs simclr is no controlled pair: the recipe-derived metadata says init also has 0 epochs, no
-    # augmentations, no projection head (riskdecomp.zoo.expand.recipe_metadata)
+    # augmentations, no projection head (riskdecomp.sources.recipe.recipe_metadata)
     assert got == {("simclr", "simclr_z4", "z_dim"), ("simclr_z4", "simclr_t05", "z_dim")}
     for r in pairs.itertuples():
         for c in COMPONENTS:

@@ -35,7 +35,7 @@ def _as_float32(name: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _unit(a: np.ndarray) -> np.ndarray:
+def unit_rows(a: np.ndarray) -> np.ndarray:
     """Rows (last axis) scaled to unit length; a zero row stays zero."""
     n = np.linalg.norm(a, axis=-1, keepdims=True)
     return a / np.maximum(n, np.finfo(np.float32).tiny)
@@ -88,7 +88,7 @@ def knn(
         chunk = max(1, min(n_q, _CHUNK_BYTES // (4 * max(n_r, 1))))
 
     if metric == "cosine":
-        q, r = _unit(q), _unit(r)
+        q, r = unit_rows(q), unit_rows(r)
         r_sq = None
     else:
         r_sq = torch.from_numpy(np.einsum("ij,ij->i", r, r))

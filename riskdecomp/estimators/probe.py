@@ -15,17 +15,17 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from riskdecomp.estimators.solvers import (
-    _SINGLE_THREAD_BELOW,
-    _WHITENING,
     PRECISIONS,
-    _column_mean_std,
-    _device_features,
-    _needs_centering,
-    _one_blas_thread,
-    _solve_lbfgs,
-    _solve_whitened,
+    SINGLE_THREAD_BELOW,
+    WHITENING,
+    column_mean_std,
+    device_features,
     feature_scale,
     fit_device,
+    needs_centering,
+    one_blas_thread,
+    solve_lbfgs,
+    solve_whitened,
 )
 
 #: The one default for feature standardization, used by :class:`LinearProbe`, :func:`tune_probe`,
@@ -119,34 +119,34 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return self
 
     def _fit_cpu(self, X, y_idx, n_out, lam, prev):
-        """numpy float32 BLAS, whitened coordinates, hand-written L-BFGS (see :func:`_solve_whitened`)."""
+        """numpy float32 BLAS, whitened coordinates, hand-written L-BFGS (see :func:`solve_whitened`)."""
         if self.precision != "float32":
             raise ValueError(f"precision={self.precision!r} needs the accelerator path (device='cuda', ...); "
                              "the CPU solver computes in float32")
         n, d = X.shape
-        mean, std = _column_mean_std(X)
+        mean, std = column_mean_std(X)
         dscale = feature_scale(mean, std) if self.standardize else np.ones(d)
-        offset = mean if _needs_centering(mean, std) else None
+        offset = mean if needs_centering(mean, std) else None
         if offset is None:
             X32 = np.ascontiguousarray(X, dtype=np.float32)
             sol_mean = mean
-        else:  # a centered float32 copy, made in X's own precision (see _needs_centering)
+        else:  # a centered float32 copy, made in X's own precision (see needs_centering)
             X32 = np.ascontiguousarray(X - offset.astype(X.dtype), dtype=np.float32)
             sol_mean = X32.mean(axis=0, dtype=np.float64)
-        evals, V = _WHITENING.get(X, X32, sol_mean, dscale)
+        evals, V = WHITENING.get(X, X32, sol_mean, dscale)
         if prev is not None:
             W0, b0 = np.asarray(prev[0], dtype=np.float64).T, np.asarray(prev[1], dtype=np.float64)
         else:
             W0, b0 = np.zeros((d, n_out)), np.zeros(n_out)
-        small = n * d * n_out < _SINGLE_THREAD_BELOW
-        with _one_blas_thread() if small else _nullcontext():
+        small = n * d * n_out < SINGLE_THREAD_BELOW
+        with one_blas_thread() if small else _nullcontext():
             memory = None
             saved = getattr(self, "_lbfgs_memory", None)
             if prev is not None and saved is not None and saved[0]() is X and saved[1] == (X.shape, n_out):
-                memory = saved[2]  # same data, warm start: reuse the curvature pairs (see _solve_whitened)
+                memory = saved[2]  # same data, warm start: reuse the curvature pairs (see solve_whitened)
             if offset is not None:
                 b0 = b0 + offset @ W0  # the same model on centered features
-            W, b, n_evals, conv, mem = _solve_whitened(X32, y_idx, n_out, lam, W0, b0, sol_mean, dscale, evals, V,
+            W, b, n_evals, conv, mem = solve_whitened(X32, y_idx, n_out, lam, W0, b0, sol_mean, dscale, evals, V,
                                                        int(self.max_iter), float(self.tol), memory=memory,
                                                        standardized=bool(self.standardize))
             if offset is not None:
@@ -157,14 +157,14 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return W.T, b, n_evals, conv
 
     def _fit_torch(self, X, y_idx, n_out, lam, prev, dev):
-        """torch on an accelerator: per-feature rescaling, device-side L-BFGS (see :func:`_solve_lbfgs`).
+        """torch on an accelerator: per-feature rescaling, device-side L-BFGS (see :func:`solve_lbfgs`).
 
-        One copy of X on the device, in ``precision`` (:func:`_device_features`). The solver works on centered,
+        One copy of X on the device, in ``precision`` (:func:`device_features`). The solver works on centered,
         rescaled features X' = (X - mean) / scale (never formed: folded into the logits) with W = V / scale,
         b = b' - (mean / scale) V: an exact reparametrization (the intercept is unpenalized, and the penalty stays
         the original one, ||W||^2 = sum_j ||V_j||^2 / scale_j^2). With ``standardize`` the model itself lives in
         z-scored space (scale = std, penalty ||V||^2)."""
-        Xt, mean64, std64, offset = _device_features(X, dev, PRECISIONS[self.precision])
+        Xt, mean64, std64, offset = device_features(X, dev, PRECISIONS[self.precision])
         mean, std = mean64.float(), std64.float()
         if self.standardize:
             scale = torch.from_numpy(feature_scale(mean64.cpu().numpy(), std64.cpu().numpy())).float().to(dev)
@@ -181,7 +181,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             b0 = torch.zeros(n_out, device=dev)
         yt = torch.from_numpy(y_idx.astype(np.int64)).to(dev)
         tol_v = float(self.tol) * (1.0 if self.standardize else min(1.0, float(scale.median())))
-        W, b, n_evals, conv = _solve_lbfgs(Xt, yt, n_out, lam, W0, b0, int(self.max_iter), tol_v, pen,
+        W, b, n_evals, conv = solve_lbfgs(Xt, yt, n_out, lam, W0, b0, int(self.max_iter), tol_v, pen,
                                            mean=(mean64 - offset).float(), scale=scale)
         coef = (W.T / scale).double().cpu().numpy()
         intercept = b.double().cpu().numpy() - coef @ mean64.cpu().numpy()

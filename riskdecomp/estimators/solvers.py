@@ -13,14 +13,14 @@ and solved full-batch in float32, in one fused loss+gradient pass per evaluation
 matmuls: ``Z = X W + b`` and ``X^T (softmax(Z) - Y)``). The stopping rule mirrors scikit-learn's:
 max |gradient of f| <= ``tol``.
 
-- On CPU (:func:`_solve_whitened`): an exact change of variables to PCA-whitened, centered coordinates,
+- On CPU (:func:`solve_whitened`): an exact change of variables to PCA-whitened, centered coordinates,
   ``W = diag(1/dscale) V diag(1/s) U``, ``s_j^2 = lambda_j + K lam`` (``V, lambda`` from the covariance of
   a row sample, cached per feature array across the regularization path), in which the penalty stays
   diagonal and the data term is close to isotropic; a hand-written L-BFGS (Armijo backtracking; the
   problem is strictly convex) on numpy's float32 BLAS, with no copy of ``X``. On correlated SSL-like
   features this needs ~5-10x fewer evaluations than L-BFGS on raw or z-scored features. Small problems
   (n d K < 4M) run their BLAS on one thread.
-- On an accelerator (:func:`_solve_lbfgs`): per-feature rescaling folded into the logits, ``X`` put on the
+- On an accelerator (:func:`solve_lbfgs`): per-feature rescaling folded into the logits, ``X`` put on the
   device once per fit (optionally in bfloat16/float16, ``precision``), the loss/gradient pass in row chunks
   (bounded memory at ImageNet size), and an L-BFGS whose every decision is taken on the device (no host
   synchronization per iteration; the stopping rule is read back once per ``SYNC_EVERY`` iterations).
@@ -126,14 +126,14 @@ def _loss_grad_torch(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch
     return loss, gW, sG
 
 
-def _device_features(X: np.ndarray, dev: torch.device, dtype: torch.dtype = torch.float32,
+def device_features(X: np.ndarray, dev: torch.device, dtype: torch.dtype = torch.float32,
                      chunk_elems: int = 1 << 24):
     """(X on ``dev`` in ``dtype``, mean, std (float64 where the device has it), the offset subtracted from X).
 
     Moved in row chunks of ``chunk_elems`` elements, with mean and variance accumulated chunk by chunk (no
     float64 copy of X anywhere). X is centered on the way (offset = mean) when it is stored in reduced precision
     (bfloat16 keeps 8 bits, float16 11: an uncentered feature would spend them on its offset) or when its
-    offsets are large next to its spread (:func:`_needs_centering`); otherwise the offset is 0 and a float32 X
+    offsets are large next to its spread (:func:`needs_centering`); otherwise the offset is 0 and a float32 X
     is used as is (on the CPU, without a copy)."""
     X = np.ascontiguousarray(X, dtype=np.float32) if X.dtype != np.float32 else X
     n, d = X.shape
@@ -152,7 +152,7 @@ def _device_features(X: np.ndarray, dev: torch.device, dtype: torch.dtype = torc
     for _, c in chunks():
         sq += (c.to(acc) - mean).square_().sum(dim=0)
     std = (sq / n).sqrt_()
-    center = dtype != torch.float32 or _needs_centering(mean.cpu().numpy(), std.cpu().numpy())
+    center = dtype != torch.float32 or needs_centering(mean.cpu().numpy(), std.cpu().numpy())
     if not center:
         return torch.from_numpy(X).to(dev), mean, std, torch.zeros_like(mean)
     Xt = torch.empty((n, d), dtype=dtype, device=dev)
@@ -162,7 +162,7 @@ def _device_features(X: np.ndarray, dev: torch.device, dtype: torch.dtype = torc
     return Xt, mean, std, mean
 
 
-def _solve_lbfgs(
+def solve_lbfgs(
     X: torch.Tensor,
     y: torch.Tensor,
     n_out: int,
@@ -264,7 +264,7 @@ def _solve_lbfgs(
 
 #: below this many multiply-adds per matmul (n * d * K) a CPU fit runs its BLAS on one thread: thread
 #: hand-offs cost more than they save on small problems, and are catastrophic on a loaded machine.
-_SINGLE_THREAD_BELOW = 1 << 22
+SINGLE_THREAD_BELOW = 1 << 22
 #: rows of X used to estimate the covariance for the whitening (any invertible reparametrization is
 #: exact, so an estimate is enough: it only has to condition the problem well).
 _WHITEN_ROWS = 4096
@@ -273,7 +273,7 @@ _WHITEN_ROWS = 4096
 _THREADPOOLS: list = []
 
 
-def _one_blas_thread():
+def one_blas_thread():
     """Context limiting the BLAS/OpenMP pools to one thread (a cached controller: ~25 us, not ~0.5 ms)."""
     if not _THREADPOOLS:
         from threadpoolctl import ThreadpoolController
@@ -324,12 +324,12 @@ def _whitening(X32: np.ndarray, mean: np.ndarray, dscale: np.ndarray) -> tuple[n
     Xs = (X32[rows].astype(np.float64) - mean) / dscale
     cov = Xs.T @ Xs / len(rows)
     # LAPACK's threaded eigh is erratic on a loaded machine; one thread takes ~0.1 s at d=512
-    with _one_blas_thread() if d < 1024 else _nullcontext():
+    with one_blas_thread() if d < 1024 else _nullcontext():
         evals, V = np.linalg.eigh(cov)
     return np.clip(evals, 0.0, None), V
 
 
-_WHITENING = _WhiteningCache()
+WHITENING = _WhiteningCache()
 
 #: center features (a float32 copy) when max_j |mean_j| / std_j exceeds this: the logits ``X @ W`` are formed in
 #: float32 from uncentered X, and an offset of ``r`` standard deviations cancels ~log2(r) of float32's 24 bits (at
@@ -338,7 +338,7 @@ _WHITENING = _WhiteningCache()
 _CENTER_ABOVE = 16.0
 
 
-def _column_mean_std(X: np.ndarray, chunk_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def column_mean_std(X: np.ndarray, chunk_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Column means and population standard deviations of X in float64, summed over row chunks: ``X.mean`` /
     ``X.std`` with ``dtype=np.float64`` each make a full float64 copy of X (2x a float32 X) for a moment."""
     n = max(len(X), 1)
@@ -370,19 +370,19 @@ def feature_scale(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return np.where(constant_columns(mean, std), 1.0, std)
 
 
-def _needs_centering(mean: np.ndarray, std: np.ndarray) -> bool:
+def needs_centering(mean: np.ndarray, std: np.ndarray) -> bool:
     ratio = np.abs(mean) / np.where(constant_columns(mean, std), np.inf, std)
     return bool(ratio.size and float(ratio.max()) > _CENTER_ABOVE)
 
 
-#: above this many classes the Kronecker-factored preconditioner of :func:`_solve_whitened` uses the diagonal of
+#: above this many classes the Kronecker-factored preconditioner of :func:`solve_whitened` uses the diagonal of
 #: its class factor instead of its K x K eigendecomposition: that eigh runs at every function evaluation, and its
 #: O(K^3) dominates a fit with many classes and few points (800 classes x 2 points: > 500 s, nearly all of it in
 #: eigh). Up to this many classes (every committed result: 10) the full factor is used, as before.
 _EIGH_MAX_CLASSES = 64
 
 
-def _solve_whitened(
+def solve_whitened(
     X: np.ndarray,
     y: np.ndarray,
     n_out: int,

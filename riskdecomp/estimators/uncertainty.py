@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import entr, ive, logsumexp
 
-from riskdecomp.estimators.neighbors import _unit, knn
+from riskdecomp.estimators.neighbors import knn, unit_rows
 from riskdecomp.utils.errors import FeatureError
 
 _METRIC_TAG = {"cosine": "cos", "euclidean": "euc"}
@@ -121,8 +121,8 @@ def vmf_nll(
     """
     from sklearn.cluster import KMeans
 
-    x_ref = _unit(np.asarray(z_ref, dtype=np.float64))
-    x = _unit(np.asarray(z, dtype=np.float64))
+    x_ref = unit_rows(np.asarray(z_ref, dtype=np.float64))
+    x = unit_rows(np.asarray(z, dtype=np.float64))
     n, d = x_ref.shape
     kc = max(1, min(int(n_components), n))
     labels = KMeans(n_clusters=kc, n_init=1, random_state=seed).fit_predict(x_ref)
@@ -220,7 +220,7 @@ def augmentation_consistency(
     if views.ndim != 3 or views.shape[0] < 2:
         raise FeatureError(f"views_z must be (T>=2, n, d), got shape {views.shape}")
     sets = [knn(v, z_ref, k, metric=metric)[1] for v in views]
-    unit = _unit(views.astype(np.float64))
+    unit = unit_rows(views.astype(np.float64))
     cos = [np.einsum("ij,ij->i", unit[a], unit[b]) for a, b in combinations(range(len(unit)), 2)]
     return pd.DataFrame({f"aug_nc_{k}": neighborhood_inconsistency(sets), "aug_disp": 1.0 - np.mean(cos, axis=0)})
 
@@ -230,7 +230,7 @@ def ensemble_variance(list_of_z: Sequence[np.ndarray]) -> np.ndarray:
     dims = {np.shape(z)[1] for z in list_of_z}
     if len(dims) != 1:
         raise FeatureError(f"ensemble variance needs encoders of one dimension, got {sorted(dims)}")
-    stack = np.stack([_unit(np.asarray(z, dtype=np.float64)) for z in list_of_z])
+    stack = np.stack([unit_rows(np.asarray(z, dtype=np.float64)) for z in list_of_z])
     return stack.var(axis=0).sum(axis=1)
 
 

@@ -39,12 +39,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from riskdecomp.features.augment import random_resized_crop
 from riskdecomp.features.datasets import ArraySplit, ImageDataset, ImageSplit
-from riskdecomp.features.encoders import Encoder, build_encoder, entry_identity
-from riskdecomp.sources import source_of
+from riskdecomp.features.decode import device_batches, device_plan, preprocessing_key
+from riskdecomp.features.encoders import Encoder, EncoderSpec, build_encoder, entry_identity
 from riskdecomp.utils.atomic import atomic_open, atomic_write_text
 from riskdecomp.utils.device import resolve_device
 from riskdecomp.utils.errors import FeatureError, RiskdecompError
+from riskdecomp.utils.validation import check_feature_values, rounding_noise
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -174,8 +176,6 @@ def input_batches(encoder: Encoder, split: ImageSplit, *, device: str, batch_siz
     """The encoder's preprocessed input for ``split``, batch by batch in order, on ``device`` (channels-last on
     CUDA): decoded on the device where :func:`riskdecomp.features.decode.device_plan` says so, else by PIL and the
     encoder's transform in loader workers (the CPU path)."""
-    from riskdecomp.features.decode import device_batches, device_plan
-
     cuda = device.startswith("cuda")
     plan = device_plan(split, encoder.transform, device, decode)
     if plan is not None:
@@ -248,8 +248,6 @@ def posterior_variance_split(encoder: Encoder, split: ImageSplit, *, device: str
     """Per image of ``split``: the posterior variance of a stochastic encoder, mean over dimensions of
     exp(logvar) (``uncertainty.posterior_variance``), or None when the encoder has no posterior. Not cached:
     stochastic encoders are riskdecomp's own small recipes, and this is one forward pass over the test split."""
-    from riskdecomp.features.cache import posterior_variance
-
     module = encoder.module
     if not getattr(module, "stochastic", False):
         return None
@@ -267,8 +265,6 @@ def augmented_views_split(encoder: Encoder, split: ImageSplit, *, n_views: int =
     random resized crop (area fraction ~ U(``scale``), aspect ratio in [3/4, 4/3]) resized back and a horizontal
     flip with p = 0.5 -- SimCLR's geometric augmentations, which apply to any encoder's normalized input (photometric
     ones do not). Seeded: the same seed gives the same views. Not cached (the run record keeps what they give)."""
-    from riskdecomp.pretrain.augment import random_resized_crop
-
     dev = resolve_device(device)
     module = encoder.module.to(dev).eval()
     cuda = dev.startswith("cuda")
@@ -312,8 +308,6 @@ def storage_plan(z: np.ndarray, dtype: str, who: str) -> tuple[str, int]:
     ``dtype`` is kept only when every column keeps its variation (rounding noise <= ``FLOAT16_MAX_NOISE`` of its
     spread); otherwise the matrix is stored in float32, so the numbers are float32's (the key still names the
     precision asked for: deterministic, and float32 requests never read these entries)."""
-    from riskdecomp.utils.validation import check_feature_values, rounding_noise
-
     if dtype == "float32":
         return dtype, 0
     tiny = check_feature_values(z, who, dtype=np.dtype(dtype), subnormal_ok=True,
@@ -338,10 +332,12 @@ def _check_finite(x: np.ndarray, who: str) -> None:
         raise FeatureError(f"{who}: {rows} feature vector(s) contain NaN or inf")
 
 
-def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto", batch_size: int = 256,
-              num_workers="auto", dtype: str = FEATURE_DTYPES[0], progress: bool = True, encoder: Optional[Encoder] = None,
-              mmap: bool = False, force: bool = False, decode: str = "auto") -> Features:
-    """Train and test features of one zoo entry on ``dataset``, from the cache when possible.
+def featurize(entry: EncoderSpec, dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto",
+              batch_size: int = 256, num_workers="auto", dtype: str = FEATURE_DTYPES[0], progress: bool = True,
+              encoder: Optional[Encoder] = None, mmap: bool = False, force: bool = False,
+              decode: str = "auto") -> Features:
+    """Train and test features of one zoo entry on ``dataset``, from the cache when possible. ``entry``: anything
+    :class:`~riskdecomp.features.encoders.EncoderSpec` describes (a zoo entry: its source builds the encoder).
 
     ``features`` entries read their ``.npz`` (``allow_pickle=False``). For the others the encoder is built (a
     ``recipe`` entry is pretrained on first use), the cache consulted and missing splits encoded.
@@ -357,7 +353,7 @@ def featurize(entry, dataset: Optional[ImageDataset], *, cache_dir, device: str 
                            decode=decode, encoders=None if encoder is None else {entry.name: encoder})[entry.name]
 
 
-def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto",
+def featurize_group(entries: Sequence[EncoderSpec], dataset: Optional[ImageDataset], *, cache_dir, device: str = "auto",
                     batch_size: int = 256, num_workers="auto", dtype: str = FEATURE_DTYPES[0], progress: bool = True,
                     encoders: Optional[dict] = None, mmap: bool = False, force: bool = False,
                     decode: str = "auto", failures: Optional[dict] = None) -> dict:
@@ -382,8 +378,6 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
 
     from filelock import FileLock
 
-    from riskdecomp.features.decode import preprocessing_key
-
     dtype = check_feature_dtype(dtype)
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
@@ -392,8 +386,9 @@ def featurize_group(entries: Sequence, dataset: Optional[ImageDataset], *, cache
     result: dict = {}
     image_entries = []
     for e in entries:
-        if not source_of(e).has_encoder:
-            result[e.name] = source_of(e).load_features(e)
+        own = e.precomputed_features()
+        if own is not None:
+            result[e.name] = own
         elif dataset is None:
             raise RiskdecompError(f"model {e.name!r}: needs a dataset")
         else:
@@ -478,8 +473,6 @@ def load_features_npz(entry) -> Features:
     ``x_train``/``x_test`` (n, d) real numbers a float32 probe can honour and ``y_train``/``y_test`` (n,) integer
     class labels. Anything else is a one-line FeatureError naming the file and the array (see
     :func:`riskdecomp.utils.validation.check_feature_values`)."""
-    from riskdecomp.utils.validation import check_feature_values
-
     who = f"model {entry.name!r}"
     path = Path(entry.path)
     if not path.is_file():
@@ -517,7 +510,7 @@ def load_features_npz(entry) -> Features:
                     arr["y_test"].astype(np.int64))
 
 
-def _npz_width(path: Path, array: str = "x_train") -> Optional[int]:
+def npz_width(path: Path, array: str = "x_train") -> Optional[int]:
     """The second dimension of ``array`` in an ``.npz`` archive, read from its header (no data is loaded)."""
     import zipfile
 
@@ -531,18 +524,10 @@ def _npz_width(path: Path, array: str = "x_train") -> Optional[int]:
     return int(shape[1]) if len(shape) == 2 else None
 
 
-def feature_dim(entry, dataset: Optional[ImageDataset], *, cache_dir, dtype: str = FEATURE_DTYPES[0]) -> Optional[int]:
-    """The width d of an entry's features without computing them (a reused run record written before records held
-    ``n_features``): what the entry says (:meth:`riskdecomp.sources.base.Source.feature_dim`: a recipe's ``z_dim``),
-    a features file's header, or the sidecar of its cached train features; None when none of them is at hand."""
-    src = source_of(entry)
-    known = src.feature_dim(entry)
-    if known is not None:
-        return int(known)
-    if not src.has_encoder:
-        return _npz_width(Path(entry.path))
-    if dataset is None:
-        return None
+def cached_feature_dim(entry: EncoderSpec, dataset: ImageDataset, *, cache_dir,
+                       dtype: str = FEATURE_DTYPES[0]) -> Optional[int]:
+    """The width d of an entry's features without computing them, from the sidecar of its cached train features
+    (None when they are not cached). For a reused run record written before records held ``n_features``."""
     try:
         identity = entry_identity(entry, dataset, cache_dir=cache_dir)
         side = cache_path(Path(cache_dir), entry.name, dataset.name, "train",

@@ -143,6 +143,13 @@ class ImageDataset:
         return len(self.classes)
 
 
+def native_size(dataset: Optional[ImageDataset]) -> Optional[int]:
+    """Shorter side of the dataset's first train image (None without a dataset)."""
+    if dataset is None or not len(dataset.train):
+        return None
+    return min(dataset.train.load_image(0).size)
+
+
 def _fingerprint(*parts) -> str:
     h = hashlib.sha256()
     for p in parts:

@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from riskdecomp.features.datasets import FileSplit
 from riskdecomp.utils.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,6 @@ class DevicePreprocess:
 
 def is_jpeg_split(split) -> bool:
     """Files on disk, every one named ``.jpg``/``.jpeg``."""
-    from riskdecomp.features.datasets import FileSplit
-
     return isinstance(split, FileSplit) and len(split) > 0 and all(
         p.suffix.lower() in JPEG_SUFFIXES for p in split.paths)
 

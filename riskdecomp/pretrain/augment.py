@@ -15,6 +15,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from riskdecomp.features.augment import (  # noqa: F401 (random_resized_crop: also a view augmentation here)
+    rand_bernoulli,
+    rand_uniform,
+    random_resized_crop,
+)
 from riskdecomp.pretrain.recipe import AugmentConfig
 
 LUMA = (0.299, 0.587, 0.114)
@@ -25,50 +30,15 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def _uniform(n: int, lo: float, hi: float, g: Optional[torch.Generator], device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
-
-
-def _bernoulli(n: int, p: float, g, device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device) < p
-
-
-def random_resized_crop(x: torch.Tensor, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = False,
-                        size: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Crop a random box (area fraction ~ U(scale), log aspect ratio ~ U(log ratio)) from each image and resize it
-    back to ``size`` (default: the input size) by bilinear sampling; with ``flip`` mirror half of them.
-
-    One affine grid for the whole batch: theta = [[w * f, 0, cx], [0, h, cy]] in normalized coordinates, where
-    w, h are the box side fractions, (cx, cy) its center and f = -1 for a flipped image.
-    """
-    n, dev = x.shape[0], x.device
-    area = _uniform(n, scale[0], scale[1], generator, dev)
-    logr = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, dev)
-    r = torch.exp(logr)
-    w = torch.sqrt(area * r).clamp(max=1.0)
-    h = torch.sqrt(area / r).clamp(max=1.0)
-    cx = (torch.rand(n, generator=generator, device=dev) * 2 - 1) * (1 - w)
-    cy = (torch.rand(n, generator=generator, device=dev) * 2 - 1) * (1 - h)
-    sign = torch.where(_bernoulli(n, 0.5, generator, dev), -1.0, 1.0) if flip else torch.ones(n, device=dev)
-    theta = torch.zeros(n, 2, 3, device=dev)
-    theta[:, 0, 0] = w * sign
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = cy
-    s = size or x.shape[-1]
-    grid = F.affine_grid(theta, [n, x.shape[1], s, s], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-
 def horizontal_flip(x: torch.Tensor, p: float = 0.5, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Mirror each image left-right with probability ``p``."""
-    m = _bernoulli(x.shape[0], p, generator, x.device)
+    m = rand_bernoulli(x.shape[0], p, generator, x.device)
     return torch.where(m[:, None, None, None], x.flip(-1), x)
 
 
 def grayscale(x: torch.Tensor, p: float = 0.2, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Replace each image by its luma (0.299 R + 0.587 G + 0.114 B, on all 3 channels) with probability ``p``."""
-    m = _bernoulli(x.shape[0], p, generator, x.device)
+    m = rand_bernoulli(x.shape[0], p, generator, x.device)
     lum = (x * torch.tensor(LUMA, device=x.device)[None, :, None, None]).sum(1, keepdim=True).expand_as(x)
     return torch.where(m[:, None, None, None], lum, x)
 
@@ -79,11 +49,11 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
     hue rotated by 2 pi h in YIQ space; factors b, c, s ~ U(1 -/+ strength), h ~ U(-hue, hue); clipped to [0, 1].
     """
     n, dev = x.shape[0], x.device
-    b = _uniform(n, 1 - brightness, 1 + brightness, generator, dev)[:, None, None, None]
-    c = _uniform(n, 1 - contrast, 1 + contrast, generator, dev)[:, None, None, None]
-    s = _uniform(n, 1 - saturation, 1 + saturation, generator, dev)[:, None, None, None]
-    h = _uniform(n, -hue, hue, generator, dev)
-    m = _bernoulli(n, p, generator, dev)[:, None, None, None]
+    b = rand_uniform(n, 1 - brightness, 1 + brightness, generator, dev)[:, None, None, None]
+    c = rand_uniform(n, 1 - contrast, 1 + contrast, generator, dev)[:, None, None, None]
+    s = rand_uniform(n, 1 - saturation, 1 + saturation, generator, dev)[:, None, None, None]
+    h = rand_uniform(n, -hue, hue, generator, dev)
+    m = rand_bernoulli(n, p, generator, dev)[:, None, None, None]
     luma_w = torch.tensor(LUMA, device=dev)[None, :, None, None]
     y = (x * b).clamp(0, 1)
     mean = (y * luma_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
@@ -109,8 +79,8 @@ def gaussian_blur(x: torch.Tensor, sigma=(0.1, 2.0), p: float = 0.5, kernel_size
     n, c, hgt, wid = x.shape
     dev = x.device
     k = kernel_size or max(3, int(round(0.1 * max(hgt, wid))) // 2 * 2 + 1)
-    sig = _uniform(n, sigma[0], sigma[1], generator, dev)
-    m = _bernoulli(n, p, generator, dev)
+    sig = rand_uniform(n, sigma[0], sigma[1], generator, dev)
+    m = rand_bernoulli(n, p, generator, dev)
     t = torch.arange(k, device=dev, dtype=x.dtype) - (k - 1) / 2
     ker = torch.exp(-(t[None] ** 2) / (2 * sig[:, None] ** 2))
     ker = ker / ker.sum(1, keepdim=True)  # (n, k)

@@ -19,6 +19,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from riskdecomp.features.datasets import load_dataset
 from riskdecomp.pretrain.backbones import (
     RecipeEncoder,
     backbone_kwargs,
@@ -29,6 +30,7 @@ from riskdecomp.pretrain.train import MEAN, STD, pretrain
 from riskdecomp.utils.atomic import atomic_write_bytes, atomic_write_text
 from riskdecomp.utils.device import resolve_device
 from riskdecomp.utils.errors import CacheError, WeightsError
+from riskdecomp.utils.hashing import file_sha256
 
 FORMAT = "riskdecomp-pretrain-v1"
 log = logging.getLogger(__name__)
@@ -85,8 +87,6 @@ def read_sidecar(path) -> dict:
 def verify_checksum(path, meta: dict, required: bool = False) -> None:
     """WeightsError unless the weights file's SHA-256 is the sidecar's ``sha256`` (a sidecar written before
     checksums existed has none: accepted unless ``required``, as for the recipe cache)."""
-    from riskdecomp.zoo import file_sha256  # (zoo imports this package: import late)
-
     want = meta.get("sha256")
     if want is None:
         if required:
@@ -221,8 +221,6 @@ def pretrained_checkpoint(recipe: Recipe, dataset, cache_dir, *, device: str = "
 def pretrain_to_file(recipe: Recipe, dataset_spec: str, out_path, device: str = "auto", progress: bool = True) -> Path:
     """``riskdecomp pretrain``: train ``recipe`` on the train split of ``dataset_spec`` and write a checkpoint
     (``out_path`` + ``out_path.json``); returns ``out_path``."""
-    from riskdecomp.features.datasets import load_dataset
-
     if isinstance(recipe, dict):
         recipe = Recipe.model_validate(recipe)
     out = Path(out_path)

@@ -8,24 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from riskdecomp.utils.names import check_arch
 from riskdecomp.utils.validation import TORCH_SEED_MAX
-
-# Architecture names (timm, incl. 'hf-hub:org/name') reach timm's / the hub's own cache folders: no '..', no leading
-# '/', nothing but these characters (zoo entries' model / architecture and recipe backbones)
-ARCH_RE = re.compile(r"^(hf[-_]hub:|timm/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)?$")
-
-
-def check_arch(v: str, what: str = "architecture") -> str:
-    """Validate a timm architecture name (also used for recipe backbones)."""
-    if not ARCH_RE.fullmatch(v) or ".." in v:
-        raise ValueError(f"{what} {v!r} is not a valid model name ([A-Za-z0-9_.-], optionally 'hf-hub:org/name')")
-    return v
-
 
 ObjectiveName = Literal["simclr", "byol", "simsiam", "vicreg", "barlow_twins", "stochastic", "supervised", "init"]
 

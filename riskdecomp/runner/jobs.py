@@ -16,7 +16,7 @@ import pandas as pd
 
 from riskdecomp import __version__
 from riskdecomp.estimators.active import ACTIVE_PROTOCOL, run_active_learning
-from riskdecomp.features.cache import Features, feature_dim, featurize
+from riskdecomp.features.cache import Features, cached_feature_dim, featurize, npz_width
 from riskdecomp.runner.records import (
     PROTOCOL_VERSION,
     RECORD_VERSION,
@@ -86,6 +86,18 @@ def _active_current(rec: dict, out: Path, name: str, dname: str, settings: Setti
                                     and result_path(out, "active", name, dname).is_file()))
 
 
+def _feature_dim(entry, ds, cache_dir, dtype) -> Optional[int]:
+    """The width d of an entry's features without computing them: what the entry says (a recipe's ``z_dim``), a
+    features file's header, or the sidecar of its cached train features; None when none of them is at hand."""
+    src = source_of(entry)
+    known = src.feature_dim(entry)
+    if known is not None:
+        return int(known)
+    if not src.has_encoder:
+        return npz_width(Path(entry.path))
+    return cached_feature_dim(entry, ds, cache_dir=cache_dir, dtype=dtype) if ds is not None else None
+
+
 def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, force: bool) -> dict:
     import os
 
@@ -128,7 +140,7 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
                 changed = old_meta != meta or rec.get("pretraining", ()) != pretraining
                 changed |= any(rec.get(k, ()) != v for k, v in facts.items())
                 if "n_features" not in rec["row"]:
-                    d = feature_dim(entry, ds, cache_dir=cache_dir, dtype=settings.feature_dtype)
+                    d = _feature_dim(entry, ds, cache_dir, settings.feature_dtype)
                     if d is not None:
                         rec["row"]["n_features"] = d
                         changed = True

@@ -1,14 +1,20 @@
-"""What every source shares: the common entry fields (:class:`Entry`) and the :class:`Source` interface."""
+"""What every source shares: the common entry fields (:class:`Entry`), the :class:`Source` interface, building a
+frozen :class:`~riskdecomp.features.encoders.Encoder` through it, and the registry of sources (timm's idea: the
+zoo's ``source:`` names one of them)."""
 
 from __future__ import annotations
 
-import hashlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Optional, Union
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from riskdecomp.utils.errors import WeightsError
+from riskdecomp.features.datasets import native_size
+from riskdecomp.features.encoders import Encoder
+from riskdecomp.utils.errors import RiskdecompError, WeightsError
+from riskdecomp.utils.hashing import file_sha256
 from riskdecomp.utils.names import name_problem
 
 REPRESENTATIONS = ("pooled", "cls", "avg", "cls+avg", "4xcls")
@@ -61,6 +67,26 @@ class Entry(BaseModel):
             raise ValueError(f"unknown metadata field(s) {', '.join(unknown)} (use the published table's names)")
         return v
 
+    # ------------------------------------------------------------------ what featurization asks of an entry
+    # (riskdecomp.features.encoders.EncoderSpec: featurization never imports the sources; its entry's source answers)
+    def precomputed_features(self):
+        """The entry's own :class:`~riskdecomp.features.cache.Features` when its source has no encoder (a
+        ``features`` entry), else None."""
+        src = source_of(self)
+        return None if src.has_encoder else src.load_features(self)
+
+    def encoder_identity(self, dataset=None, *, cache_dir=None, device: str = "cpu", progress: bool = False,
+                         force: bool = False) -> str:
+        """:meth:`Source.encoder_identity` of this entry."""
+        return source_of(self).encoder_identity(self, dataset, cache_dir=cache_dir, device=device, progress=progress,
+                                                force=force)
+
+    def build_encoder(self, dataset=None, *, cache_dir=None, device: str = "cpu", progress: bool = True,
+                      force: bool = False) -> Encoder:
+        """:meth:`Source.encoder` of this entry."""
+        return source_of(self).encoder(self, dataset, cache_dir=cache_dir, device=device, progress=progress,
+                                       force=force)
+
 
 class SeededEntry(Entry):
     """An entry whose source builds the network itself (timm, torch_hub, checkpoint, huggingface). ``init_seed``
@@ -87,15 +113,6 @@ class Built(NamedTuple):
 
 def no_ignored() -> dict:
     return {"missing": [], "unexpected": []}
-
-
-def file_sha256(path, chunk: int = 1 << 22) -> str:
-    """SHA-256 (hex) of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def timm_version() -> str:
@@ -196,12 +213,94 @@ class Source:
         """Whether the encoder has a posterior (``posterior_variance`` scores)."""
         return False
 
+    # ------------------------------------------------------------------ the frozen encoder, its identity
+    def encoder(self, entry, dataset=None, *, cache_dir=None, device: str = "cpu", progress: bool = True,
+                force: bool = False) -> Encoder:
+        """Build the frozen encoder of a zoo entry (:meth:`build`; ``features`` entries have none: see
+        :mod:`riskdecomp.features.cache`), under the entry's init seed (:func:`seeded_init`: a random initialization
+        is the same network in every build, and the seed is part of the identity). ``force``: a recipe entry is
+        pretrained again even when its checkpoint is cached (once per process)."""
+        if not self.has_encoder:
+            raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder to build")
+        kw = dict(cache_dir=cache_dir, device=device, progress=progress, force=force)
+        with seeded_init(self.init_seed(entry)):
+            module, transform, ignored, sha = self.build(entry, dataset, **kw)
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        sha = sha or self.weights_sha256(entry, dataset, **kw)
+        size, native = getattr(transform, "input_size", None), native_size(dataset)
+        return Encoder(entry.name, module, transform, self.full_identity(entry, dataset, sha), ignored_keys=ignored,
+                       weights_sha256=sha, input_size=size,
+                       upscaled=None if size is None or native is None else size > native)
+
+    def encoder_identity(self, entry, dataset=None, *, cache_dir=None, device: str = "cpu", progress: bool = False,
+                         force: bool = False) -> str:
+        """What determines an entry's features, without building the model (a fully cached rerun builds nothing):
+        its :meth:`identity` of the SHA-256 of the weights used (file entries: the file; recipe entries: the cached
+        checkpoint, pretrained first when it is not in ``cache_dir`` -- with ``force``, pretrained again),
+        architecture, hub tag or random init and its init seed, representation, options, and the library version
+        that defines the preprocessing. Part of the feature-cache key and of the run key, so both change when the
+        weights do."""
+        if not self.has_encoder:
+            raise RiskdecompError(f"model {entry.name!r}: source {entry.source!r} has no encoder")
+        sha = self.weights_sha256(entry, dataset, cache_dir=cache_dir, device=device, progress=progress, force=force)
+        return self.full_identity(entry, dataset, sha)
+
     def feature_dim(self, entry) -> Optional[int]:
         """The width of the entry's representation when the entry alone says it, without building or loading
-        anything (None: only its features tell; :func:`riskdecomp.features.cache.feature_dim`)."""
+        anything (None: only its features tell; the runner reads the cached features otherwise)."""
         return None
 
 
 def file_label(path) -> str:
     """``file:<sha256[:12]>`` of a local weights file, ``file:missing`` when it is absent."""
     return "file:" + file_sha256(path)[:12] if Path(path).is_file() else "file:missing"
+
+
+@contextmanager
+def seeded_init(seed: Optional[int]):
+    """Run the block with torch's CPU generator seeded with ``seed`` (None: as it is), restoring the caller's state
+    afterwards: a model built inside is initialized the same way whatever ran before it in the process."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
+        yield
+
+
+# ------------------------------------------------------------------------------------------------- the registry
+_REGISTRY: dict = {}
+
+
+def register(cls):
+    """Class decorator: register a :class:`Source` subclass under its ``name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"source {cls.name!r} is registered twice")
+    if cls.entry.model_fields["source"].annotation.__args__ != (cls.name,):
+        raise ValueError(f"source {cls.name!r}: its entry model's 'source' must be Literal[{cls.name!r}]")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def names() -> tuple:
+    """The registered source names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> Source:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise RiskdecompError(f"unknown source {name!r} (expected one of {', '.join(_REGISTRY)})") from None
+
+
+def source_of(entry) -> Source:
+    """The source of a validated zoo entry."""
+    return get(entry.source)
+
+
+def entry_classes() -> dict:
+    """``{source name: entry model}``."""
+    return {n: s.entry for n, s in _REGISTRY.items()}

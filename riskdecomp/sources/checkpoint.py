@@ -7,9 +7,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
-from riskdecomp.pretrain.backbones import BACKBONES
-from riskdecomp.pretrain.recipe import check_arch
-from riskdecomp.sources import register
+from riskdecomp.features.datasets import native_size
+from riskdecomp.pretrain.backbones import BACKBONES, create_backbone
+from riskdecomp.pretrain.checkpoint import eval_transform, load_checkpoint, sidecar_path
 from riskdecomp.sources.base import (
     Built,
     SeededEntry,
@@ -17,10 +17,20 @@ from riskdecomp.sources.base import (
     file_label,
     file_sha256,
     no_ignored,
+    register,
     representation_key,
     timm_version,
 )
+from riskdecomp.sources.timm import (
+    Representation,
+    create_timm,
+    image_size_override,
+    load_timm_file,
+    timm_transform,
+)
+from riskdecomp.sources.weights import load_state_dict, load_weights
 from riskdecomp.utils.errors import RiskdecompError
+from riskdecomp.utils.names import check_arch
 
 
 class CheckpointEntry(SeededEntry):
@@ -59,45 +69,33 @@ class Checkpoint(Source):
         return file_label(entry.weights)
 
     def build(self, entry, dataset, **_) -> Built:
-        from riskdecomp.features.encoders import (
-            Representation,
-            _create_timm,
-            _image_size,
-            _load_timm_file,
-            _native_size,
-            _timm_transform,
-            load_state_dict,
-            load_weights,
-        )
-        from riskdecomp.pretrain import backbones, eval_transform, load_checkpoint
-        from riskdecomp.pretrain.checkpoint import sidecar_path
-
         who = f"model {entry.name!r}"
         ignored = no_ignored()
-        if entry.architecture in backbones.BACKBONES:
+        if entry.architecture in BACKBONES:
             if entry.representation != "pooled":
                 raise RiskdecompError(f"{who}: representation {entry.representation!r}: "
                                       f"{entry.architecture} gives a pooled vector only")
-            native = _native_size(dataset) or 32
+            native = native_size(dataset) or 32
             if sidecar_path(entry.weights).is_file():
                 # a riskdecomp-pretrained checkpoint: its sidecar knows the input size, normalization, stochastic head
                 model, _recipe = load_checkpoint(entry.weights)
                 transform = eval_transform(entry.weights, native, size=entry.image_size)
             else:
-                model = backbones.create_backbone(entry.architecture, **entry.model_kwargs)
+                model = create_backbone(entry.architecture, **entry.model_kwargs)
                 ignored = load_weights(model, load_state_dict(entry.weights, who), who, entry.weights,
                                        entry.architecture, entry.strict)
                 transform = eval_transform(None, native, size=entry.image_size)
             return Built(model, transform, ignored)
         try:
-            model = _create_timm(entry.architecture, who, dict(entry.model_kwargs), img_size=_image_size(entry, who))
+            model = create_timm(entry.architecture, who, dict(entry.model_kwargs),
+                                img_size=image_size_override(entry, who))
         except RiskdecompError as exc:
             if "unknown timm architecture" in str(exc):
                 raise RiskdecompError(f"{who}: unknown architecture {entry.architecture!r} "
                                       "(neither a timm model nor one of riskdecomp's backbones)") from None
             raise
-        ignored = _load_timm_file(model, entry.weights, who, entry.architecture, entry.strict)
-        transform = _timm_transform(model, _image_size(entry, who))
+        ignored = load_timm_file(model, entry.weights, who, entry.architecture, entry.strict)
+        transform = timm_transform(model, image_size_override(entry, who))
         return Built(Representation(model, entry.representation, who), transform, ignored)
 
     def random_init(self, entry) -> bool:

@@ -8,8 +8,8 @@ from typing import Literal, Optional
 
 from pydantic import field_validator
 
-from riskdecomp.sources import register
-from riskdecomp.sources.base import Entry, Source
+from riskdecomp.features.cache import load_features_npz
+from riskdecomp.sources.base import Entry, Source, register
 from riskdecomp.utils.names import name_problem
 
 
@@ -46,6 +46,4 @@ class FeaturesSource(Source):
         return entry.dataset or Path(entry.path).stem
 
     def load_features(self, entry):
-        from riskdecomp.features.cache import load_features_npz
-
         return load_features_npz(entry)

@@ -25,8 +25,7 @@ import torch
 from pydantic import field_validator, model_validator
 from torch import nn
 
-from riskdecomp.sources import register
-from riskdecomp.sources.base import Built, SeededEntry, Source, file_sha256
+from riskdecomp.sources.base import Built, SeededEntry, Source, file_sha256, register
 from riskdecomp.utils.errors import RiskdecompError, WeightsError
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*/[A-Za-z0-9_-][A-Za-z0-9_.-]*$")

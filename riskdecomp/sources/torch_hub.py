@@ -10,8 +10,16 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
-from riskdecomp.sources import register
-from riskdecomp.sources.base import Built, SeededEntry, Source, file_sha256, no_ignored, representation_key
+from riskdecomp.sources.base import (
+    Built,
+    SeededEntry,
+    Source,
+    file_sha256,
+    no_ignored,
+    register,
+    representation_key,
+)
+from riskdecomp.sources.timm import Representation
 from riskdecomp.utils.errors import RiskdecompError
 
 # torch.hub repositories: 'owner/name' or 'owner/name:ref' (torch.hub names its cache folder after them)
@@ -64,6 +72,19 @@ def repo_dir(repo: str) -> Optional[Path]:
     return None
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_transform():
+    """The ImageNet eval preprocessing a hub model expects: resize 256, center crop 224, normalize."""
+    from torchvision import transforms as T
+
+    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    transform.input_size = 224
+    return transform
+
+
 def _failed(entry, exc) -> RiskdecompError:
     return RiskdecompError(f"model {entry.name!r}: torch.hub.load({entry.repo!r}, {entry.entrypoint!r}) failed: "
                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
@@ -85,8 +106,6 @@ class TorchHub(Source):
         import torch
         from torch import nn
 
-        from riskdecomp.features.encoders import Representation, _imagenet_transform
-
         who = f"model {entry.name!r}"
         try:
             model = torch.hub.load(entry.repo, entry.entrypoint, trust_repo=True, **entry.kwargs)
@@ -96,7 +115,7 @@ class TorchHub(Source):
             model.fc = nn.Identity()  # torchvision-style ResNets from SSL repos keep a (random) classifier: drop it
         if entry.representation != "pooled":
             model = Representation(model, entry.representation, who)
-        return Built(model, _imagenet_transform(), no_ignored())
+        return Built(model, imagenet_transform(), no_ignored())
 
     def weights_sha256(self, entry, dataset, **_) -> Optional[str]:
         """One SHA-256 over the repository's Python files as torch.hub caches them (``hubconf.py`` and the code it

@@ -31,6 +31,18 @@ def name_problem(value) -> Optional[str]:
     return None
 
 
+# Architecture names (timm, incl. 'hf-hub:org/name') reach timm's / the hub's own cache folders: no '..', no leading
+# '/', nothing but these characters (zoo entries' model / architecture and recipe backbones)
+ARCH_RE = re.compile(r"^(hf[-_]hub:|timm/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)?$")
+
+
+def check_arch(v: str, what: str = "architecture") -> str:
+    """Validate a timm architecture name (also used for recipe backbones)."""
+    if not ARCH_RE.fullmatch(v) or ".." in v:
+        raise ValueError(f"{what} {v!r} is not a valid model name ([A-Za-z0-9_.-], optionally 'hf-hub:org/name')")
+    return v
+
+
 def check_name(value, what: str = "name") -> str:
     """``value`` if it is a valid name, else a one-line :class:`RiskdecompError` that names ``what``."""
     problem = name_problem(value)

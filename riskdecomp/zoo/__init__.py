@@ -39,7 +39,9 @@ from riskdecomp.sources.recipe import RecipeEntry  # noqa: F401
 from riskdecomp.sources.timm import TimmEntry  # noqa: F401
 from riskdecomp.sources.torch_hub import TorchHubEntry  # noqa: F401
 from riskdecomp.utils.errors import ZooError
+from riskdecomp.utils.names import split_seed
 from riskdecomp.zoo.expand import expand
+from riskdecomp.zoo.seeds import expand_seeds
 
 ZooEntry = Annotated[Union[tuple(sources.entry_classes().values())], Field(discriminator="source")]
 _ENTRY = TypeAdapter(ZooEntry)
@@ -159,8 +161,6 @@ def parse_zoo(data: Any, path: Optional[Path] = None, base: Optional[Path] = Non
     models = data["models"]
     if not isinstance(models, list) or not models:
         raise ZooError(f"{where}: 'models' must be a non-empty list")
-    from riskdecomp.utils.names import split_seed
-    from riskdecomp.zoo.seeds import expand_seeds
 
     default_seeds = {"seeds": defaults["seeds"]} if "seeds" in defaults else {}
     shaped = expand(models, {k: v for k, v in defaults.items() if k != "seeds"}, where, sources.entry_classes(),
