@@ -341,7 +341,7 @@ def pretrain(recipe_path, zoo_path, model, dataset, out, device):
     from pydantic import ValidationError
 
     from riskdecomp.pretrain import Recipe, pretrain_to_file
-    from riskdecomp.zoo import _describe, load_zoo, read_yaml
+    from riskdecomp.zoo import describe_entry, load_zoo, read_yaml
 
     if bool(recipe_path) == bool(zoo_path):
         raise RiskdecompError("pretrain: give either --recipe FILE or --zoo FILE --model NAME")
@@ -351,7 +351,7 @@ def pretrain(recipe_path, zoo_path, model, dataset, out, device):
         try:
             recipe = Recipe.model_validate(data.get("recipe", data) if isinstance(data, dict) else data)
         except ValidationError as exc:
-            raise RiskdecompError(f"{recipe_path}: invalid recipe: {_describe(exc)}") from None
+            raise RiskdecompError(f"{recipe_path}: invalid recipe: {describe_entry(exc)}") from None
     else:
         if not model:
             raise RiskdecompError("pretrain: --zoo needs --model NAME")

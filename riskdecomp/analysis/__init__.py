@@ -19,7 +19,12 @@ from riskdecomp.analysis.effects import (
     seed_ranking_stability,
     summarize,
 )
-from riskdecomp.analysis.inference import best_summary, comparisons, engines, reference_models
+from riskdecomp.analysis.inference import (
+    best_summary,
+    comparisons,
+    engines,
+    reference_models,
+)
 from riskdecomp.analysis.scaling import fit_scaling_law
 from riskdecomp.utils.atomic import atomic_write_text as _atomic_write_text
 from riskdecomp.utils.atomic import jsonable, write_csv

@@ -25,14 +25,25 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from riskdecomp.analysis.inference import ALPHA, holm  # noqa: F401 - re-exported: the significance level, Holm
-from riskdecomp.analysis.inference import contrast_fields, finish_wide, paired_seed_test
+from riskdecomp.analysis.inference import (  # noqa: F401 - re-exported: the significance level, Holm
+    ALPHA,
+    ZERO_SE_REL,
+    contrast_fields,
+    finish_wide,
+    holm,
+    paired_seed_test,
+    welch_seed_test,
+    wide_columns,
+)
 from riskdecomp.analysis.inference import engines as inference_engines
-from riskdecomp.analysis.inference import wide_columns, welch_seed_test
-from riskdecomp.analysis.inference import ZERO_SE_REL
 from riskdecomp.analysis.inference import zero_se as _zero_se
 from riskdecomp.analysis.scaling import fit_scaling_law
-from riskdecomp.analysis.tables import _setting_name, _table, fewshot_settings
+from riskdecomp.analysis.tables import (
+    fewshot_settings,
+    leaderboard_table,
+    reference_mask,
+    setting_name,
+)
 from riskdecomp.utils.atomic import jsonable
 from riskdecomp.utils.schema import COMPONENTS, OUTCOMES
 
@@ -82,20 +93,6 @@ REL_STD_TOL = 1e-3
 MAX_VIF = 1e6
 
 
-def reference_mask(t: pd.DataFrame) -> pd.Series:
-    """Rows that are references (another model's ``reference``): the ``is_reference`` column; for an older
-    leaderboard without it, a row that is its own reference -- its train->train error *is* its reference's
-    (``err_train_train == err_ref_train_train`` and usability exactly 0: protocol 3)."""
-    if "is_reference" in t:
-        v = t["is_reference"]
-        return v.astype("string").str.lower().isin(["true", "1"]).fillna(False).astype(bool) if v.dtype != bool else v
-    if {"err_train_train", "err_ref_train_train", "usability"} <= set(t.columns):
-        own = (pd.to_numeric(t["err_train_train"], errors="coerce")
-               == pd.to_numeric(t["err_ref_train_train"], errors="coerce")) & (t["usability"] == 0)
-        return own.fillna(False).astype(bool)
-    return pd.Series(False, index=t.index)
-
-
 def constant_outcome(t: pd.DataFrame, outcome: str) -> str | None:
     """Why ``outcome`` does not vary over the rows of ``t`` (None: it does). The rules, in order:
     approx of rows that all share one reference is that reference's train->train error (constant by construction,
@@ -131,7 +128,7 @@ def constant_components(t: pd.DataFrame) -> dict:
     """``{dataset: {component: value}}`` for each component constant over the dataset's candidates (rows that are
     not references, at least 2: :func:`constant_outcome`). The value is the shared one: the reference's own row
     (over all its seeds) when the candidates share one reference that has a row, else the candidates' mean."""
-    t = _table(t)
+    t = leaderboard_table(t)
     ref = reference_mask(t)
     out: dict = {}
     for ds, g in t.groupby("dataset", sort=True):
@@ -152,7 +149,7 @@ def zoo_flags(t: pd.DataFrame, scaling: dict | None = None) -> list:
     """One-line reasons why parts of the analysis are not shown or read differently (``summary.json``'s
     ``zoo_flags``): too few models for rankings, a poor scaling law, constant components, and the leaderboard's
     per-model ``flags`` (docs/protocol.md, "Flags")."""
-    t = _table(t)
+    t = leaderboard_table(t)
     lines = []
     for ds, g in t.groupby("dataset", sort=True):
         where = f" on {ds}" if t["dataset"].nunique() > 1 else ""
@@ -190,7 +187,7 @@ def summarize(df: pd.DataFrame) -> dict:
     :func:`riskdecomp.analysis.scaling.scaling_quality`) and ``zoo_flags`` (:func:`zoo_flags`). With several
     datasets, ``per_dataset`` holds the same numbers per dataset.
     """
-    t = _table(df)
+    t = leaderboard_table(df)
     present = [c for c in OUTCOMES if c in t]
     comps = [c for c in COMPONENTS if c in t]
     out: dict = {
@@ -240,7 +237,7 @@ def ranking_stability(df: pd.DataFrame, top: int = 10) -> tuple[dict, pd.DataFra
     (dataset, setting, model): rank_full, rank_setting (1 = lowest error), move = rank_setting -
     rank_full, sorted by |move| descending (all models, ``top`` is the number flagged ``is_top``).
     """
-    t = _table(df)
+    t = leaderboard_table(df)
     taus: dict[str, float] = {}
     moves = []
     if "agg_risk" not in t:
@@ -256,7 +253,7 @@ def ranking_stability(df: pd.DataFrame, top: int = 10) -> tuple[dict, pd.DataFra
                 per_ds.append(tau)
             r = pd.DataFrame({
                 "dataset": ds,
-                "setting": _setting_name(col),
+                "setting": setting_name(col),
                 "model": g["model"].to_numpy(),
                 "rank_full": g["agg_risk"].rank(method="min").to_numpy(),
                 "rank_setting": g[col].rank(method="min").to_numpy(),
@@ -266,7 +263,7 @@ def ranking_stability(df: pd.DataFrame, top: int = 10) -> tuple[dict, pd.DataFra
             r["is_top"] = np.arange(len(r)) < top
             moves.append(r)
         if per_ds:
-            taus[_setting_name(col)] = float(np.mean(per_ds))
+            taus[setting_name(col)] = float(np.mean(per_ds))
     cols = ["dataset", "setting", "model", "rank_full", "rank_setting", "move", "is_top"]
     moves_df = pd.concat(moves, ignore_index=True) if moves else pd.DataFrame(columns=cols)
     return taus, moves_df
@@ -372,7 +369,7 @@ def design_effects(df: pd.DataFrame, treatments: list[str] | None = None,
     near-singular design: a treatment column the controls reproduce (variance inflation above :data:`MAX_VIF`,
     :func:`_aliased`).
     """
-    t = _table(df)
+    t = leaderboard_table(df)
     t = t[~reference_mask(t)].reset_index(drop=True)
     cols = ["dataset", "treatment", "level", "base", "component", "coef", "se", "p", "ci_lo", "ci_hi",
             "n", "controls", "estimable", "why"]
@@ -531,7 +528,7 @@ def controlled_pairs(df: pd.DataFrame, fields: list[str] | None = None,
     ``p_paired_<x>`` (shared seeds, the old test) and ``p_welch_<x>``; ``n_seeds`` (seeds of the model with fewer)
     and ``n_runs`` (runs in the fit).
     """
-    t = _table(df)
+    t = leaderboard_table(df)
     fields = [f for f in (fields or PAIR_FIELDS) if f in t and t[f].notna().any()]
     outs = [c for c in OUTCOMES if c in t]
     eng = _engines_for(t, seeds, per_sample)
@@ -570,7 +567,7 @@ def baseline_contrasts(df: pd.DataFrame, seeds: pd.DataFrame | None, baseline: s
     first. For each outcome the engine's columns of :func:`controlled_pairs` (``delta_<outcome>`` = model -
     baseline), Holm over the rows of the table (one family per outcome). Empty without per-seed rows or per-sample
     errors, or without a baseline."""
-    t = _table(df)
+    t = leaderboard_table(df)
     outs = [c for c in OUTCOMES if c in t]
     cols = ["dataset", "model", "baseline", "n_seeds", "n_runs"] + [x for c in outs for x in wide_columns(c)]
     eng = _engines_for(t, seeds, per_sample)

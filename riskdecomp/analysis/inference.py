@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from riskdecomp.analysis.tables import reference_mask
 from riskdecomp.utils.names import result_stem
 
 log = logging.getLogger(__name__)
@@ -159,19 +160,10 @@ def _t_result(mean, se, df, n, no_difference, scale):
 
 # ----------------------------------------------------------------------------------------------- the zoo
 def reference_models(board: pd.DataFrame) -> list:
-    """Models that are references, never candidates for "best": column ``is_reference`` when present, else the
-    models named in a ``reference`` column (a seed's name ``x.s<k>`` counts as ``x``), else none."""
+    """The models that are references (:func:`riskdecomp.analysis.tables.reference_mask`), in table order."""
     if board is None or "model" not in board:
         return []
-    models = list(dict.fromkeys(board["model"].astype(str)))
-    if "is_reference" in board:
-        flag = board["is_reference"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
-        return list(dict.fromkeys(board.loc[flag, "model"].astype(str)))
-    if "reference" in board:
-        named = {str(v) for v in board["reference"].dropna() if str(v)}
-        named |= {n.rsplit(".s", 1)[0] for n in named if n.rsplit(".s", 1)[-1].isdigit()}
-        return [m for m in models if m in named]
-    return []
+    return list(dict.fromkeys(board.loc[reference_mask(board).to_numpy(), "model"].astype(str)))
 
 
 def zoo_runs(board: pd.DataFrame, seeds: Optional[pd.DataFrame], dataset) -> pd.DataFrame:

@@ -7,9 +7,13 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from riskdecomp.analysis.tables import _setting_name, _sizes, _table, fewshot_settings
+from riskdecomp.analysis.tables import (
+    fewshot_settings,
+    leaderboard_table,
+    setting_name,
+    setting_sizes,
+)
 from riskdecomp.utils.schema import COMPONENTS
-
 
 # ----------------------------------------------------------------------------- scaling law
 #: A scaling law is shown only when it is fitted on at least this many models ...
@@ -60,10 +64,10 @@ def _scaling_long(t: pd.DataFrame) -> pd.DataFrame:
     for col in settings:
         if col not in t:
             continue
-        n = _sizes(t, col)
+        n = setting_sizes(t, col)
         part = pd.DataFrame({
             "model": t["model"], "dataset": t["dataset"],
-            "setting": "full" if col == "agg_risk" else _setting_name(col),
+            "setting": "full" if col == "agg_risk" else setting_name(col),
             # approx NaN = merged into usability (no reference): A + U is then usability alone
             "A": t["approx"].where(t["approx"].notna() | t["usability"].isna(), 0.0),
             "U": t["usability"], "P": t["probe_gen"], "E": t["enc_gen"],
@@ -99,7 +103,7 @@ def fit_scaling_law(df: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     (model, dataset, setting, n, actual, predicted, baseline). Raises ValueError if no pair is
     complete.
     """
-    t = _table(df)
+    t = leaderboard_table(df)
     long = _scaling_long(t)
     if long.empty or long["setting"].nunique() < 2:
         raise ValueError("scaling law needs components and at least one few-shot column")

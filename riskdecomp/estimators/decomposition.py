@@ -64,7 +64,7 @@ from sklearn.base import BaseEstimator
 from riskdecomp.estimators.probe import DEFAULT_STANDARDIZE, LinearProbe
 from riskdecomp.estimators.selection import (
     PathFitter,
-    _as_grid,
+    as_grid,
     fit_path,
     refit_from,
     stratified_split,
@@ -272,7 +272,7 @@ def decompose(
                 "reference: features must cover the same train points in the same order "
                 f"({x_ref.shape[0]} rows vs {x_train.shape[0]}; labels equal: {np.array_equal(y_ref, y_train)})"
             )
-    g = _as_grid(grid)
+    g = as_grid(grid)
     n_tr, n_te = len(y_train), len(y_test)
     if holdout == "auto":
         holdout = "crossfit" if n_tr <= CROSSFIT_MAX_TRAIN else "single"

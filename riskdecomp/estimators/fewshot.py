@@ -24,7 +24,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from riskdecomp.estimators.probe import DEFAULT_STANDARDIZE, LinearProbe
-from riskdecomp.estimators.selection import PathFitter, _as_grid, fit_path
+from riskdecomp.estimators.selection import PathFitter, as_grid, fit_path
 from riskdecomp.utils.errors import FeatureError, RiskdecompError
 from riskdecomp.utils.validation import check_features, check_int
 
@@ -92,7 +92,7 @@ def fewshot_errors(
     missing = np.setdiff1d(np.unique(y_test), np.unique(y_train))
     if missing.size:
         raise FeatureError(f"y_test has classes absent from y_train: {missing[:5].tolist()}")
-    g = _as_grid(grid)
+    g = as_grid(grid)
     est = probe if probe is not None else LinearProbe(standardize=standardize, device=device)
     if probe is None:
         x_train = np.ascontiguousarray(x_train, dtype=np.float32)

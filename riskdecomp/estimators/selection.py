@@ -62,7 +62,7 @@ def _keep_every_class(y: np.ndarray, keep: np.ndarray, out: np.ndarray) -> tuple
     return keep, out
 
 
-def _as_grid(grid: Sequence[float] | None) -> np.ndarray:
+def as_grid(grid: Sequence[float] | None) -> np.ndarray:
     g = DEFAULT_GRID if grid is None else np.asarray(grid, dtype=float).ravel()
     if g.size == 0 or not np.all(np.isfinite(g)) or np.any(g <= 0):
         raise ValueError("the C grid must hold positive finite values")
@@ -208,7 +208,7 @@ def tune_probe(
     y = np.asarray(y)
     if len(np.unique(y)) < 2:
         raise ValueError(f"tune_probe needs samples of at least 2 classes, got only {np.unique(y)[:1].tolist()}")
-    g = _as_grid(grid)
+    g = as_grid(grid)
     est = LinearProbe(**probe_params) if estimator is None else estimator
     n_val = int(round(val_fraction * len(y)))
     n_val = min(max(n_val, 1), len(y) - 1)

@@ -42,7 +42,12 @@ import torch
 from riskdecomp.features.augment import random_resized_crop
 from riskdecomp.features.datasets import ArraySplit, ImageDataset, ImageSplit
 from riskdecomp.features.decode import device_batches, device_plan, preprocessing_key
-from riskdecomp.features.encoders import Encoder, EncoderSpec, build_encoder, entry_identity
+from riskdecomp.features.encoders import (
+    Encoder,
+    EncoderSpec,
+    build_encoder,
+    entry_identity,
+)
 from riskdecomp.utils.atomic import atomic_open, atomic_write_text
 from riskdecomp.utils.device import resolve_device
 from riskdecomp.utils.errors import FeatureError, RiskdecompError

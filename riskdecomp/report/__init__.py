@@ -29,7 +29,7 @@ from riskdecomp.report.html import (
     significance_title,
     significance_view,
 )
-from riskdecomp.report.plots import _read
+from riskdecomp.report.plots import read_csv_if_any
 from riskdecomp.utils.atomic import atomic_write_text as write_text_atomic
 from riskdecomp.utils.errors import RiskdecompError
 from riskdecomp.utils.schema import OUTCOMES
@@ -54,15 +54,15 @@ def make_report(results_dir, *, published=None, color_by: str | None = "objectiv
     if published is not None and not isinstance(published, pd.DataFrame):
         from riskdecomp.analysis.published import load_published
         published = load_published(published)
-    lb = _read(results_dir / "leaderboard.csv")
+    lb = read_csv_if_any(results_dir / "leaderboard.csv")
     if lb is not None and lb.empty:
         lb = None
 
     summary, effects = None, None
     if lb is not None or published is not None:
         summary = analyze(leaderboard=lb, published=published, out_dir=analysis_dir,
-                          seeds=_read(results_dir / "leaderboard_seeds.csv"), per_sample=results_dir / "per_sample")
-        effects = _read(analysis_dir / "design_effects.csv")
+                          seeds=read_csv_if_any(results_dir / "leaderboard_seeds.csv"), per_sample=results_dir / "per_sample")
+        effects = read_csv_if_any(analysis_dir / "design_effects.csv")
     made, notes = collect_plots(results_dir, plots_dir, color_by, published=published,
                                 effects=effects if effects is not None else pd.DataFrame())
     rel = [(_data_uri(Path(p)), caption, Path(p).stem) for p, caption in made]
@@ -124,17 +124,17 @@ def write_page(results_dir, *, plots=(), notes=(), summary: dict | None = None, 
     ``analysis/summary.json``), ``plots`` ((data URI, caption, id) triples), ``notes``, the significance tables and
     links to every CSV. No analysis is run and no figure drawn here (:func:`make_report` does both first)."""
     results_dir = Path(results_dir)
-    lb = _read(results_dir / "leaderboard.csv")
+    lb = read_csv_if_any(results_dir / "leaderboard.csv")
     lb = None if lb is None or lb.empty else lb
     if summary is None and (results_dir / "analysis" / "summary.json").is_file():
         try:
             summary = json.loads((results_dir / "analysis" / "summary.json").read_text())
         except (OSError, ValueError):
             summary = None
-    pairs = _read(results_dir / "analysis" / "controlled_pairs.csv")
-    contrasts = seed_contrast_rows(pairs, _read(results_dir / "analysis" / "baseline_contrasts.csv"))
+    pairs = read_csv_if_any(results_dir / "analysis" / "controlled_pairs.csv")
+    contrasts = seed_contrast_rows(pairs, read_csv_if_any(results_dir / "analysis" / "baseline_contrasts.csv"))
     tables = {}
-    best = comparisons_view(_read(results_dir / "analysis" / "comparisons.csv"), summary)
+    best = comparisons_view(read_csv_if_any(results_dir / "analysis" / "comparisons.csv"), summary)
     if not best.empty:
         tables["Each candidate minus the best encoder, agg_risk (points; * = significant after Holm's correction; "
                "every pair and outcome: analysis/comparisons.csv)"] = best

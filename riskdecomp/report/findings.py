@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from riskdecomp.analysis.tables import fewshot_settings
+from riskdecomp.analysis.tables import fewshot_settings, reference_mask
 from riskdecomp.utils.schema import COMPONENTS, TOTAL
 
-__all__ = ["findings", "findings_html", "markdown_html", "FLAG_TEXT", "read_results", "reference_mask",
-           "fewshot_columns", "fewshot_order", "constant_components", "versus_best"]
+__all__ = ["findings", "findings_html", "markdown_html", "FLAG_TEXT", "read_results",
+           "fewshot_columns", "fewshot_order", "shared_components", "versus_best"]
 
 #: One sentence per leaderboard ``flags`` code (the codes of riskdecomp.runner; docs/protocol.md explains them).
 FLAG_TEXT = {
@@ -67,20 +67,6 @@ def read_results(results_dir) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ shared helpers
-def reference_mask(board: pd.DataFrame) -> pd.Series:
-    """True for the models that are references of others: the leaderboard's ``is_reference`` column, else the
-    models another row names in ``reference``, else (folders written before those columns) objective
-    ``supervised``."""
-    if "is_reference" in board:
-        return board["is_reference"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).astype(bool)
-    if "reference" in board:
-        refs = {str(r) for r in board["reference"].dropna() if str(r)}
-        return board["model"].astype(str).isin(refs)
-    if "objective" in board:
-        return board["objective"].astype(str).eq("supervised")
-    return pd.Series(False, index=board.index)
-
-
 _SETTING = re.compile(r"(?:fewshot_)?(\d+(?:\.\d+)?)(shot|pct)")
 
 
@@ -96,7 +82,7 @@ def fewshot_columns(board: pd.DataFrame) -> list[str]:
     return sorted(fewshot_settings(board), key=fewshot_order)
 
 
-def constant_components(summary: dict, dataset) -> dict:
+def shared_components(summary: dict, dataset) -> dict:
     """{component: shared value} of the components constant across the zoo's candidates by construction
     (``summary.json`` ``constant_components``; {} when the analysis did not write it)."""
     cc = (summary or {}).get("constant_components") or {}
@@ -373,7 +359,7 @@ def _zoo_flag_lines(summary: dict, board: pd.DataFrame) -> list[str]:
     (``<component> constant ...``, see :func:`_constant_lines`)."""
     summary = summary or {}
     codes = set(FLAG_TEXT) | {c for cs in _flags_of(board).values() for c in cs}
-    constant = {c for ds in (summary.get("constant_components") or {}) for c in constant_components(summary, ds)}
+    constant = {c for ds in (summary.get("constant_components") or {}) for c in shared_components(summary, ds)}
     said = tuple(f"{c}:" for c in codes) + tuple(f"{c} constant" for c in constant)
     return [f"- {str(z).strip().rstrip('.')}." for z in summary.get("zoo_flags") or []
             if not str(z).strip().startswith(said)]
@@ -412,7 +398,7 @@ def _blocks(results_dir) -> list[tuple[list[str], list[str]]]:
         board = board.assign(dataset="default")
     blocks = []
     for ds, b in board.groupby(board["dataset"].astype(str), sort=False):
-        constant = constant_components(summary, ds)
+        constant = shared_components(summary, ds)
         con, pairs, comps = _of(r["contrasts"], ds), _of(r["pairs"], ds), _of(r["comparisons"], ds)
         mde = _mde(con if con is not None else pairs, summary, ds)
         head = [_header(b, ds, root.name), ""] + _best_line(b, ds, summary)

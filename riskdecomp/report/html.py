@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 
+from riskdecomp.analysis.tables import reference_mask
 from riskdecomp.report.findings import (
     FLAG_TEXT,
-    constant_components,
     fewshot_columns,
     fewshot_order,
-    reference_mask,
+    shared_components,
     versus_best,
 )
 from riskdecomp.utils.schema import COMPONENTS, TOTAL
@@ -63,7 +63,7 @@ def table_html(df: pd.DataFrame) -> str:
 
 def leaderboard_view(lb: pd.DataFrame, constant=()) -> pd.DataFrame:
     """The leaderboard as shown, one dataset's or several: candidates ranked by agg_risk (``rank`` 1, 2, ...), then
-    the references (``rank`` "ref", never ranked; :func:`riskdecomp.report.findings.reference_mask`); columns
+    the references (``rank`` "ref", never ranked; :func:`riskdecomp.analysis.tables.reference_mask`); columns
     ``rank, model, [dataset], agg_risk (with agg_risk_lo/_hi), n_seeds``, the components but those in ``constant``
     (shown once above the table), the few-shot errors in numeric order, ``flags`` when the leaderboard has it."""
     t = lb.reset_index() if "model" not in lb.columns else lb.copy()
@@ -102,7 +102,7 @@ def leaderboard_html(lb: pd.DataFrame, summary: dict | None = None, limits: dict
              "not ranked.</p>"]
     codes = []
     for i, (ds, g) in enumerate(t.groupby(t["dataset"].astype(str), sort=False)):
-        constant = constant_components(summary, ds)
+        constant = shared_components(summary, ds)
         view = leaderboard_view(g, constant)
         few = [c for c in view.columns if str(c).startswith("fewshot_")]
         comps = [c for c in COMPONENTS if c in view]
@@ -235,7 +235,7 @@ def largest_counts(summary: dict, leaderboard: pd.DataFrame | None) -> dict:
     counted over the candidates (references excluded); without one, ``largest_component_counts`` as written."""
     constant = set()
     for ds in (summary.get("constant_components") or {}):
-        constant |= set(constant_components(summary, ds))
+        constant |= set(shared_components(summary, ds))
     counts = dict(summary.get("largest_component_counts") or {})
     if not constant or leaderboard is None or leaderboard.empty:
         return counts
@@ -254,7 +254,7 @@ def _summary_html(summary: dict, leaderboard: pd.DataFrame | None = None) -> str
     rows = []
     mean, median = summary.get("mean", {}), summary.get("median", {})
     counts = largest_counts(summary, leaderboard)
-    constant = {c for ds in (summary.get("constant_components") or {}) for c in constant_components(summary, ds)}
+    constant = {c for ds in (summary.get("constant_components") or {}) for c in shared_components(summary, ds)}
     comp = pd.DataFrame({"mean": pd.Series(mean, dtype=float), "median": pd.Series(median, dtype=float)})
     comp["largest in # models"] = [
         "shared baseline, not counted" if c in constant else ("" if c not in counts else str(counts[c]))

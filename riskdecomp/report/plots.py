@@ -31,7 +31,12 @@ import seaborn as sns  # noqa: E402
 
 from riskdecomp.analysis.effects import design_effects, ranking_stability  # noqa: E402
 from riskdecomp.analysis.scaling import fit_scaling_law  # noqa: E402
-from riskdecomp.analysis.tables import _setting_name, _sizes, _table, fewshot_settings  # noqa: E402
+from riskdecomp.analysis.tables import (  # noqa: E402
+    fewshot_settings,
+    leaderboard_table,
+    setting_name,
+    setting_sizes,
+)
 from riskdecomp.report.html import seed_contrast_rows  # noqa: E402
 from riskdecomp.utils.atomic import atomic_write_text  # noqa: E402
 from riskdecomp.utils.errors import RiskdecompError  # noqa: E402
@@ -81,7 +86,7 @@ def _save(fig, out_dir: Path, name: str) -> Path:
 
 
 def _models(df: pd.DataFrame) -> pd.DataFrame:
-    return _table(df)
+    return leaderboard_table(df)
 
 
 def _record(manifest: dict | None, name: str, **info) -> None:
@@ -306,7 +311,7 @@ def plot_ranking_change(lb: pd.DataFrame, out_dir: Path, name: str = "ranking_ch
         if (why := _too_few_for_ranking(len(g), ds)):
             skipped.append(why)
             continue
-        cols = ["agg_risk"] + sorted(settings, key=lambda c: -_sizes(g, c).mean())
+        cols = ["agg_risk"] + sorted(settings, key=lambda c: -setting_sizes(g, c).mean())
         ranks = g[cols].rank(method="min")
         ranks = ranks.dropna(how="all", axis=1)
         if ranks.shape[1] < 2:
@@ -323,7 +328,7 @@ def plot_ranking_change(lb: pd.DataFrame, out_dir: Path, name: str = "ranking_ch
                     color=None if hi else "gray")
         _label_ends(ax, xs[0], ranks.iloc[:, 0].dropna(), g.loc[ranks.iloc[:, 0].dropna().index, "model"], "left")
         _label_ends(ax, xs[-1], ranks.iloc[:, -1].dropna(), g.loc[ranks.iloc[:, -1].dropna().index, "model"], "right")
-        labels = ["full"] + [_setting_name(c) for c in ranks.columns[1:]]
+        labels = ["full"] + [setting_name(c) for c in ranks.columns[1:]]
         ax.set_xticks(xs, labels)
         ax.set_xlim(-0.15, xs[-1] + 0.15)
         ax.invert_yaxis()
@@ -899,7 +904,7 @@ def plot_seed_ranking(per_seed: pd.DataFrame | None, splits: pd.DataFrame | None
     return out
 
 
-def _read(path: Path) -> pd.DataFrame | None:
+def read_csv_if_any(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
@@ -923,9 +928,9 @@ def collect_plots(results_dir, out_dir, color_by: str | None = "objective", *,
     and the notes of the figures not drawn."""
     _theme()
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    lb = _read(results_dir / "leaderboard.csv")
+    lb = read_csv_if_any(results_dir / "leaderboard.csv")
     if effects is None:
-        effects = _read(results_dir / "analysis" / "design_effects.csv")
+        effects = read_csv_if_any(results_dir / "analysis" / "design_effects.csv")
     summary = _summary(results_dir)
     made: list[tuple[Path, str]] = []
     notes: list[str] = []
@@ -952,17 +957,17 @@ def collect_plots(results_dir, out_dir, color_by: str | None = "objective", *,
         if eff is None:
             eff = design_effects(lb)
         attempt(plot_design_effects, eff, out_dir)
-        per_seed = _read(results_dir / "leaderboard_seeds.csv")
+        per_seed = read_csv_if_any(results_dir / "leaderboard_seeds.csv")
         if per_seed is not None:  # a zoo with pretraining seeds (without: nothing to draw, not a failure)
-            attempt(plot_seed_contrasts, _read(results_dir / "analysis" / "controlled_pairs.csv"),
-                    _read(results_dir / "analysis" / "baseline_contrasts.csv"), out_dir)
-            attempt(plot_seed_ranking, per_seed, _read(results_dir / "analysis" / "seed_ranking_stability.csv"),
+            attempt(plot_seed_contrasts, read_csv_if_any(results_dir / "analysis" / "controlled_pairs.csv"),
+                    read_csv_if_any(results_dir / "analysis" / "baseline_contrasts.csv"), out_dir)
+            attempt(plot_seed_ranking, per_seed, read_csv_if_any(results_dir / "analysis" / "seed_ranking_stability.csv"),
                     out_dir)
-    unc = _read(results_dir / "uncertainty.csv")
+    unc = read_csv_if_any(results_dir / "uncertainty.csv")
     attempt(plot_uncertainty_metrics, unc, out_dir)
     attempt(plot_uncertainty_bins, unc, out_dir)
     attempt(plot_risk_coverage, results_dir / "per_sample", out_dir)
-    attempt(plot_active_learning, _read(results_dir / "active_learning.csv"), out_dir)
+    attempt(plot_active_learning, read_csv_if_any(results_dir / "active_learning.csv"), out_dir)
     if published is not None:
         pub_eff = None
         if effects is not None and "source" in effects:

@@ -21,9 +21,9 @@ from riskdecomp.runner.records import (
     PROTOCOL_VERSION,
     RECORD_VERSION,
     Settings,
-    _flatten_metadata,
     check_record,
     dataset_name,
+    flatten_metadata,
     pretraining_identity,
     read_record,
     run_facts,
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 _DATASETS: dict = {}  # per process: a dataset is scanned once, however many jobs use it
 
 
-def _dataset_for(entry, dataset_spec: str, seed: int):
+def dataset_for(entry, dataset_spec: str, seed: int):
     if entry is not None and not source_of(entry).needs_dataset:
         return None
     if (dataset_spec, seed) not in _DATASETS:
@@ -53,9 +53,9 @@ def _dataset_for(entry, dataset_spec: str, seed: int):
     return _DATASETS[(dataset_spec, seed)]
 
 
-def _load(entry, dataset_spec, settings, cache_dir, force: bool = False, mmap: bool = False,
+def load_run_features(entry, dataset_spec, settings, cache_dir, force: bool = False, mmap: bool = False,
           encoder=None) -> Features:
-    ds = _dataset_for(entry, dataset_spec, settings.seed)
+    ds = dataset_for(entry, dataset_spec, settings.seed)
     return featurize(entry, ds, cache_dir=cache_dir, device=settings.device, batch_size=settings.batch_size,
                      num_workers=settings.num_workers, progress=settings.progress, force=force,
                      dtype=settings.feature_dtype, mmap=mmap, encoder=encoder)
@@ -117,13 +117,13 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
         reference = zoo[entry.reference] if entry.reference else None
         # the reference of other entries is its own reference: approx = its own train->train error, usability = 0
         self_ref = reference is None and any(zoo[n].reference == name for n in zoo.names)
-        ds = _dataset_for(entry, dataset_spec, settings.seed)
+        ds = dataset_for(entry, dataset_spec, settings.seed)
         dname = dataset_name(entry, ds)
         rpath = result_path(out, "runs", name, dname)
         fingerprint = ds.fingerprint if ds is not None else "npz"
         stage(name, "weights (a recipe entry is pretrained once, then cached)")
         key = run_key(entry, entry if self_ref else reference, ds, fingerprint, settings, cache_dir, force)
-        meta = jsonable(_flatten_metadata(entry.metadata))
+        meta = jsonable(flatten_metadata(entry.metadata))
         pretraining = pretraining_identity(entry)
         facts = run_facts(entry)
         if not force:
@@ -147,7 +147,7 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
                 redo_active = not _active_current(rec, out, name, dname, settings)
                 if redo_active:  # stale or missing curves: only they are recomputed
                     with failing_stage("featurize"):
-                        feats = _load(entry, dataset_spec, settings, cache_dir, mmap=True)
+                        feats = load_run_features(entry, dataset_spec, settings, cache_dir, mmap=True)
                     rec["timings"]["time_active"] = _active_curves(feats, settings, out)
                     rec["active_protocol"], changed = ACTIVE_PROTOCOL, True
                 if changed:
@@ -164,14 +164,14 @@ def _run_job(zoo: Zoo, name, dataset_spec, out, cache_dir, settings: Settings, f
         # network (built under the entry's init seed, so a cached rerun's views come from it too)
         with failing_stage("featurize"):
             enc = _extras_encoder(entry, ds, cache_dir, settings, force)
-            feats = _load(entry, dataset_spec, settings, cache_dir, force, mmap=True, encoder=enc)
+            feats = load_run_features(entry, dataset_spec, settings, cache_dir, force, mmap=True, encoder=enc)
         timings["time_features"] = time.perf_counter() - t
         ref = None
         if reference is not None:
             t = time.perf_counter()
             # (with force, evaluate recomputed the reference's features first, in its own job)
             with failing_stage(f"features of its reference {reference.name!r}"):
-                rf = _load(reference, dataset_spec, settings, cache_dir, mmap=True)
+                rf = load_run_features(reference, dataset_spec, settings, cache_dir, mmap=True)
             if len(rf.y_train) != len(feats.y_train) or not np.array_equal(rf.y_train, feats.y_train):
                 raise RiskdecompError(f"model {name!r}: reference {reference.name!r} features are not on the same "
                                       "train split")

@@ -1,4 +1,4 @@
-"""Parallel backends: a local process pool (joblib) or a dask cluster, behind one ``_parallel_map``.
+"""Parallel backends: a local process pool (joblib) or a dask cluster, behind one ``parallel_map``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from riskdecomp.utils.errors import RiskdecompError
 DASK_TIMEOUT_S = 5
 
 
-def _dask_client(scheduler: Optional[str], jobs: int):
+def dask_client(scheduler: Optional[str], jobs: int):
     """A dask client: a local cluster, or the scheduler at ``scheduler`` -- reached within ``DASK_TIMEOUT_S`` or a
     one-line error (never a long hang then a traceback)."""
     try:
@@ -33,7 +33,7 @@ def _indexed(i: int, fn, *a) -> tuple:
     return i, fn(*a)
 
 
-def _parallel_map(fn, args: list, jobs: int, client=None, on_result=None) -> list:
+def parallel_map(fn, args: list, jobs: int, client=None, on_result=None) -> list:
     """``[fn(*a) for a in args]``, in processes when ``jobs > 1`` or on dask; ``on_result(result)`` is called in
     this process as each result comes back (in completion order); the list returned is in ``args`` order."""
     on_result = on_result or (lambda r: None)

@@ -40,8 +40,8 @@ import pandas as pd
 
 from riskdecomp import __version__
 from riskdecomp.features.datasets import DEFAULT_DATASET
-from riskdecomp.runner.jobs import EvaluationResult, _dataset_for, run_job
-from riskdecomp.runner.parallel import _dask_client, _parallel_map
+from riskdecomp.runner.jobs import EvaluationResult, dataset_for, run_job
+from riskdecomp.runner.parallel import dask_client, parallel_map
 from riskdecomp.runner.records import (
     FAILURES_STATE,
     FOLDER_STATE,
@@ -50,13 +50,13 @@ from riskdecomp.runner.records import (
     STAGES_STATE,
     ZOO_STAGES_VERSION,
     Settings,
-    _digest,
-    _positive,
-    _read_state,
-    _write_state,
     dataset_name,
+    positive_int,
     read_folder_state,
     read_records,
+    read_state,
+    settings_digest,
+    write_state,
 )
 from riskdecomp.runner.stages import zoo_active, zoo_ensembles, zoo_uncertainty_metrics
 from riskdecomp.runner.tables import build_leaderboard, with_flags
@@ -155,7 +155,7 @@ def _set_aside(out: Path, folder: dict, new_key: str) -> None:
         real_folder(dest, "ensemble").mkdir(exist_ok=True)
         f.replace(dest / "ensemble" / f.name)
     if folder:
-        _write_state(dest / "runs" / FOLDER_STATE, folder)
+        write_state(dest / "runs" / FOLDER_STATE, folder)
     for (m, d), rec in read_records(out)[0].items():
         if rec["settings_key"] == new_key:
             continue  # made with the new settings already: --force recomputes it in place
@@ -193,7 +193,7 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
     if backend not in ("loky", "dask"):
         raise RiskdecompError(f"backend {backend!r}: expected 'loky' or 'dask'")
     if jobs is not None:
-        _positive(jobs, "--jobs")
+        positive_int(jobs, "--jobs")
     full = load_zoo(zoo) if isinstance(zoo, (str, Path)) else zoo
     names = with_references(full, models)
     out = check_writable_dir(out, "--out")
@@ -202,7 +202,7 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
     cache_dir = check_writable_dir(Path(cache_dir) if cache_dir else default_cache_dir(), "--cache-dir")
     ds = None
     if any(source_of(full[n]).needs_dataset for n in names):
-        ds = _dataset_for(None, dataset, settings.seed)  # a bad dataset is one error up front, not one per model
+        ds = dataset_for(None, dataset, settings.seed)  # a bad dataset is one error up front, not one per model
     for n in names:  # every output file name is valid before any compute
         try:
             result_stem(n, dataset_name(full[n], ds))
@@ -233,7 +233,7 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
         names = with_references(full, [n for n in full.names
                                        if n in names or (n, dataset_name(full[n], ds)) in old_rows])
     order = list(full.names) + [n for n in folder.get("order", []) if n not in full.names]
-    _write_state(folder_path, {"settings_key": settings.key(), "settings": _folder_settings(settings),
+    write_state(folder_path, {"settings_key": settings.key(), "settings": _folder_settings(settings),
                                "order": order})
 
     cores = os.cpu_count() or 1
@@ -249,7 +249,7 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
     # the per-stage bars (pretraining epochs, featurize img/s) only in this process and on a terminal: a worker
     # cannot draw on the parent's terminal, and a log file gets one line per finished model instead
     settings = replace(settings, progress=show and jobs == 1 and not use_dask and is_terminal(sys.stderr))
-    client = _dask_client(scheduler, jobs) if use_dask else None
+    client = dask_client(scheduler, jobs) if use_dask else None
     try:
         # with force, references are recomputed first, once, and then read by the models that need them
         refs = {full[n].reference for n in names if full[n].reference}
@@ -258,7 +258,7 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
         with Progress([n for wave in waves for n in wave], enabled=show) as bar:
             for wave in waves:
                 args = [(full, n, dataset, str(out), str(cache_dir), settings, force) for n in wave]
-                records += _parallel_map(run_job, args, jobs, client, on_result=bar.finished) if args else []
+                records += parallel_map(run_job, args, jobs, client, on_result=bar.finished) if args else []
     finally:
         if client is not None:
             client.close()
@@ -279,9 +279,9 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
         # zoo-level stages are redone only when some record changed (a rerun of finished work stays fast)
         valid, _ = read_records(out)
         current = sorted((m, d, r["run_key"]) for (m, d), r in valid.items() if r["settings_key"] == settings.key())
-        zoo_key = _digest([current, settings.key_dict(), ZOO_STAGES_VERSION])
+        zoo_key = settings_digest([current, settings.key_dict(), ZOO_STAGES_VERSION])
         stages_path = out / "runs" / STAGES_STATE
-        stages = _read_state(stages_path)
+        stages = read_state(stages_path)
         redo = stages.get("uncertainty") != zoo_key or not (out / "uncertainty.csv").exists()
         if redo:
             ens_records = [valid[(m, d)] for m, d, _ in current if m in full.names]
@@ -290,21 +290,21 @@ def evaluate(zoo, dataset: str = DEFAULT_DATASET, out="results", *, models: Opti
                 zoo_names=full.names)
     res.tracebacks = {(r["model"], r["dataset"]): r.get("traceback", "") for r in failed}
     if settings.uncertainty and redo:
-        _write_state(stages_path, {**stages, "uncertainty": zoo_key})
+        write_state(stages_path, {**stages, "uncertainty": zoo_key})
     return res
 
 
 def _update_failures(out: Path, ok: list, failed: list, settings: Settings) -> None:
     """``runs/_failures.json``: the (model, dataset) pairs whose latest attempt failed (cleared when one succeeds)."""
     path = real_folder(out, "runs") / FAILURES_STATE
-    state = _read_state(path)
+    state = read_state(path)
     for r in ok:
         state.pop(f"{r['model']}|{r['dataset']}", None)
     for r in failed:
         state[f"{r['model']}|{r['dataset']}"] = {**{k: r[k] for k in ("model", "dataset", "error_type", "error")},
                                                  "settings_key": settings.key()}
     if state or path.exists():
-        _write_state(path, state)
+        write_state(path, state)
 
 
 _FAILURE_FIELDS = ("model", "dataset", "error_type", "error")
@@ -314,7 +314,7 @@ def _failure_rows(runs: Path, key: str) -> list:
     """The rows of ``failures.csv``: the entries of ``runs/_failures.json`` of settings ``key``; a damaged entry
     (not a mapping, a field missing or not a string) is left out with a warning."""
     rows = []
-    for k, f in _read_state(runs / FAILURES_STATE).items():
+    for k, f in read_state(runs / FAILURES_STATE).items():
         if not isinstance(f, dict) or not all(isinstance(f.get(n), str) for n in (*_FAILURE_FIELDS, "settings_key")):
             log.warning("%s: damaged entry %r left out of failures.csv", runs / FAILURES_STATE, k)
         elif f["settings_key"] == key:

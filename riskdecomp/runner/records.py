@@ -17,8 +17,8 @@ from riskdecomp.sources import source_of
 from riskdecomp.utils.atomic import atomic_write_text, jsonable, real_folder
 from riskdecomp.utils.errors import RiskdecompError
 from riskdecomp.utils.names import parse_stem, split_seed
-from riskdecomp.utils.validation import SKLEARN_SEED_MAX
 from riskdecomp.utils.schema import COMPONENTS
+from riskdecomp.utils.validation import SKLEARN_SEED_MAX
 
 RECORD_VERSION = 2
 # Bump when an estimator changes its numbers (decomposition, few-shot, statistics, uncertainty, active learning):
@@ -36,7 +36,7 @@ OUTPUT_FOLDERS = ("runs", "per_sample", "active", "ensemble", "analysis", "plots
 ZOO_STAGES_VERSION = 2
 
 
-def _positive(v, name, zero_ok=False) -> None:
+def positive_int(v, name, zero_ok=False) -> None:
     ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and (v >= 0 if zero_ok else v >= 1)
     if not ok:
         raise RiskdecompError(f"{name} {v!r}: expected an integer >= {0 if zero_ok else 1}")
@@ -81,19 +81,19 @@ class Settings:
     def __post_init__(self):
         """Settings the estimators cannot honour are a one-line error, never coerced."""
         for name in ("seed", "n_boot", "uncertainty_boot", "aug_views"):
-            _positive(getattr(self, name), f"settings.{name}", zero_ok=True)
+            positive_int(getattr(self, name), f"settings.{name}", zero_ok=True)
         for name in ("fewshot_seeds", "n_ref", "active_seeds", "active_budget_per_class", "batch_size"):
-            _positive(getattr(self, name), f"settings.{name}")
+            positive_int(getattr(self, name), f"settings.{name}")
         if self.seed > SKLEARN_SEED_MAX:  # scikit-learn's random_state (numpy RandomState) takes no larger seed
             raise RiskdecompError(f"settings.seed {self.seed}: expected an integer in [0, {SKLEARN_SEED_MAX}]")
         if self.threads is not None:
-            _positive(self.threads, "settings.threads")
+            positive_int(self.threads, "settings.threads")
         from riskdecomp.features.cache import check_feature_dtype
 
         self.feature_dtype = check_feature_dtype(self.feature_dtype)
         self.shots, self.fractions = tuple(self.shots), tuple(self.fractions)
         for k in self.shots:
-            _positive(k, "shots: k")
+            positive_int(k, "shots: k")
         for f in self.fractions:
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
                 raise RiskdecompError(f"fractions: {f!r}: expected a fraction of the train split in (0, 1)")
@@ -117,10 +117,10 @@ class Settings:
         """The settings key of records and of a results folder: the settings that change a record, the protocol and
         the package version (results are never mixed across them). Zoo-level settings (``ZOO_LEVEL``) are not in
         it: changing them just rebuilds the summaries from the same records."""
-        return _digest([PROTOCOL_VERSION, __version__, self.run_key_dict()])
+        return settings_digest([PROTOCOL_VERSION, __version__, self.run_key_dict()])
 
 
-def _digest(obj) -> str:
+def settings_digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -153,7 +153,7 @@ def run_key(entry, reference, ds, dataset_fingerprint: str, settings: Settings, 
             force: bool = False) -> str:
     """The key a reusable record must carry (see the module docstring). With ``force``, a recipe entry's
     checkpoint is pretrained again before its identity is taken."""
-    return _digest([RECORD_VERSION, PROTOCOL_VERSION, __version__, entry_key(entry, ds, cache_dir, settings, force),
+    return settings_digest([RECORD_VERSION, PROTOCOL_VERSION, __version__, entry_key(entry, ds, cache_dir, settings, force),
                     entry_key(reference, ds, cache_dir, settings) if reference else None, dataset_fingerprint,
                     settings.run_key_dict()])
 
@@ -210,7 +210,7 @@ def dataset_name(entry, ds) -> str:
     return source_of(entry).dataset_name(entry) or ds.name
 
 
-def _flatten_metadata(meta: dict) -> dict:
+def flatten_metadata(meta: dict) -> dict:
     out = {}
     for k, v in meta.items():
         out[k] = "|".join(map(str, v)) if isinstance(v, (list, tuple)) else v
@@ -285,7 +285,7 @@ def read_records(out) -> tuple:
     return valid, invalid
 
 
-def _read_state(path: Path) -> dict:
+def read_state(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) else {}
@@ -322,7 +322,7 @@ def read_folder_state(runs: Path) -> tuple:
     return ({}, why) if why else (state, None)
 
 
-def _write_state(path: Path, data: dict) -> None:
+def write_state(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(jsonable(data), indent=1, sort_keys=True))
 
 

@@ -13,8 +13,8 @@ import pandas as pd
 
 from riskdecomp.estimators.active import ACTIVE_PROTOCOL, label_efficiency
 from riskdecomp.estimators.uncertainty import reference_indices
-from riskdecomp.runner.jobs import _load
-from riskdecomp.runner.parallel import _parallel_map
+from riskdecomp.runner.jobs import load_run_features
+from riskdecomp.runner.parallel import parallel_map
 from riskdecomp.runner.records import Settings
 from riskdecomp.utils.atomic import write_csv
 from riskdecomp.utils.errors import RiskdecompError
@@ -44,7 +44,7 @@ def zoo_ensembles(zoo: Zoo, records: list, dataset: str, out: Path, cache_dir: P
             if entry.metadata.get("objective") in ("supervised", "init"):  # the ensemble of the SSL encoders
                 continue
             try:
-                f = _load(entry, dataset, settings, cache_dir)
+                f = load_run_features(entry, dataset, settings, cache_dir)
             except RiskdecompError:
                 continue
             if f.dataset != ds_name:  # a record of another dataset: its ensemble was made by that dataset's run
@@ -99,7 +99,7 @@ def zoo_uncertainty_metrics(records: list, out: Path, settings: Settings, jobs: 
     args = [(str(p), str(e) if (e := ensemble_path(out, r["dataset"])).exists() else None, r["model"], r["dataset"],
              settings.uncertainty_boot, settings.seed) for r in records
             if (p := result_path(out, "per_sample", r["model"], r["dataset"])).exists()]
-    frames = _parallel_map(_record_uncertainty, args, max(1, min(jobs, len(args))))
+    frames = parallel_map(_record_uncertainty, args, max(1, min(jobs, len(args))))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

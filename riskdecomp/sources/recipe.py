@@ -11,9 +11,21 @@ from pydantic import Field
 from riskdecomp.features.datasets import native_size
 from riskdecomp.features.encoders import default_cache_dir
 from riskdecomp.pretrain.backbones import build_recipe_encoder, count_parameters
-from riskdecomp.pretrain.checkpoint import eval_transform, load_checkpoint, pretrained_checkpoint, read_sidecar
+from riskdecomp.pretrain.checkpoint import (
+    eval_transform,
+    load_checkpoint,
+    pretrained_checkpoint,
+    read_sidecar,
+)
 from riskdecomp.pretrain.recipe import Recipe
-from riskdecomp.sources.base import Built, Entry, Source, no_ignored, register, representation_key
+from riskdecomp.sources.base import (
+    Built,
+    Entry,
+    Source,
+    no_ignored,
+    register,
+    representation_key,
+)
 from riskdecomp.utils.errors import RiskdecompError
 
 SSL_MODES = {"simclr": "contrastive", "stochastic": "contrastive", "byol": "siamese", "simsiam": "siamese",

@@ -125,7 +125,7 @@ def format_table(df, width: int = 120, max_cell: int = 40) -> str:
     return "\n".join(lines)
 
 
-def _describe(err: ValidationError) -> str:
+def describe_entry(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
     # drop the discriminator tag pydantic inserts (e.g. 'timm') from the location
@@ -175,7 +175,7 @@ def parse_zoo(data: Any, path: Optional[Path] = None, base: Optional[Path] = Non
         try:
             entry = _ENTRY.validate_python(raw)
         except ValidationError as err:
-            raise ZooError(f"{where}: {label}: {_describe(err)}") from None
+            raise ZooError(f"{where}: {label}: {describe_entry(err)}") from None
         src = sources.source_of(entry)
         try:
             entry = src.complete(entry)
