@@ -178,7 +178,8 @@ def summarize(df: pd.DataFrame) -> dict:
     """Summary numbers of a leaderboard.
 
     Keys: ``n_models`` (distinct models), ``mean`` / ``median`` (component and agg_risk -> value,
-    over rows where present), ``constant_components`` (dataset -> component -> the shared value:
+    over rows where present), ``candidates`` (``n_models`` and ``mean`` over the rows that are not references),
+    ``constant_components`` (dataset -> component -> the shared value:
     :func:`constant_components`), ``largest_component_counts`` (component -> number of candidates -- rows that are not
     references -- where it is the largest; only rows with all four components, a merged approx counting as 0; a
     constant component is left out: it is the same for every candidate), ``kendall_tau`` (setting -> tau vs full
@@ -195,6 +196,9 @@ def summarize(df: pd.DataFrame) -> dict:
         "mean": {c: float(t[c].mean()) for c in present},
         "median": {c: float(t[c].median()) for c in present},
     }
+    cands = t[~reference_mask(t)]
+    out["candidates"] = {"n_models": int(cands["model"].nunique()),
+                         "mean": {c: float(cands[c].mean()) for c in present}}
     constant = constant_components(t)
     out["constant_components"] = constant
     shared = {c for comps_ in constant.values() for c in comps_}
