@@ -83,3 +83,15 @@ def test_zoo_without_seeds_gets_pairwise_verdicts_and_a_best_encoder(mixed_run):
     assert f"  best encoder      {b['model']} on {ds}: agg_risk {b['value']:.2f}" in run.output
     assert f"  top group         {len(b['top_group'])} of {len(cands)} candidate(s) not significantly worse" \
         in run.output
+    # ... and the report's first block says the same: the best encoder (not a reference) and its top group
+    import html as _html
+    import re
+
+    page = _html.unescape(re.sub(r"<[^>]+>", "", (out / "report.html").read_text()))
+    first = page[:page.index("Leaderboard")]
+    assert f"Best encoder of {len(cands)} candidates" in first and f"{b['model']}, agg_risk {b['value']:.1f} %" in first
+    others = [m for m in b["top_group"] if m != b["model"]]
+    if others:
+        assert "Not significantly worse than it: " + ", ".join(others) in first
+    else:
+        assert "Every other candidate is significantly worse." in first
