@@ -139,7 +139,7 @@ def test_committed_report_draws_every_model_score_and_acquisition(committed_repo
     # coefficient is drawn, and the caption says why instead
     assert "approximation" not in drawn["design_effects"]["texts"]
     page = (res / "report.html").read_text()
-    assert "approx: not estimable: the fit is singular" in page
+    assert "approx: not estimable: " in page
 
 
 # ------------------------------------------------------------------------------------------------ 30 synthetic models
@@ -295,8 +295,11 @@ def test_seed_contrasts_draw_the_adjusted_ci_when_the_table_has_it(tmp_path, mon
     real_save = plots._save
     monkeypatch.setattr(plots, "_save", lambda fig, d, n: (figs.__setitem__(n, [ax for ax in fig.axes]),
                                                            real_save(fig, d, n))[1])
-    pairs = pd.read_csv(RESULTS / "analysis" / "controlled_pairs.csv")
-    con = pd.read_csv(RESULTS / "analysis" / "baseline_contrasts.csv")
+    def without_adjusted(name):  # a folder written before the engine's adjusted CIs
+        t = pd.read_csv(RESULTS / "analysis" / name)
+        return t.drop(columns=[c for c in t.columns if "_adj_" in c])
+
+    pairs, con = without_adjusted("controlled_pairs.csv"), without_adjusted("baseline_contrasts.csv")
     _, caption = plots.plot_seed_contrasts(pairs, con, tmp_path)
     assert "UNADJUSTED 95 % CI" in caption
     assert all("UNADJUSTED" in ax.get_xlabel() for ax in figs["seed_contrasts"])

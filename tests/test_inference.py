@@ -237,8 +237,10 @@ def test_committed_default_zoo_uses_every_run(tmp_path):
 
 
 def test_sensitivity_script_reproduces_the_old_verdicts_and_counts_the_changes():
-    """scripts/inference_sensitivity.py on the committed default zoo: its "old" column is exactly the committed
-    (old-engine) significant_agg_risk flags, and it prints how many verdicts change old -> new."""
+    """scripts/inference_sensitivity.py on the committed default zoo: its "new" column is exactly the committed
+    significant_agg_risk flags (results/ is written by this engine), its "old" column the old engine's verdicts
+    (paired t-test on the shared seeds, the committed p_paired_agg_risk, Holm per file), and it prints how many
+    verdicts change old -> new."""
     import subprocess
     import sys
 
@@ -251,8 +253,10 @@ def test_sensitivity_script_reproduces_the_old_verdicts_and_counts_the_changes()
         sys.path.remove(str(ROOT / "scripts"))
     v = verdicts(RESULTS)
     for name in ("baseline_contrasts", "controlled_pairs"):
-        committed = pd.read_csv(RESULTS / "analysis" / f"{name}.csv")["significant_agg_risk"].astype(bool)
-        assert list(v.loc[v["file"] == name, "old_paired"]) == list(committed), name
+        committed = pd.read_csv(RESULTS / "analysis" / f"{name}.csv")
+        assert list(v.loc[v["file"] == name, "new_FE"]) == list(committed["significant_agg_risk"].astype(bool)), name
+        old = holm(committed["p_paired_agg_risk"].to_numpy(float)) < 0.05
+        assert list(v.loc[v["file"] == name, "old_paired"]) == list(old), name
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "inference_sensitivity.py"), "--results",
                           str(RESULTS)], capture_output=True, text=True, check=True).stdout
     n = int((v["new_FE"] != v["old_paired"]).sum())

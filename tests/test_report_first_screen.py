@@ -143,6 +143,17 @@ def _seeded(root: Path) -> Path:
     return root
 
 
+def _older(t: pd.DataFrame) -> pd.DataFrame:
+    """A contrasts table as a folder written before the engine's adjusted CIs has it: no ``_adj_`` columns, the
+    verdicts of the old engine (paired t-test over the shared seeds, Holm per file: ``p_paired_<x>``)."""
+    from riskdecomp.analysis.inference import holm
+
+    t = t.drop(columns=[c for c in t.columns if "_adj_" in c])
+    t["p_holm_agg_risk"] = holm(t["p_paired_agg_risk"].to_numpy(float))
+    t["significant_agg_risk"] = t["p_holm_agg_risk"] < 0.05
+    return t
+
+
 def _bullet(text: str, start: str) -> str:
     hits = [line for line in text.splitlines() if line.startswith(start)]
     assert len(hits) == 1, (start, text)
@@ -209,7 +220,7 @@ def test_findings_of_a_seeded_zoo_use_the_engines_adjusted_cis_and_mde(tmp_path)
         assert printed in (sig if r.significant_agg_risk else non), printed
     # a constant component: said once, out of the means and their "largest"
     assert "`approx` is 41.5 % for every candidate (the reference's train->train error, constant" in text
-    means = _bullet(text, "- Mean over the 13 models:")
+    means = _bullet(text, "- Mean over the 12 candidates:")  # summary.json "candidates": references left out
     assert "approx" not in means and "(largest: usability)" in means
 
 
@@ -218,8 +229,7 @@ def test_an_unadjusted_ci_that_excludes_zero_under_not_significant_says_so(tmp_p
     labelled, e.g. z_dim 64 -> 16 +4.8 [+2.6, +7.0] (p_Holm 0.11), every such row of both CSVs, never another."""
     res = _seeded(tmp_path / "res")
     for f in ("baseline_contrasts.csv", "controlled_pairs.csv"):
-        t = pd.read_csv(RESULTS / "analysis" / f)
-        t.to_csv(res / "analysis" / f, index=False)
+        _older(pd.read_csv(RESULTS / "analysis" / f)).to_csv(res / "analysis" / f, index=False)
     text = findings(res)
     pairs = pd.read_csv(res / "analysis" / "controlled_pairs.csv")
     con = pd.read_csv(res / "analysis" / "baseline_contrasts.csv")
@@ -231,7 +241,9 @@ def test_an_unadjusted_ci_that_excludes_zero_under_not_significant_says_so(tmp_p
             assert ("unadjusted CI" in item) == (excludes and not r.significant_agg_risk), item
             n_checked += excludes and not r.significant_agg_risk
     assert n_checked >= 2
-    assert "z_dim 64 -> 16 (`simclr` -> `simclr_z16`) +4.8 points [+2.6, +7.0] (unadjusted CI)" in text
+    z16 = pairs.set_index("model_b").loc["simclr_z16"]  # the issue's example: excludes 0, not significant (old verdict)
+    assert (f"z_dim 64 -> 16 (`simclr` -> `simclr_z16`) {z16.delta_agg_risk:+.1f} points [{z16.delta_agg_risk_lo:+.1f}, "
+            f"{z16.delta_agg_risk_hi:+.1f}] (unadjusted CI)") in text
 
 
 def test_two_datasets_get_their_own_findings_and_leaderboards(tmp_path):
@@ -332,26 +344,23 @@ def test_significance_table_shows_the_ci_of_the_verdict_and_says_which(tmp_path)
     r = con.iloc[-1]
     assert f"{r.delta_agg_risk:+.2f} [{r.delta_agg_risk_adj_lo:+.2f}, {r.delta_agg_risk_adj_hi:+.2f}]" in page
     for f in ("baseline_contrasts.csv", "controlled_pairs.csv"):  # without adjusted columns: labelled unadjusted
-        pd.read_csv(RESULTS / "analysis" / f).to_csv(res / "analysis" / f, index=False)
+        _older(pd.read_csv(RESULTS / "analysis" / f)).to_csv(res / "analysis" / f, index=False)
     assert "95 % CI per comparison, unadjusted" in _page(res)
 
 
-def test_known_limits_of_the_estimates_are_shown_next_to_the_leaderboard(tmp_path, monkeypatch):
-    """When riskdecomp.estimators.calibration exists (CONTRACT21: COMPONENT_LIMITS, one sentence per column), its
-    sentences follow the leaderboard, before the analysis summary; without it, nothing is claimed."""
-    import importlib.machinery
-    import types
+def test_known_limits_of_the_estimates_are_shown_next_to_the_leaderboard(tmp_path):
+    """riskdecomp.estimators.calibration's COMPONENT_LIMITS (one sentence per column, from the known-truth
+    simulation) follow the leaderboard, before the analysis summary, every sentence of it."""
+    import html
+
+    from riskdecomp.estimators.calibration import COMPONENT_LIMITS
 
     res = _seedless(tmp_path / "res")
-    assert "Known limits of the estimates" not in _page(res)
-    mod = types.ModuleType("riskdecomp.estimators.calibration")
-    mod.__spec__ = importlib.machinery.ModuleSpec(mod.__name__, None)
-    mod.COMPONENT_LIMITS = {"approx": "biased low by 3.0 points (train->train error on the fitted points); CI "
-                                      "coverage 0.20, see docs/calibration.md"}
-    monkeypatch.setitem(sys.modules, mod.__name__, mod)
     page = _page(res)
     first = page.split("<h2>Leaderboard</h2>")[1].split("<h2>Analysis summary</h2>")[0]
-    assert "Known limits of the estimates" in first and "CI coverage 0.20, see docs/calibration.md" in first
+    assert "Known limits of the estimates" in first
+    for column, sentence in COMPONENT_LIMITS.items():
+        assert f"<code>{column}</code>: {html.escape(sentence)}" in first, column
 
 
 def test_report_of_the_committed_results_links_raw_tables_instead_of_cutting_them(tmp_path):

@@ -14,16 +14,6 @@ list at the end of this file, write its tests, and document it in the README's z
 
 from __future__ import annotations
 
-# the registry list, in the order names() reports: one import per source module (each registers itself)
-from riskdecomp.sources import (  # noqa: E402,F401,I001
-    checkpoint,
-    features,
-    huggingface,
-    recipe,
-    timm,
-    torch_hub,
-)
-
 # the registry and the sources' shared names (riskdecomp.sources.base), where the rest of the package looks for them
 from riskdecomp.sources.base import (  # noqa: F401
     REPRESENTATIONS,
@@ -37,3 +27,6 @@ from riskdecomp.sources.base import (  # noqa: F401
     register,
     source_of,
 )
+
+# the registry list, in the order names() reports: one import per source module (each registers itself)
+from riskdecomp.sources import timm, torch_hub, checkpoint, features, recipe, huggingface  # noqa: E402,F401,I001
